@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   trains on the embedded default dataset (no download) and prints the result
+#   make test   runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; a loose spec would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: demo test lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/flatlab train
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check src tests benchmarks examples
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/step_cost.py
+
+clean-venv:
+	rm -rf $(VENV)
