@@ -1,0 +1,142 @@
+"""Tensor-list arithmetic behind the SAM family, in a single-tensor and a multi-tensor form.
+
+Like ``torch.optim``, every primitive takes a ``foreach`` flag: ``True`` runs ``torch._foreach_*``
+kernels (one launch for the whole list), ``False`` loops over tensors. Both compute the same values;
+the tests check them against each other in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "global_norm",
+    "lp_perturbation",
+    "adaptive_perturbation",
+    "project_lp_ball",
+    "project_adaptive_ball",
+    "dual_exponent",
+]
+
+
+def dual_exponent(p: float) -> float:
+    """The Hoelder conjugate q of p (1/p + 1/q = 1); q = 1 for p = inf."""
+    return 1.0 if math.isinf(p) else p / (p - 1.0)
+
+
+def global_norm(tensors: list[Tensor], p: float = 2.0, *, foreach: bool = True) -> Tensor:
+    """The p-norm of all ``tensors`` taken together as one vector, as a 0-d float32+ tensor."""
+    if not tensors:
+        return torch.zeros(())
+    device = tensors[0].device
+    if foreach:
+        norms = torch._foreach_norm(tensors, p)
+    else:
+        norms = [torch.linalg.vector_norm(t, p) for t in tensors]
+    # Summing in at least float32 keeps a bf16/fp16 gradient's norm from overflowing.
+    dtype = torch.promote_types(norms[0].dtype, torch.float32)
+    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+    return torch.linalg.vector_norm(stacked, p)
+
+
+def lp_perturbation(grads: list[Tensor], radius: float, p: float, *, foreach: bool = True) -> list[Tensor]:
+    """The maximiser of the linearised loss on the p-norm ball: eq. (1) of the SAM replication report.
+
+    eps = radius * sign(g) |g|^(q-1) / ||g||_q^(q-1), with q = p / (p - 1); p = 2 gives
+    radius * g / ||g||_2 and p = inf gives radius * sign(g). ``||eps||_p == radius`` for any g != 0.
+    A zero gradient gives a zero perturbation.
+    """
+    q = dual_exponent(p)
+    if math.isinf(p):
+        return torch._foreach_mul(torch._foreach_sign(grads), radius) if foreach else [
+            g.sign() * radius for g in grads
+        ]
+    if p == 2.0:
+        norm = global_norm(grads, 2.0, foreach=foreach)
+        scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        return _scaled(grads, scale, foreach)
+    norm_q = global_norm(grads, q, foreach=foreach)
+    denom = norm_q.pow(q - 1.0).clamp_min(torch.finfo(norm_q.dtype).tiny)
+    scale = radius / denom
+    if foreach:
+        mags = torch._foreach_pow(torch._foreach_abs(grads), q - 1.0)
+        torch._foreach_mul_(mags, torch._foreach_sign(grads))
+        return _scaled(mags, scale, True)
+    return _scaled([g.sign() * g.abs().pow(q - 1.0) for g in grads], scale, False)
+
+
+def adaptive_perturbation(
+    grads: list[Tensor],
+    weights: list[Tensor],
+    adaptive: list[bool],
+    radius: float,
+    eta: float,
+    *,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """ASAM's perturbation: eps = radius * T^2 g / ||T g||_2 with T = |w| + eta, or T = 1 where
+    ``adaptive`` is False (biases in the ASAM reference code)."""
+    if foreach:
+        ts = _operator_t(weights, adaptive, eta)
+        tg = [g if t is None else g * t for g, t in zip(grads, ts)]
+        norm = global_norm(tg, 2.0, foreach=True)
+        scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        out = [x if t is None else x * t for x, t in zip(tg, ts)]
+        return _scaled(out, scale, True)
+    tg = [g * (w.abs() + eta) if a else g for g, w, a in zip(grads, weights, adaptive)]
+    norm = global_norm(tg, 2.0, foreach=False)
+    scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    return _scaled([x * (w.abs() + eta) if a else x for x, w, a in zip(tg, weights, adaptive)], scale, False)
+
+
+def project_lp_ball(eps: list[Tensor], radius: float, p: float, *, foreach: bool = True) -> list[Tensor]:
+    """Pulls ``eps`` back into the p-norm ball of ``radius``.
+
+    Exact Euclidean projection for p = 2 (rescaling) and p = inf (clamping). For other p the
+    Euclidean projection has no closed form; rescaling onto the sphere is used instead, which keeps
+    ``||eps||_p <= radius`` and the direction.
+    """
+    if math.isinf(p):
+        if foreach:
+            out = torch._foreach_clamp_min(eps, -radius)
+            torch._foreach_clamp_max_(out, radius)
+            return out
+        return [e.clamp(-radius, radius) for e in eps]
+    norm = global_norm(eps, p, foreach=foreach)
+    scale = (radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_max(1.0)
+    return _scaled(eps, scale, foreach)
+
+
+def project_adaptive_ball(
+    eps: list[Tensor],
+    weights: list[Tensor],
+    adaptive: list[bool],
+    radius: float,
+    eta: float,
+    *,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """Projection onto ASAM's ellipsoid ||T^-1 eps||_2 <= radius (a rescaling, exact in the T^-1 metric)."""
+    ts = _operator_t(weights, adaptive, eta)
+    scaled = [e if t is None else e / t for e, t in zip(eps, ts)]
+    norm = global_norm(scaled, 2.0, foreach=foreach)
+    scale = (radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_max(1.0)
+    return _scaled(eps, scale, foreach)
+
+
+def _operator_t(weights: list[Tensor], adaptive: list[bool], eta: float) -> list[Tensor | None]:
+    chosen = [w for w, a in zip(weights, adaptive) if a]
+    ts = iter(torch._foreach_add(torch._foreach_abs(chosen), eta) if chosen else [])
+    return [next(ts) if a else None for a in adaptive]
+
+
+def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool) -> list[Tensor]:
+    # A Python float works across devices and dtypes; the one host sync it costs per norm is what
+    # lets the caller skip a step whose gradient is not finite.
+    s = float(scale)
+    if foreach:
+        return torch._foreach_mul(tensors, s) if tensors else []
+    return [t * s for t in tensors]

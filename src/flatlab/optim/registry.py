@@ -1,0 +1,132 @@
+"""Optimizers by name: ``create_optimizer("ssam-f", model, lr=0.05, rho=0.1)``.
+
+An entry is data: the preset class and the fixed keyword arguments that make the variant.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.normalization import GroupNorm, LayerNorm
+
+from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
+from .sharpness_aware import SharpnessAware
+
+__all__ = ["create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS"]
+
+BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    cls: type[SharpnessAware] | None  # None: the base optimizer alone
+    fixed: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_optimizer(name: str, cls: type[SharpnessAware] | None, summary: str = "", **fixed: Any) -> None:
+    """Adds a named variant: ``cls`` built with ``fixed`` keyword arguments (user kwargs override)."""
+    if name in _REGISTRY:
+        raise ValueError(f"optimizer {name!r} is already registered")
+    _REGISTRY[name] = _Entry(cls, dict(fixed), summary)
+
+
+register_optimizer("sgd", None, "the base optimizer alone")
+register_optimizer("adamw", None, "the base optimizer alone (base='adamw')", base="adamw")
+register_optimizer("sam", SAM, "SAM, L2 ball")
+register_optimizer("sam-sign", SAM, "SAM, sign (p = inf) perturbation", p=math.inf)
+register_optimizer("asam", ASAM, "adaptive SAM")
+register_optimizer("esam", ESAM, "efficient SAM: random tensors (beta) + data selection (gamma)")
+register_optimizer("ssam-f", SSAM, "sparse SAM, Fisher mask", mask="fisher")
+register_optimizer("ssam-d", SSAM, "sparse SAM, dynamic mask", mask="dynamic")
+register_optimizer("s2sam", S2SAM, "single-step SAM (previous gradient)")
+
+
+def list_optimizers() -> list[str]:
+    """Names accepted by :func:`create_optimizer`."""
+    return list(_REGISTRY)
+
+
+_BASE_KEYS = {
+    "lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize",
+}  # fmt: skip
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float = 0.0, decay_norm_and_bias: bool = True
+) -> list[dict[str, Any]]:
+    """Parameter groups for ``model``: with ``decay_norm_and_bias=False``, biases and normalisation
+    weights get no weight decay (the papers decay everything, the default here)."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    norm_types = (_BatchNorm, LayerNorm, GroupNorm)
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name.endswith("bias") or isinstance(module, norm_types):
+                no_decay.add(id(p))
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def create_optimizer(
+    name: str,
+    params_or_model: nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]],
+    base: str = "sgd",
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Builds the optimizer ``name`` (see :func:`list_optimizers`) on a base optimizer.
+
+    Keyword arguments of the base optimizer (lr, momentum, weight_decay, nesterov, betas, eps, ...)
+    go to it; the rest to the SAM variant. Given a model, the variant also receives it (frozen
+    BatchNorm statistics in perturbed passes, DDP per-replica ascent, ASAM's bias rule).
+
+    Example::
+
+        opt = flatlab.create_optimizer("esam", model, lr=0.1, momentum=0.9, rho=0.05, beta=0.6)
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(list_optimizers())}")
+    entry = _REGISTRY[name]
+    options = {**entry.fixed, **kwargs}
+    base = options.pop("base", base)
+    if base not in BASE_OPTIMIZERS:
+        raise ValueError(f"unknown base optimizer {base!r}; choose from {', '.join(BASE_OPTIMIZERS)}")
+    base_cls = BASE_OPTIMIZERS[base]
+    base_kwargs = {k: options.pop(k) for k in list(options) if k in _BASE_KEYS}
+    accepted = inspect.signature(base_cls).parameters
+    unknown = [k for k in base_kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(f"base optimizer {base!r} takes no {', '.join(unknown)}")
+    model = params_or_model if isinstance(params_or_model, nn.Module) else None
+    decay_all = options.pop("decay_norm_and_bias", True)
+    if model is not None:
+        params = param_groups(model, base_kwargs.pop("weight_decay", 0.0), decay_all)
+    else:
+        params = list(params_or_model)
+    base_opt = base_cls(params, **base_kwargs)
+    if entry.cls is None:
+        if options:
+            raise ValueError(f"optimizer {name!r} takes no {', '.join(options)}")
+        return base_opt
+    if model is not None:
+        options.setdefault("model", model)
+    return entry.cls(base_opt, **options)

@@ -1,0 +1,106 @@
+"""Which samples drive the descent gradient: all of them, or ESAM's sharpness-sensitive subset.
+
+Selecting samples needs per-sample losses, which a plain ``closure()`` cannot give. A
+:class:`PerSampleClosure` is the opt-in contract for that: it wraps a function
+``loss_fn(indices) -> per-sample losses`` and leaves grad mode and ``backward`` to the optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["PerSampleClosure", "per_sample", "Samples", "AllSamples", "SharpnessSensitive"]
+
+
+class PerSampleClosure:
+    """A closure that evaluates per-sample losses on any subset of the current batch.
+
+    ``fn(indices)`` must run the forward pass on the batch rows ``indices`` (a 1-D LongTensor, or
+    None for the whole batch) and return the per-sample losses (shape ``[len(indices)]``) without
+    calling ``backward``: the optimizer decides the grad mode (a no-grad forward for selection) and
+    back-propagates the mean itself.
+
+    Calling the object with no argument behaves as a standard closure (zero grads, mean loss,
+    backward), so a ``PerSampleClosure`` works with every optimizer.
+
+    Example::
+
+        def losses(idx):
+            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            return F.cross_entropy(model(xb), yb, reduction="none")
+
+        opt.step(flatlab.per_sample(losses))
+    """
+
+    def __init__(self, fn: Callable[[Tensor | None], Tensor], params: list[Tensor] | None = None):
+        self.fn = fn
+        self.params = params
+
+    def losses(self, indices: Tensor | None = None) -> Tensor:
+        out = self.fn(indices)
+        if not isinstance(out, Tensor) or out.dim() != 1:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"a per-sample closure must return a 1-D tensor of losses, got {shape}")
+        return out
+
+    def __call__(self) -> Tensor:
+        if self.params is not None:
+            for p in self.params:
+                p.grad = None
+        with torch.enable_grad():
+            loss = self.losses(None).mean()
+            loss.backward()
+        return loss
+
+
+def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:
+    """Marks ``fn(indices) -> per-sample losses`` as a :class:`PerSampleClosure`."""
+    return fn if isinstance(fn, PerSampleClosure) else PerSampleClosure(fn)
+
+
+class Samples:
+    """Interface of a sample policy (and the "all samples" default)."""
+
+    name = "all"
+    needs_per_sample = False
+
+    def select(self, before: Tensor, after: Tensor) -> Tensor | None:
+        """Rows of the batch for the descent pass from per-sample losses at w and w + eps (None: all)."""
+        return None
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+AllSamples = Samples
+
+
+class SharpnessSensitive(Samples):
+    """ESAM's Sharpness-sensitive Data Selection: the descent pass runs only on the
+    ``ceil(gamma * batch)`` samples whose loss rose most from w to w + eps (at least one). Ties go
+    to the lower batch index, so the choice is deterministic."""
+
+    name = "sharpness-sensitive"
+
+    def __init__(self, gamma: float = 0.5):
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got gamma={gamma}")
+        self.gamma = float(gamma)
+        self.needs_per_sample = self.gamma < 1.0
+
+    def count(self, batch: int) -> int:
+        return max(1, min(batch, math.ceil(self.gamma * batch - 1e-9)))
+
+    def select(self, before: Tensor, after: Tensor) -> Tensor | None:
+        if not self.needs_per_sample:
+            return None
+        rise = (after.detach() - before.detach()).float()
+        order = torch.argsort(rise, descending=True, stable=True)
+        return order[: self.count(rise.numel())].sort().values
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma:g}"
