@@ -1,7 +1,14 @@
 """The SAM family behind the torch.optim interface, composed from four policies."""
 
 from .batchnorm import frozen_bn_stats
-from .coordinates import AllCoordinates, Coordinates, DynamicMask, FisherMask, MaskedCoordinates, RandomTensors
+from .coordinates import (
+    AllCoordinates,
+    Coordinates,
+    DynamicMask,
+    FisherMask,
+    MaskedCoordinates,
+    RandomTensors,
+)
 from .fisher import empirical_fisher
 from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
 from .registry import BASE_OPTIMIZERS, create_optimizer, list_optimizers, param_groups, register_optimizer

@@ -46,21 +46,29 @@ def empirical_fisher(
     per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     was_training = model.training
     model.eval()
-    seen = 0
+    device_type = params[0].device.type if params else "cpu"
+    # Scores are ranked across all parameters: compute them in full precision even inside autocast.
     try:
-        for inputs, targets in data:
-            take = min(num_samples - seen, inputs.shape[0])
-            for start in range(0, take, chunk_size):
-                stop = min(start + chunk_size, take)
-                grads = per_sample_grads(detached, inputs[start:stop], targets[start:stop])
-                for name, g in grads.items():
-                    scores[name] += g.float().pow(2).sum(0)
-            seen += take
-            if seen >= num_samples:
-                break
+        with torch.autocast(device_type, enabled=False):
+            seen = _accumulate(data, num_samples, chunk_size, per_sample_grads, detached, scores)
     finally:
         model.train(was_training)
     if seen < num_samples:
         raise ValueError(f"the data gave {seen} samples, fewer than num_samples={num_samples}")
     by_id = {id(p): scores[name] for name, p in names.items()}
     return [by_id.get(id(p), torch.zeros_like(p, dtype=torch.float32)) for p in params]
+
+
+def _accumulate(data, num_samples, chunk_size, per_sample_grads, weights, scores) -> int:
+    seen = 0
+    for inputs, targets in data:
+        take = min(num_samples - seen, inputs.shape[0])
+        for start in range(0, take, chunk_size):
+            stop = min(start + chunk_size, take)
+            grads = per_sample_grads(weights, inputs[start:stop], targets[start:stop])
+            for name, g in grads.items():
+                scores[name] += g.float().pow(2).sum(0)
+        seen += take
+        if seen >= num_samples:
+            break
+    return seen

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .batchnorm import frozen_bn_stats
 from .coordinates import Coordinates
+from .functional import global_norm
 from .samples import PerSampleClosure, Samples
 from .shapes import LpBall, Shape
 
@@ -223,7 +224,10 @@ class SharpnessAware(torch.optim.Optimizer):
         elif self.skip_nonfinite and not self._check_and_unscale(grads, None):
             return False
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm, foreach=self.foreach)
+            total = global_norm(grads, 2.0, foreach=self.foreach)
+            coef = self.max_grad_norm / (float(total) + 1e-6)
+            if coef < 1.0:
+                torch._foreach_mul_(grads, coef)
         return True
 
     # ----------------------------------------------------------------------------------------
@@ -447,12 +451,14 @@ class SharpnessAware(torch.optim.Optimizer):
             return
         params = self._params()
         weights = [params[i] for i in self._perturbed]
-        held = [w.clone() for w in weights]
-        torch._foreach_copy_(weights, self._backups(params, self._perturbed))
+        with torch.no_grad():
+            held = [w.clone() for w in weights]
+            torch._foreach_copy_(weights, self._backups(params, self._perturbed))
         try:
             yield
         finally:
-            torch._foreach_copy_(weights, held)
+            with torch.no_grad():
+                torch._foreach_copy_(weights, held)
 
     def update_mask(
         self,

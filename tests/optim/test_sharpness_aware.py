@@ -1,0 +1,441 @@
+"""Whole steps of every variant against reference loops written here, and the invariants they keep."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FAMILY, batches, make, run_step, tiny_net
+
+import flatlab
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def grads_at(model, x, y):
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def sgd_momentum_reference(model, grads_fn, steps, lr=0.1, momentum=0.9):
+    """Plain SGD with momentum where grads_fn(model, step) gives the gradient to descend on."""
+    bufs = None
+    for k in range(steps):
+        g = grads_fn(model, k)
+        with torch.no_grad():
+            bufs = [gi.clone() for gi in g] if bufs is None else [b.mul_(momentum).add_(gi) for b, gi in zip(bufs, g)]
+            for p, b in zip(model.parameters(), bufs):
+                p.sub_(lr * b)
+
+
+def sam_gradient(model, x, y, rho):
+    g = grads_at(model, x, y)
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    saved = params_of(model)
+    with torch.no_grad():
+        for p, gi in zip(model.parameters(), g):
+            p.add_(rho * gi / norm)
+    g_sam = grads_at(model, x, y)
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), saved):
+            p.copy_(s)
+    return g_sam
+
+
+def test_sam_steps_match_reference_loop(data):
+    ref, model = tiny_net(), tiny_net()
+    ref.eval(), model.eval()  # BN in eval: both passes see the same statistics
+    sgd_momentum_reference(ref, lambda m, k: sam_gradient(m, *data[k], rho=0.05), steps=3)
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+    for x, y in data[:3]:
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    for a, b in zip(ref.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_phase_api_equals_closure(data):
+    a, b = tiny_net(), tiny_net()
+    opt_a = flatlab.SAM(torch.optim.SGD(a.parameters(), lr=0.1), rho=0.05, model=a)
+    opt_b = flatlab.SAM(torch.optim.SGD(b.parameters(), lr=0.1), rho=0.05, model=b)
+    for x, y in data:
+        run_step(opt_a, a, x, y)
+        F.cross_entropy(b(x), y).backward()
+        opt_b.first_step(zero_grad=True)
+        with flatlab.frozen_bn_stats(b):
+            F.cross_entropy(b(x), y).backward()
+        opt_b.second_step(zero_grad=True)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_ascent_steps_project_onto_the_ball(data):
+    x, y = data[0]
+    rho = 0.1
+    ref, model = tiny_net(), tiny_net()
+    ref.eval(), model.eval()
+    # reference: eps1 = rho g1/|g1|; eps2 = proj(eps1 + rho g2/|g2|), g2 at w + eps1
+    w = params_of(ref)
+    g1 = grads_at(ref, x, y)
+    n1 = torch.sqrt(sum((g**2).sum() for g in g1))
+    eps = [rho * g / n1 for g in g1]
+    with torch.no_grad():
+        for p, wi, e in zip(ref.parameters(), w, eps):
+            p.copy_(wi + e)
+    g2 = grads_at(ref, x, y)
+    n2 = torch.sqrt(sum((g**2).sum() for g in g2))
+    eps = [e + rho * g / n2 for e, g in zip(eps, g2)]
+    ne = torch.sqrt(sum((e**2).sum() for e in eps))
+    assert ne > rho  # the projection has work to do
+    eps = [e * rho / ne for e in eps]
+    with torch.no_grad():
+        for p, wi, e in zip(ref.parameters(), w, eps):
+            p.copy_(wi + e)
+    g3 = grads_at(ref, x, y)
+    expected = [wi - 0.1 * g for wi, g in zip(w, g3)]
+
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=rho, ascent_steps=2)
+    seen_norms = []
+
+    def closure():
+        opt.zero_grad()
+        if opt.is_perturbed:
+            seen_norms.append(torch.sqrt(sum(((p - opt.state[p]["backup"]) ** 2).sum() for p in model.parameters())))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(seen_norms) == 2 and all(n <= rho * (1 + 1e-5) for n in seen_norms)
+    for a, b in zip(expected, model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sign_perturbation_with_several_steps_stays_in_the_inf_ball(data):
+    x, y = data[0]
+    model = tiny_net()
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.01, p=math.inf, ascent_steps=3)
+    widths = []
+
+    def closure():
+        opt.zero_grad()
+        if opt.is_perturbed:
+            widths.append(max((p - opt.state[p]["backup"]).abs().max().item() for p in model.parameters()))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(widths) == 3 and all(w <= 0.01 + 1e-7 for w in widths) and widths[0] > 0.009
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_rho_zero_reproduces_the_base_optimizer(name, data):
+    neutral = {"esam": dict(beta=1.0, gamma=1.0), "ssam-f": dict(sparsity=0.0), "ssam-d": dict(sparsity=0.0)}
+    a, b = tiny_net(), tiny_net()
+    opt = make(name, a, rho=0.0, **neutral.get(name, {}))
+    base = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    for x, y in data:
+        run_step(opt, a, x, y)
+        base.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        base.step()
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_s2sam_first_step_is_base_step_then_uses_previous_gradient(data):
+    rho = 0.05
+    model, ref = tiny_net(), tiny_net()
+    model.eval(), ref.eval()
+    opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=rho)
+    for x, y in data[:2]:
+        opt.zero_grad()  # grads become None: the perturbation must not depend on them surviving
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    # reference: w1 = w0 - lr g(w0); w2 = w1 - lr g(w1 + rho g(w0)/|g(w0)|)
+    (x0, y0), (x1, y1) = data[:2]
+    g0 = grads_at(ref, x0, y0)
+    n0 = torch.sqrt(sum((g**2).sum() for g in g0))
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), g0):
+            p.sub_(0.1 * g)
+    w1 = params_of(ref)
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), g0):
+            p.add_(rho * g / n0)
+    g1 = grads_at(ref, x1, y1)
+    expected = [w - 0.1 * g for w, g in zip(w1, g1)]
+    with opt.unperturbed():
+        for e, p in zip(expected, model.parameters()):
+            torch.testing.assert_close(e, p, rtol=1e-5, atol=1e-6)
+
+
+def test_s2sam_really_perturbs(data):
+    a, b = tiny_net(), tiny_net()
+    opt = flatlab.S2SAM(torch.optim.SGD(a.parameters(), lr=0.1), rho=0.05)
+    sgd = torch.optim.SGD(b.parameters(), lr=0.1)
+    for x, y in data[:2]:
+        for o, m in ((opt, a), (sgd, b)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    with opt.unperturbed():
+        diff = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    assert diff > 1e-4
+
+
+def test_s2sam_unperturbed_restores_and_reapplies(data):
+    model = tiny_net()
+    opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+    run_step(opt, model, *data[0])
+    perturbed = params_of(model)
+    with opt.unperturbed():
+        inside = params_of(model)
+        assert all(torch.equal(p, opt.state[q]["backup"]) for p, q in zip(inside, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(perturbed, params_of(model)))
+    assert any(not torch.equal(a, b) for a, b in zip(perturbed, inside))
+
+
+def test_restore_is_exact_in_bfloat16(data):
+    x, y = data[0]
+    model = tiny_net(dtype=torch.bfloat16)
+    before = params_of(model)
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.5)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x.bfloat16()), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_batchnorm_statistics_come_from_the_first_pass_only(data):
+    x, y = data[0]
+    model, ref = tiny_net(), tiny_net()
+    ref(x)  # one training-mode forward at w
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, model=model)
+    run_step(opt, model, x, y)
+    assert torch.equal(model.bn.running_mean, ref.bn.running_mean)
+    assert torch.equal(model.bn.running_var, ref.bn.running_var)
+    assert model.bn.num_batches_tracked.item() == 1
+
+
+def test_parameters_without_gradient_are_left_alone(data):
+    x, y = data[0]
+    model = tiny_net()
+    unused = torch.nn.Parameter(torch.ones(3))
+    params = list(model.parameters()) + [unused]
+    opt = flatlab.SAM(torch.optim.SGD(params, lr=0.1), rho=0.05)
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    assert opt.is_perturbed and torch.equal(unused, torch.ones(3))
+    F.cross_entropy(model(x), y).backward()
+    opt.second_step()
+    assert torch.equal(unused, torch.ones(3))
+
+
+def test_first_step_without_gradients_is_an_error():
+    model = tiny_net()
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="no gradients"):
+        opt.first_step()
+
+
+def test_step_without_closure_is_an_error():
+    model = tiny_net()
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="closure"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize("where", ["ascent", "descent"])
+def test_nonfinite_gradient_leaves_weights_and_state_untouched(name, where, data):
+    model = tiny_net()
+    opt = make(name, model)
+    run_step(opt, model, *data[0])  # some momentum and a pending perturbation for S2SAM
+    x, y = data[1]
+    with opt.unperturbed():
+        before = params_of(model)
+    momentum = [s["momentum_buffer"].clone() for s in opt.base.state.values()]
+    calls = []
+
+    def losses(idx):
+        calls.append(idx)
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        poisoned = (where == "ascent" and len(calls) == 1) or (where == "descent" and len(calls) > 1)
+        out = F.cross_entropy(model(xb), yb, reduction="none")
+        return out * float("nan") if poisoned or opt.single_step else out
+
+    if opt.single_step:
+        opt.zero_grad()
+        losses(None).mean().backward()
+        opt.step()
+    else:
+        opt.step(flatlab.per_sample(losses))
+    assert not opt.is_perturbed or opt.single_step
+    with opt.unperturbed():
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, opt.base.state.values()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_grad_scaler_skips_overflowing_steps_exactly(data):
+    x, y = data[0]
+    model = tiny_net()
+    before = params_of(model)
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, model=model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    opt.first_step(zero_grad=True)
+    assert opt.is_perturbed
+    scaler.scale(F.cross_entropy(model(x), y) * 1e6).backward()  # overflows fp32
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**120
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_grad_scaler_step_equals_unscaled_step(data):
+    a, b = tiny_net(), tiny_net()
+    opt_a = flatlab.SAM(torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), rho=0.05, model=a)
+    opt_b = flatlab.SAM(torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9), rho=0.05, model=b)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for x, y in data:
+        run_step(opt_a, a, x, y)
+        scaler.scale(F.cross_entropy(b(x), y)).backward()
+        opt_b.first_step(zero_grad=True)
+        with opt_b.perturbed_pass():
+            scaler.scale(F.cross_entropy(b(x), y)).backward()
+        scaler.step(opt_b)
+        scaler.update()
+        opt_b.zero_grad()
+    # power-of-two scaling is exact, and eps is invariant to it
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_bfloat16_autocast_trains(name, data):
+    model = tiny_net()
+    opt = make(name, model, lr=0.05)
+    epoch_losses = []
+    for _ in range(4):
+        total = 0.0
+        for x, y in data:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                total += float(run_step(opt, model, x, y).detach())
+        epoch_losses.append(total / len(data))
+    assert all(math.isfinite(v) for v in epoch_losses) and epoch_losses[-1] < epoch_losses[0]
+
+
+def test_gradient_clipping_of_the_descent_gradient(data):
+    x, y = data[0]
+    model = tiny_net()
+    before = params_of(model)
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=1.0), rho=0.05, max_grad_norm=1e-3)
+    run_step(opt, model, x, y)
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert moved.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_wrapper_is_a_torch_optimizer_and_schedulers_reach_the_base(data):
+    model = tiny_net()
+    opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+    assert isinstance(opt, torch.optim.Optimizer)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    run_step(opt, model, *data[0])
+    sched.step()
+    assert opt.base.param_groups[0]["lr"] == pytest.approx(0.05)
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    run_step(opt, model, *data[1])
+    sched.step()
+    assert opt.base.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_resume_is_bit_identical(name):
+    data = batches(n_batches=6)
+    straight = tiny_net()
+    opt = make(name, straight)
+    for x, y in data:
+        run_step(opt, straight, x, y)
+
+    first = tiny_net()
+    opt1 = make(name, first)
+    for x, y in data[:3]:
+        run_step(opt1, first, x, y)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = tiny_net(seed=123)  # different init: everything must come from the checkpoint
+    resumed.load_state_dict(saved["model"])
+    opt2 = make(name, resumed, seed=999)
+    opt2.load_state_dict(saved["opt"])
+    for x, y in data[3:]:
+        run_step(opt2, resumed, x, y)
+    for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", ["sam", "s2sam"])
+def test_extra_state_is_at_most_one_parameter_copy(name, data):
+    model = tiny_net()
+    opt = make(name, model)
+    for x, y in data:
+        run_step(opt, model, x, y)
+    own = sum(t.numel() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    assert 0 < own <= sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="sam", rho=-0.1), "rho=-0.1"),
+        (dict(name="sam", p=1), "p=1"),
+        (dict(name="sam", p=0.5), "p=0.5"),
+        (dict(name="sam", ascent_steps=0), "ascent_steps=0"),
+        (dict(name="sam", ascent_steps=1.5), "ascent_steps=1.5"),
+        (dict(name="asam", eta=-1.0), "eta=-1.0"),
+        (dict(name="esam", beta=0.0), "beta=0.0"),
+        (dict(name="esam", beta=1.2), "beta=1.2"),
+        (dict(name="esam", gamma=0.0), "gamma=0.0"),
+        (dict(name="esam", gamma=2.0), "gamma=2.0"),
+        (dict(name="ssam-f", sparsity=1.0), "sparsity=1.0"),
+        (dict(name="ssam-f", sparsity=-0.1), "sparsity=-0.1"),
+        (dict(name="ssam-f", num_samples=0), "num_samples=0"),
+        (dict(name="ssam-d", update_interval=0), "update_interval=0"),
+        (dict(name="ssam-d", drop_rate=1.5), "drop_rate=1.5"),
+        (dict(name="s2sam", rho=-1), "rho=-1"),
+        (dict(name="nosuch"), "nosuch"),
+        (dict(name="sam", base="lbfgs"), "lbfgs"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, message):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        flatlab.create_optimizer(name, tiny_net(), lr=0.1, **kwargs)
+
+
+def test_ssam_mask_must_be_known():
+    with pytest.raises(ValueError, match="'nosuch'"):
+        flatlab.SSAM(torch.optim.SGD(tiny_net().parameters(), lr=0.1), mask="nosuch")
+
+
+def test_base_must_be_an_optimizer_instance():
+    with pytest.raises(TypeError, match="Optimizer instance"):
+        flatlab.SAM(torch.optim.SGD, rho=0.05)
