@@ -1,0 +1,172 @@
+"""Step cost of every optimizer as a ratio to plain SGD measured in the same run.
+
+Model: ResNet-18 layout at width 0.25 (base 16 channels, 0.70M parameters, BatchNorm), batch 128 of
+CIFAR-shaped inputs on the CPU. Rounds are interleaved (every optimizer timed once per round) so
+that drifts of the machine hit all of them alike; the median per-step time over rounds is reported.
+
+Also: SSAM-F's Fisher refresh with 128 samples in units of SGD steps, and the optimizer state
+memory as a ratio to parameter memory (the wrapper's own state, and the base optimizer's).
+
+    python benchmarks/step_cost.py                # writes benchmarks/results/step_cost.{json,md}
+    python benchmarks/step_cost.py --rounds 3 --steps 2 --out /tmp/quick   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import flatlab
+from flatlab.models import create_model
+
+METHODS = {
+    "sgd": {},
+    "sam": dict(rho=0.05),
+    "sam-sign": dict(rho=0.05),
+    "asam": dict(rho=0.5),
+    "esam": dict(rho=0.05, beta=0.6, gamma=0.5),
+    "ssam-f": dict(rho=0.05, sparsity=0.5, update_interval=10**9),
+    "ssam-d": dict(rho=0.05, sparsity=0.5, update_interval=100),
+    "s2sam": dict(rho=0.05),
+}
+
+
+def build(name: str, width: float, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model("resnet18", num_classes=10, width=width)
+    opt = flatlab.create_optimizer(name, model, lr=0.05, momentum=0.9, weight_decay=5e-4, **METHODS[name])
+    return model, opt
+
+
+def train_step(model, opt, x, y) -> None:
+    if isinstance(opt, flatlab.SharpnessAware) and opt.single_step or not isinstance(opt, flatlab.SharpnessAware):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        return
+
+    def losses(idx):
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        return F.cross_entropy(model(xb), yb, reduction="none")
+
+    opt.step(flatlab.per_sample(losses))
+
+
+def state_bytes(state) -> int:
+    return sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def mask_bytes(opt) -> int:
+    masks = getattr(getattr(opt, "coordinates", None), "mask_list", [])
+    return sum(m.numel() * m.element_size() for m in masks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=4, help="steps timed per optimizer per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    runs = {name: build(name, args.width) for name in METHODS}
+    n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in runs["sgd"][0].parameters())
+
+    for model, opt in runs.values():
+        for _ in range(args.warmup):
+            train_step(model, opt, x, y)
+    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    for _ in range(args.rounds):
+        for name, (model, opt) in runs.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                train_step(model, opt, x, y)
+            times[name].append((time.perf_counter() - start) / args.steps)
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    # SSAM-F's refresh: Fisher from 128 samples + global top-k
+    model, opt = runs["ssam-f"]
+    fisher_data = [(x, y)]
+    opt.update_mask(model, fisher_data)  # warm-up (vmap tracing)
+    refresh = []
+    for _ in range(max(3, args.rounds // 3)):
+        start = time.perf_counter()
+        opt.update_mask(model, fisher_data)
+        refresh.append(time.perf_counter() - start)
+    refresh_s = statistics.median(refresh)
+
+    sgd = median["sgd"]
+    rows = []
+    for name in METHODS:
+        _, opt = runs[name]
+        wrapper = opt if isinstance(opt, flatlab.SharpnessAware) else None
+        own = (state_bytes(wrapper.state) + mask_bytes(wrapper)) if wrapper else 0
+        base = state_bytes(wrapper.base.state if wrapper else opt.state)
+        rows.append(
+            {
+                "optimizer": name,
+                "step_ms": round(median[name] * 1e3, 2),
+                "ratio_to_sgd": round(median[name] / sgd, 3),
+                "ratio_to_sam": round(median[name] / median["sam"], 3),
+                "extra_state_over_params": round(own / param_bytes, 3),
+                "base_state_over_params": round(base / param_bytes, 3),
+                "hyper_parameters": METHODS[name],
+            }
+        )
+    result = {
+        "benchmark": "step_cost",
+        "command": "python benchmarks/step_cost.py",
+        "model": f"resnet18 width {args.width} ({n_params / 1e6:.2f}M params, BatchNorm)",
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "flatlab": flatlab.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "rows": rows,
+        "fisher_refresh_128_samples_ms": round(refresh_s * 1e3, 1),
+        "fisher_refresh_in_sgd_steps": round(refresh_s / sgd, 2),
+        "esam_speedup_over_sam": round(median["sam"] / median["esam"], 3),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "step_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Step cost ({result['model']}, batch {args.batch}, CPU, {result['threads']} threads)",
+        "",
+        f"Command: `{result['command']}`; median of {args.rounds} interleaved rounds of {args.steps} steps.",
+        "",
+        "| optimizer | step (ms) | x SGD | x SAM | extra state / params | base state / params |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['optimizer']} | {r['step_ms']} | {r['ratio_to_sgd']} | {r['ratio_to_sam']} | "
+            f"{r['extra_state_over_params']} | {r['base_state_over_params']} |"
+        )
+    lines += [
+        "",
+        f"ESAM speed-up over SAM: {result['esam_speedup_over_sam']}x. "
+        f"SSAM-F Fisher refresh (128 samples): {result['fisher_refresh_128_samples_ms']} ms = "
+        f"{result['fisher_refresh_in_sgd_steps']} SGD steps.",
+        "",
+    ]
+    (args.out / "step_cost.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
