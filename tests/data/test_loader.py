@@ -159,3 +159,14 @@ def test_validation(kwargs, message):
         BatchLoader(images.float(), labels)
     with pytest.raises(ValueError, match="epoch"):
         BatchLoader(images, labels).set_epoch(-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_match_cpu():
+    # Draws come from CPU generators, so a GPU run sees exactly the CPU run's order and augmentation.
+    images, labels = _data()
+    cpu = _epoch(_loader(images, labels))
+    gpu = _epoch(_loader(images, labels, device="cuda"))
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+        assert xg.device.type == "cuda" and torch.equal(yc, yg.cpu())
+        torch.testing.assert_close(xc, xg.cpu(), atol=1e-5, rtol=1e-5)
