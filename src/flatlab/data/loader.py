@@ -32,9 +32,10 @@ class BatchLoader:
     ``(seed, e, rank)``. ``set_epoch(e)`` selects the epoch; without it, each new iteration
     advances the epoch by one, so forgetting ``set_epoch`` does not repeat the same order forever.
 
-    DDP: with ``world_size > 1`` every rank draws the same global permutation and takes its own
-    contiguous slice of ``len(data) // world_size`` indices: slices are disjoint and equal in size
-    (the few samples left over differ from epoch to epoch when shuffling).
+    DDP: with ``world_size > 1`` every rank draws the same global permutation and takes every
+    ``world_size``-th index of it, starting at its rank: shards are disjoint and equal in size (the
+    few samples left over differ from epoch to epoch when shuffling), and the ranks' batches k
+    together form the global batch k of a single process with ``world_size`` times the batch.
 
     Args:
         images: uint8 ``[N, C, H, W]``. labels: int ``[N]``.
@@ -174,8 +175,11 @@ class BatchLoader:
             order = torch.randperm(n, generator=_seeded(self.seed, epoch, _PERMUTATION))
         else:
             order = torch.arange(n)
+        # Strided shards: batch k of every rank is a slice of the same global batch k, so a DDP run
+        # with world_size ranks of batch b sees exactly the batches of one process with batch
+        # world_size * b (the property that makes the two runs equal where the maths says so).
         per_rank = self.num_samples
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank].to(self.device)
+        return order[: per_rank * self.world_size][self.rank :: self.world_size].to(self.device)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply this loader's augmentation and normalisation to a uint8 batch."""

@@ -263,7 +263,13 @@ class SharpnessAware(torch.optim.Optimizer):
         if self._perturbed is None:
             return
         if self._perturbed:
-            torch._foreach_copy_([params[i] for i in self._perturbed], self._backups(params, self._perturbed))
+            weights = [params[i] for i in self._perturbed]
+            torch._foreach_copy_(weights, self._backups(params, self._perturbed))
+            if self.weight_masks:
+                # a sparse schedule may have pruned weights since w was saved: keep them pruned
+                pairs = [(w, self.weight_masks[w]) for w in weights if w in self.weight_masks]
+                if pairs:
+                    torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
         self._perturbed = None
         self._eps = None
 
