@@ -1,0 +1,31 @@
+"""Analysis tools for sharpness-aware training: curvature, landscapes, gradient statistics,
+corruption robustness and FLOPs, following the SSAM, ESAM and S2-SAM papers' figures.
+
+Every function takes the model, the data (an iterable of ``(inputs, targets)`` batches, read once)
+and the loss (``loss_fn(outputs, targets) -> scalar``, default cross-entropy) explicitly, and leaves
+the model's parameters, buffers and train/eval mode as it found them. The plot writers import
+matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
+"""
+
+from .hessian import (
+    HessianEigen,
+    HessianOperator,
+    LanczosResult,
+    SpectralDensity,
+    TraceEstimate,
+    gaussian_density,
+    hessian_vector_product,
+    hutchinson,
+    hutchinson_trace,
+    lanczos,
+    spectral_density,
+    stochastic_lanczos_quadrature,
+    top_eigenvalues,
+)
+
+__all__ = [
+    # hessian
+    "HessianOperator", "hessian_vector_product", "LanczosResult", "lanczos", "HessianEigen",
+    "top_eigenvalues", "TraceEstimate", "hutchinson", "hutchinson_trace", "SpectralDensity",
+    "stochastic_lanczos_quadrature", "gaussian_density", "spectral_density",
+]  # fmt: skip
