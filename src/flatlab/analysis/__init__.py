@@ -22,10 +22,26 @@ from .hessian import (
     stochastic_lanczos_quadrature,
     top_eigenvalues,
 )
+from .landscape import (
+    Surface1D,
+    Surface2D,
+    adversarial_directions,
+    averaged_loss_surface_2d,
+    filter_normalize,
+    gaussian_direction_pairs,
+    gradient_direction,
+    loss_surface_1d,
+    loss_surface_2d,
+    random_direction,
+)
 
 __all__ = [
     # hessian
     "HessianOperator", "hessian_vector_product", "LanczosResult", "lanczos", "HessianEigen",
     "top_eigenvalues", "TraceEstimate", "hutchinson", "hutchinson_trace", "SpectralDensity",
     "stochastic_lanczos_quadrature", "gaussian_density", "spectral_density",
+    # landscape
+    "filter_normalize", "random_direction", "gaussian_direction_pairs", "gradient_direction",
+    "adversarial_directions", "Surface1D", "Surface2D", "loss_surface_1d", "loss_surface_2d",
+    "averaged_loss_surface_2d",
 ]  # fmt: skip
