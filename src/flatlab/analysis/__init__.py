@@ -7,6 +7,14 @@ the model's parameters, buffers and train/eval mode as it found them. The plot w
 matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
+from .gradstats import (
+    RelativeGradientDifference,
+    SDSStatistics,
+    linearity,
+    relative_gradient_difference,
+    sam_perturbation,
+    sds_statistics,
+)
 from .hessian import (
     HessianEigen,
     HessianOperator,
@@ -44,4 +52,7 @@ __all__ = [
     "filter_normalize", "random_direction", "gaussian_direction_pairs", "gradient_direction",
     "adversarial_directions", "Surface1D", "Surface2D", "loss_surface_1d", "loss_surface_2d",
     "averaged_loss_surface_2d",
+    # gradstats
+    "sam_perturbation", "RelativeGradientDifference", "relative_gradient_difference", "SDSStatistics",
+    "sds_statistics", "linearity",
 ]  # fmt: skip
