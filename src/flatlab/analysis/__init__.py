@@ -7,6 +7,7 @@ the model's parameters, buffers and train/eval mode as it found them. The plot w
 matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
+from .corruptions import CIFAR10C_PARAMS, corrupt, evaluate_corruptions, jpeg_compress, list_corruptions
 from .gradstats import (
     RelativeGradientDifference,
     SDSStatistics,
@@ -55,4 +56,6 @@ __all__ = [
     # gradstats
     "sam_perturbation", "RelativeGradientDifference", "relative_gradient_difference", "SDSStatistics",
     "sds_statistics", "linearity",
+    # corruptions
+    "CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions",
 ]  # fmt: skip
