@@ -8,6 +8,7 @@ matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
 from .corruptions import CIFAR10C_PARAMS, corrupt, evaluate_corruptions, jpeg_compress, list_corruptions
+from .flops import FlopCount, forward_flops, training_flops, training_step_flops
 from .gradstats import (
     RelativeGradientDifference,
     SDSStatistics,
@@ -43,6 +44,13 @@ from .landscape import (
     loss_surface_2d,
     random_direction,
 )
+from .plots import (
+    plot_corruption_table,
+    plot_curves_1d,
+    plot_eigen_density,
+    plot_relative_gradient_histogram,
+    plot_surface_2d,
+)
 
 __all__ = [
     # hessian
@@ -58,4 +66,9 @@ __all__ = [
     "sds_statistics", "linearity",
     # corruptions
     "CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions",
+    # flops
+    "FlopCount", "forward_flops", "training_step_flops", "training_flops",
+    # plots
+    "plot_curves_1d", "plot_surface_2d", "plot_eigen_density", "plot_relative_gradient_histogram",
+    "plot_corruption_table",
 ]  # fmt: skip
