@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..optim.functional import global_norm as _global_norm
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
 
@@ -168,4 +170,4 @@ def cosine(a: Sequence[Tensor], b: Sequence[Tensor], eps: float = 1e-12) -> floa
 
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
+    return _global_norm(list(tensors))

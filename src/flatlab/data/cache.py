@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+
+from ..fileio import atomic_write
+
+__all__ = ["cache_dir", "data_dir", "atomic_write"]
 
 
 def cache_dir() -> Path:
@@ -40,33 +40,3 @@ def data_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return cache_dir() / "datasets"
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
-
-    Readers (another process, a concurrent DDP rank) therefore see either the old file or the
-    complete new one, never a half-written cache. On error the temporary file is removed.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
-        >>> with atomic_write(target) as f:
-        ...     _ = f.write(b"done")
-        >>> target.read_bytes()
-        b'done'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
