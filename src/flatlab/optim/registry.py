@@ -48,7 +48,9 @@ def register_optimizer(name: str, cls: type[SharpnessAware] | None, summary: str
 register_optimizer("sgd", None, "the base optimizer alone")
 register_optimizer("adamw", None, "the base optimizer alone (base='adamw')", base="adamw")
 register_optimizer("sam", SAM, "SAM, L2 ball")
-register_optimizer("sam-sign", SAM, "SAM, sign (p = inf) perturbation", p=math.inf)
+# Every coordinate of a sign perturbation moves by rho, so its L2 size is rho * sqrt(#params):
+# the default radius is far below the L2 methods' 0.05.
+register_optimizer("sam-sign", SAM, "SAM, sign (p = inf) perturbation", p=math.inf, rho=5e-4)
 register_optimizer("asam", ASAM, "adaptive SAM")
 register_optimizer("esam", ESAM, "efficient SAM: random tensors (beta) + data selection (gamma)")
 register_optimizer("ssam-f", SSAM, "sparse SAM, Fisher mask", mask="fisher")

@@ -36,6 +36,8 @@ class TrainConfig:
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
+    stream: bool = False  # image folders too large for memory (ImageNet): decode per batch with workers
+    workers: int = 4
     train_subset: int | None = None  # first N (seeded random) training samples, for CPU-scale studies
     test_subset: int | None = None
     crop_padding: int | None = None  # None: 4 for images >= 28 px, 1 below
@@ -45,7 +47,7 @@ class TrainConfig:
     model: str | None = None  # None: "cnn" for the embedded digits, "resnet18" otherwise
     width: float = 1.0
     # optimizer
-    optimizer: str = "sgd"
+    optimizer: str = "sam"
     base: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -147,7 +149,11 @@ class TrainConfig:
         if self.name:
             return self.name
         sparse = f"-{self.sparse}{self.sparsity:g}" if self.sparse else ""
-        return f"{self.dataset}-{self.model or 'auto'}-{self.optimizer}{sparse}-seed{self.seed}"
+        return f"{self.dataset}-{self.resolved_model()}-{self.optimizer}{sparse}-seed{self.seed}"
+
+    def resolved_model(self) -> str:
+        """The model name, defaulting to a small CNN on the embedded digits and ResNet-18 elsewhere."""
+        return self.model or ("cnn" if self.dataset == "digits" else "resnet18")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""The ``flatlab`` command line: ``flatlab train``, ``flatlab compare``, ``flatlab list`` and the
+analysis commands. ``flatlab train`` with no argument trains on the embedded digits dataset."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+_HELP = {
+    "dataset": "digits (embedded, default), cifar10, cifar100, fashion-mnist, mnist, imagefolder",
+    "data_root": "folder (or .tar.gz for imagefolder) holding the dataset files",
+    "model": "model name (see `flatlab list`); default cnn for digits, resnet18 otherwise",
+    "width": "channel multiplier of the model, for CPU-scale runs",
+    "optimizer": "sgd, adamw, sam, sam-sign, asam, esam, ssam-f, ssam-d, s2sam",
+    "base": "base optimizer of a SAM-family method: sgd or adamw",
+    "mask_sparsity": "SSAM: fraction of coordinates NOT perturbed",
+    "fisher_samples": "SSAM-F: samples for the Fisher information",
+    "mask_interval": "SSAM: steps between mask refreshes",
+    "sparse": "sparse training: random, magnitude, snip, grasp, set, rigl",
+    "sparsity": "sparse training: fraction of prunable weights removed",
+    "milestones": "step schedule: comma-separated fractions of training, e.g. 0.5,0.75",
+    "train_subset": "train on this many (seeded random) training samples",
+    "amp": "mixed precision: none, bf16, fp16",
+    "name": "run directory name under --out (default: derived from the config)",
+}
+
+
+def _base_type(annotation):
+    """The scalar type behind ``int | None``-style annotations (strings under PEP 563)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"list": list}, {})  # annotations of TrainConfig: builtins only
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from .train.config import TrainConfig
+
+    group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(f.type)
+        help_text = _HELP.get(f.name, "")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(kind) is list or kind is list:
+            group.add_argument(flag, type=lambda s: [float(v) for v in s.split(",") if v], default=argparse.SUPPRESS,
+                               metavar="A,B", help=help_text)
+        else:
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (no argument: the embedded digits demo)")
+    train.add_argument("--config", type=Path, help="YAML or JSON file of config keys")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    train.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], metavar="0,1,2",
+                       help="run the same config once per seed, then compare")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar (default: on a terminal only)")
+    _add_config_flags(train)
+
+    compare = sub.add_parser("compare", help="table (mean ± std over seeds) and plots of run directories")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--plot", type=Path, default=None, help="PNG file for the curves (needs matplotlib)")
+    compare.add_argument("--json", type=Path, default=None, help="write the table as JSON too")
+
+    sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
+
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, load_config_file, resume, train
+    from .train.compare import compare_runs, format_table
+
+    explicit = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    if args.resume is not None:
+        if explicit or args.config:
+            raise SystemExit("flatlab train: --resume continues a run with its saved config; drop the other flags")
+        resume(args.resume, progress=args.progress)
+        return 0
+    values = load_config_file(args.config) if args.config else {}
+    values.update(explicit)
+    config = TrainConfig.from_dict(values)
+    if not args.seeds:
+        train(config, overwrite=args.overwrite, progress=args.progress)
+        return 0
+    run_dirs = []
+    for seed in args.seeds:
+        result = train(config.replace(seed=seed), overwrite=args.overwrite, progress=args.progress)
+        run_dirs.append(result.run_dir)
+    print(format_table(compare_runs(run_dirs)))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .train.compare import compare_runs, format_table, plot_runs
+
+    table = compare_runs(args.runs)
+    print(format_table(table))
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
+    if args.plot:
+        plot_runs(args.runs, args.plot)
+        print(f"curves -> {args.plot}")
+    return 0
+
+
+def _list(_: argparse.Namespace) -> int:
+    from .data import list_datasets
+    from .models import list_models
+    from .optim import list_optimizers
+
+    print("optimizers:", ", ".join(list_optimizers()))
+    print("models:    ", ", ".join(list_models()))
+    print("datasets:  ", ", ".join(list_datasets()))
+    try:
+        from .sparse import list_sparse_methods
+
+        print("sparse:    ", ", ".join(list_sparse_methods()))
+    except ImportError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _train, "compare": _compare, "list": _list}
+    handler = handlers.get(args.command) or args.handler
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # e.g. TrainingDiverged
+        print(f"flatlab {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"flatlab {args.command}: interrupted; completed epochs are checkpointed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Comparing runs: runs whose configs differ only by seed form one row (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["compare_runs", "format_table", "plot_runs", "load_run"]
+
+_IGNORED = {"seed", "name", "out", "progress", "threads"}  # do not define the experiment
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    config_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json); resume it first")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "dir": run_dir,
+        "config": json.loads(config_path.read_text())["config"],
+        "summary": json.loads(summary_path.read_text()),
+        "metrics": metrics,
+    }
+
+
+def _label(config: dict[str, Any], varying: list[str]) -> str:
+    if not varying:
+        return config["optimizer"]
+    return " ".join(f"{k}={config[k]}" for k in varying)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per group of runs equal but for the seed, in first-seen order."""
+    runs = [load_run(d) for d in run_dirs]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run["config"].items() if k not in _IGNORED}, sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    keys = [json.loads(k) for k in groups]
+    varying = sorted({f for k in keys for f in k if any(o.get(f) != k.get(f) for o in keys)})
+    sgd_speed = None
+    rows = []
+    for key, members in zip(keys, groups.values()):
+        top1 = _mean_std([r["summary"]["final_test_top1"] for r in members])
+        best = _mean_std([r["summary"]["best_test_top1"] for r in members])
+        speed = _mean_std([r["summary"]["images_per_s"] for r in members])
+        wall = _mean_std([r["summary"]["wall_time_s"] for r in members])
+        row = {
+            "label": _label(key, varying),
+            "optimizer": key["optimizer"],
+            "seeds": [r["config"]["seed"] for r in members],
+            "test_top1_mean": top1[0], "test_top1_std": top1[1],
+            "best_top1_mean": best[0], "best_top1_std": best[1],
+            "images_per_s": speed[0],
+            "wall_time_s": wall[0],
+            "runs": [str(r["dir"]) for r in members],
+        }
+        if key["optimizer"] == "sgd" and sgd_speed is None:
+            sgd_speed = speed[0]
+        rows.append(row)
+    for row in rows:
+        row["speed_vs_sgd"] = row["images_per_s"] / sgd_speed if sgd_speed else math.nan
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = "| run | seeds | test top-1 (%) | best top-1 (%) | images/s | x SGD speed | wall (s) |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {len(r['seeds'])} | {100 * r['test_top1_mean']:.2f} ± {100 * r['test_top1_std']:.2f} "
+            f"| {100 * r['best_top1_mean']:.2f} ± {100 * r['best_top1_std']:.2f} | {r['images_per_s']:.0f} "
+            f"| {r['speed_vs_sgd']:.2f} | {r['wall_time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
+    """Test top-1 and training loss per epoch of every run (one colour per group) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [load_run(d) for d in run_dirs]
+    rows = compare_runs(run_dirs)
+    colour = {}
+    for i, row in enumerate(rows):
+        for d in row["runs"]:
+            colour[d] = (f"C{i % 10}", row["label"])
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    labelled = set()
+    for run in runs:
+        c, label = colour[str(run["dir"])]
+        evaluated = [m for m in run["metrics"] if "test_top1" in m]
+        kw = {"color": c, "label": None if label in labelled else label, "alpha": 0.8}
+        labelled.add(label)
+        ax_acc.plot([m["epoch"] for m in evaluated], [100 * m["test_top1"] for m in evaluated], **kw)
+        ax_loss.plot([m["epoch"] for m in run["metrics"]], [m["train_loss"] for m in run["metrics"]], color=c, alpha=0.8)
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

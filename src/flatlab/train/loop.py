@@ -1,0 +1,201 @@
+"""One training step for any optimizer kind, one epoch, and evaluation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..optim import SharpnessAware, per_sample
+from .progress import Progress
+
+__all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became inf or NaN."""
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class StepRunner:
+    """Takes one optimisation step on a batch, the way each kind of optimizer needs it:
+
+    * a plain optimizer or a single-step method (S2-SAM): forward, backward, ``step()``;
+    * a two-pass method: ``step(per_sample(closure))`` (the closure serves every variant, and
+      ESAM's data selection needs per-sample losses);
+    * a two-pass method with fp16 and a GradScaler: the two-phase API, since GradScaler does not
+      take closures.
+
+    Returns the mean loss and the number of correct top-1 predictions of the pass at w.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        amp: str = "none",
+        label_smoothing: float = 0.0,
+    ):
+        self.model = model
+        self.opt = optimizer
+        self.device = device
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.label_smoothing = label_smoothing
+        self.two_pass = isinstance(optimizer, SharpnessAware) and not optimizer.single_step
+        if self.two_pass and amp == "fp16" and optimizer.ascent_steps > 1:
+            raise ValueError("fp16 with several ascent steps is not supported; use --amp bf16")
+
+    def losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs.float(), targets, reduction="none", label_smoothing=self.label_smoothing)
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.two_pass:
+            return self._one_pass(x, y)
+        if self.amp == "fp16":
+            return self._two_phase_scaled(x, y)
+        return self._closure(x, y)
+
+    def _one_pass(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp):
+            out = self.model(x)
+        loss = self.losses(out, y).mean()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach(), (out.argmax(1) == y).sum()
+
+    def _closure(self, x, y):
+        first: dict[str, Tensor] = {}
+
+        def losses(idx):
+            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            with _autocast(self.device, self.amp):
+                out = self.model(xb)
+            if idx is None and "out" not in first:
+                first["out"] = out.detach()
+            return self.losses(out, yb)
+
+        loss = self.opt.step(per_sample(losses))
+        return loss.detach(), (first["out"].argmax(1) == y).sum()
+
+    def _two_phase_scaled(self, x, y):
+        opt, scaler = self.opt, self.scaler
+        opt.zero_grad(set_to_none=True)
+        with opt.ascent_pass():
+            with _autocast(self.device, self.amp):
+                out = self.model(x)
+            before = self.losses(out, y)
+            scaler.scale(before.mean()).backward()
+            opt.first_step(zero_grad=True)
+        rows = None
+        if opt.is_perturbed and opt.samples.needs_per_sample:
+            with torch.no_grad(), opt.perturbed_pass(), _autocast(self.device, self.amp):
+                after = self.losses(self.model(x), y)
+            rows = opt.samples.select(before, after)
+        xb, yb = (x, y) if rows is None else (x[rows], y[rows])
+        with opt.perturbed_pass(), _autocast(self.device, self.amp):
+            out2 = self.model(xb)
+        scaler.scale(self.losses(out2, yb).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return before.mean().detach(), (out.argmax(1) == y).sum()
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def train_one_epoch(
+    runner: StepRunner,
+    loader,
+    *,
+    before_step: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    desc: str = "train",
+    progress: bool | None = None,
+    check_every: int = 10,
+) -> EpochStats:
+    """Trains over ``loader`` once. The loss is checked for inf/NaN every ``check_every`` steps
+    and at the end (a host sync per check, not per step)."""
+    runner.model.train()
+    bar = Progress(len(loader), desc, enabled=progress)
+    total_loss = torch.zeros((), dtype=torch.float64, device=runner.device)
+    correct = torch.zeros((), dtype=torch.int64, device=runner.device)
+    images = 0
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if before_step is not None:
+            before_step()
+        loss, hits = runner(x, y)
+        if after_step is not None:
+            after_step()
+        total_loss += loss.double() * y.shape[0]
+        correct += hits
+        images += y.shape[0]
+        if (i + 1) % check_every == 0 or i + 1 == len(loader):
+            mean = float(total_loss) / images
+            if not torch.isfinite(loss) or not torch.isfinite(torch.tensor(mean)):
+                bar.close()
+                raise TrainingDiverged(f"the training loss became {float(loss)} at step {i + 1} of {desc}")
+            bar.update((i + 1) - bar.count, loss=mean, acc=100.0 * float(correct) / images,
+                       **{"img/s": images / (time.perf_counter() - start)})
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    seconds = time.perf_counter() - start
+    bar.close()
+    if images == 0:
+        raise ValueError("the training loader gave no batch: batch_size is larger than the training set")
+    return EpochStats(float(total_loss) / images, float(correct) / images, images, seconds)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy (top-k with k = min(5, classes)) on ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for x, y in loader:
+        with _autocast(device, amp):
+            out = model(x)
+        out = out.float()
+        loss += F.cross_entropy(out, y, reduction="sum").double()
+        k = min(5, out.shape[1])
+        topk = out.topk(k, dim=1).indices
+        top1 += (topk[:, 0] == y).sum()
+        top5 += (topk == y[:, None]).any(1).sum()
+        n += y.shape[0]
+    model.train(was_training)
+    return {"test_loss": float(loss) / n, "test_top1": float(top1) / n, "test_top5": float(top5) / n}

@@ -1,0 +1,335 @@
+"""A whole run: build everything from a config, train with per-epoch checkpoints, resume exactly.
+
+A run directory holds::
+
+    config.json      the resolved config (and flatlab/torch versions, command, machine)
+    metrics.jsonl    one JSON line per epoch
+    checkpoint.pt    the latest epoch: model, optimizer (base state, masks, g_prev), scheduler,
+                     GradScaler, RNG states, epoch; written atomically
+    summary.json     the final result, written when the run ends
+    model.pt         the final weights (unperturbed), for analysis
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..models import count_parameters, create_model
+from ..optim import SharpnessAware, create_optimizer
+from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .data import build_data
+from .distributed import Distributed, setup_distributed
+from .loop import StepRunner, TrainingDiverged, evaluate, train_one_epoch
+from .schedule import create_scheduler
+
+__all__ = ["train", "resume", "RunResult", "load_run_config"]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
+    saved = json.loads(path.read_text())
+    return TrainConfig.from_dict(saved["config"])
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class _Run:
+    """The objects of one run and the code that saves and restores them."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, dist: Distributed, device: torch.device):
+        self.config, self.run_dir, self.dist, self.device = config, run_dir, dist, device
+        torch.manual_seed(config.seed)
+        self.data = build_data(config, device, dist.rank, dist.world_size)
+        model = create_model(
+            config.resolved_model(), num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+            width=config.width,
+        ).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.raw_model = model
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = torch.compile(model) if config.compile else model
+        self.steps_per_epoch = len(self.data.train)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={config.batch_size} is larger than the {self.data.num_train} training samples"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.optimizer = self._build_optimizer(model)
+        self.scheduler = create_scheduler(
+            self.optimizer, self.total_steps, config.lr_schedule,
+            round(config.warmup_epochs * self.steps_per_epoch), config.milestones, config.lr_decay,
+        )
+        self.runner = StepRunner(self.model, self.optimizer, device, config.amp, config.label_smoothing)
+        self.masking = self._build_masking()
+        self.step = 0
+        self.epoch = 0
+
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        c = self.config
+        base = "adamw" if c.optimizer == "adamw" else c.base
+        kwargs: dict[str, Any] = dict(lr=c.lr, weight_decay=c.weight_decay)
+        if base == "sgd":
+            kwargs.update(momentum=c.momentum, nesterov=c.nesterov)
+        if c.optimizer not in ("sgd", "adamw"):
+            kwargs.update(c.optimizer_kwargs())
+            kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
+            if c.optimizer == "ssam-d":
+                kwargs.setdefault("total_steps", self.total_steps)
+        elif c.max_grad_norm is not None:
+            raise ValueError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
+        return create_optimizer(c.optimizer, model, base=base, **kwargs)
+
+    def _build_masking(self):
+        if self.config.sparse is None:
+            return None
+        from ..sparse import create_masking
+
+        c = self.config
+        masking = create_masking(
+            c.sparse, self.raw_model, c.sparsity, distribution=c.sparse_distribution,
+            update_interval=c.sparse_interval, update_fraction=c.sparse_fraction, end_fraction=c.sparse_end,
+            total_steps=self.total_steps, seed=c.seed,
+        )
+        x, y = next(iter(self.data.train))
+        masking.init(data=[(x, y)])
+        self.data.train.set_epoch(0)
+        masking.attach(self.optimizer)
+        return masking
+
+    # -- the step hooks -----------------------------------------------------------------------
+
+    def before_step(self) -> None:
+        opt = self.optimizer
+        if isinstance(opt, SharpnessAware) and opt.mask_due:
+            x, y = self.data.fisher_batch(opt.coordinates.num_samples, self.config.seed, self.step, self.device)
+            opt.update_mask(self.raw_model, [(x, y)])
+
+    def after_step(self) -> None:
+        self.scheduler.step()
+        self.step += 1
+        if self.masking is not None:
+            self.masking.after_step(self.step)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "runner": self.runner.state_dict(),
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+        }
+        if self.masking is not None:
+            state["masking"] = self.masking.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.runner.load_state_dict(state["runner"])
+        if self.masking is not None:
+            self.masking.load_state_dict(state["masking"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def evaluate(self) -> dict[str, float]:
+        unperturbed = self.optimizer.unperturbed() if isinstance(self.optimizer, SharpnessAware) else _null()
+        with unperturbed:
+            return evaluate(self.raw_model, self.data.test, self.device, self.config.amp)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _meta(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "flatlab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrite: bool = False,
+          progress: bool | None = None, log=print) -> RunResult:
+    """Runs (or resumes) one training run and returns its directory and summary."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    dist = setup_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _train(config, device, dist, resume_dir, overwrite, progress, log)
+    finally:
+        dist.close()
+
+
+def resume(run_dir: str | Path, **kwargs) -> RunResult:
+    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config."""
+    return train(load_run_config(run_dir), resume_dir=run_dir, **kwargs)
+
+
+def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunResult:
+    run_dir = Path(resume_dir) if resume_dir is not None else Path(config.out) / config.run_name()
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if resume_dir is None and (checkpoint_path.exists() or (run_dir / "summary.json").exists()):
+        if not overwrite:
+            raise FileExistsError(
+                f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
+                "or choose another --name / --out (or --overwrite)"
+            )
+        if dist.is_main:
+            for name in ("checkpoint.pt", "summary.json", "metrics.jsonl", "model.pt"):
+                (run_dir / name).unlink(missing_ok=True)
+        dist.barrier()
+    run = _Run(config, run_dir, dist, device)
+    history: list[dict[str, Any]] = []
+    if resume_dir is not None:
+        if not checkpoint_path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume in {run_dir}")
+        run.load_state_dict(load_checkpoint(checkpoint_path, map_location=device))
+        # metrics written after the last checkpoint belong to an epoch that will be redone
+        history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)
+        if dist.is_main:
+            _write_metrics(run_dir / "metrics.jsonl", history)
+        log(f"resuming {run_dir} at epoch {run.epoch + 1}/{config.epochs}")
+    elif dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", _meta(config))
+        _write_metrics(run_dir / "metrics.jsonl", [])
+    if run.epoch == 0 and dist.is_main:
+        n_params = count_parameters(run.raw_model)
+        log(f"{config.run_name()}: {config.resolved_model()} ({n_params / 1e6:.2f}M params) on {config.dataset} "
+            f"({run.data.num_train} train), {type(run.optimizer).__name__}, {config.epochs} epochs, "
+            f"{device}{f' x{dist.world_size}' if dist.enabled else ''}")
+
+    wall_start = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
+    while run.epoch < config.epochs:
+        epoch = run.epoch
+        run.data.train.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(
+                run.runner, run.data.train, before_step=run.before_step, after_step=run.after_step,
+                desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress if dist.is_main else False,
+            )
+        except TrainingDiverged as err:
+            kept = f"epoch {epoch} in {checkpoint_path}" if checkpoint_path.exists() else "none (first epoch)"
+            raise TrainingDiverged(
+                f"{err}. The run stopped; the last good checkpoint is {kept}. Lower --lr (or --rho) "
+                "and start again, or resume from it."
+            ) from None
+        run.epoch = epoch + 1
+        row: dict[str, Any] = {"epoch": run.epoch, "train_loss": stats.loss, "train_acc": stats.accuracy}
+        counts = dist.all_reduce_sum([stats.images, stats.seconds], device)
+        row["images_per_s"] = counts[0] / (counts[1] / dist.world_size)
+        row["train_time_s"] = counts[1] / dist.world_size
+        row["lr"] = run.optimizer.param_groups[0]["lr"]
+        if dist.is_main and (run.epoch % config.eval_every == 0 or run.epoch == config.epochs):
+            row.update(run.evaluate())
+        row["wall_time_s"] = time.perf_counter() - wall_start
+        if dist.is_main:
+            save_checkpoint(checkpoint_path, run.state_dict())
+            history.append(row)
+            _write_metrics(run_dir / "metrics.jsonl", history)
+            log(_epoch_line(row, config.epochs))
+        dist.barrier()
+
+    summary = _summary(run, history)
+    if dist.is_main:
+        unperturbed = run.optimizer.unperturbed() if isinstance(run.optimizer, SharpnessAware) else _null()
+        with unperturbed:
+            save_checkpoint(run_dir / "model.pt", {"model": run.raw_model.state_dict(), "config": config.to_dict()})
+        atomic_write_json(run_dir / "summary.json", summary)
+        log(f"done: test top-1 {100 * summary['final_test_top1']:.2f}% (best {100 * summary['best_test_top1']:.2f}%), "
+            f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
+    return RunResult(run_dir, summary)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    text = f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
+    if "test_top1" in row:
+        text += (f"  test loss {row['test_loss']:.4f} top1 {100 * row['test_top1']:.2f}% "
+                 f"top5 {100 * row['test_top5']:.2f}%")
+    return text + f"  {row['images_per_s']:.0f} img/s  {row['wall_time_s']:.1f}s"
+
+
+def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
+    evaluated = [r for r in history if "test_top1" in r]
+    train_time = sum(r["train_time_s"] for r in history)
+    images = sum(r["images_per_s"] * r["train_time_s"] for r in history)
+    summary: dict[str, Any] = {
+        "run": run.config.run_name(),
+        "epochs": len(history),
+        "final_test_top1": evaluated[-1]["test_top1"] if evaluated else math.nan,
+        "final_test_top5": evaluated[-1]["test_top5"] if evaluated else math.nan,
+        "final_test_loss": evaluated[-1]["test_loss"] if evaluated else math.nan,
+        "best_test_top1": max((r["test_top1"] for r in evaluated), default=math.nan),
+        "final_train_loss": history[-1]["train_loss"] if history else math.nan,
+        "images_per_s": images / train_time if train_time else math.nan,
+        "train_time_s": train_time,
+        "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
+        "parameters": count_parameters(run.raw_model),
+        "model": run.config.resolved_model(),
+    }
+    if run.masking is not None:
+        summary["sparsity"] = run.masking.report()
+        flops = getattr(run.masking, "training_flops_ratio", None)
+        if flops is not None:
+            summary["training_flops_vs_dense_sgd"] = flops(run.config)
+    return summary
