@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import types
 import typing
@@ -34,7 +35,7 @@ _HELP = {
 def _base_type(annotation):
     """The scalar type behind ``int | None``-style annotations (strings under PEP 563)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"list": list}, {})  # annotations of TrainConfig: builtins only
+        annotation = eval(annotation, {"list": list, "dict": dict, "Any": typing.Any}, {})  # builtins only
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0]
@@ -51,6 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = _HELP.get(f.name, "")
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(kind) is dict:
+            group.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar="JSON", help=help_text)
         elif typing.get_origin(kind) is list or kind is list:
             group.add_argument(flag, type=lambda s: [float(v) for v in s.split(",") if v], default=argparse.SUPPRESS,
                                metavar="A,B", help=help_text)

@@ -46,6 +46,7 @@ class TrainConfig:
     # model
     model: str | None = None  # None: "cnn" for the embedded digits, "resnet18" otherwise
     width: float = 1.0
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra model options, e.g. {alpha: 270}
     # optimizer
     optimizer: str = "sam"
     base: str = "sgd"

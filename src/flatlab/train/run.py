@@ -80,7 +80,7 @@ class _Run:
         self.data = build_data(config, device, dist.rank, dist.world_size)
         model = create_model(
             config.resolved_model(), num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-            width=config.width,
+            width=config.width, **config.model_args,
         ).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
