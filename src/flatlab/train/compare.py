@@ -109,7 +109,8 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
         kw = {"color": c, "label": None if label in labelled else label, "alpha": 0.8}
         labelled.add(label)
         ax_acc.plot([m["epoch"] for m in evaluated], [100 * m["test_top1"] for m in evaluated], **kw)
-        ax_loss.plot([m["epoch"] for m in run["metrics"]], [m["train_loss"] for m in run["metrics"]], color=c, alpha=0.8)
+        epochs = [m["epoch"] for m in run["metrics"]]
+        ax_loss.plot(epochs, [m["train_loss"] for m in run["metrics"]], color=c, alpha=0.8)
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
     ax_acc.legend(fontsize=8)

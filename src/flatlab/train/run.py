@@ -34,7 +34,7 @@ from .distributed import Distributed, setup_distributed
 from .loop import StepRunner, TrainingDiverged, evaluate, train_one_epoch
 from .schedule import create_scheduler
 
-__all__ = ["train", "resume", "RunResult", "load_run_config"]
+__all__ = ["train", "resume", "RunResult", "load_run_config", "load_trained"]
 
 
 @dataclass
@@ -58,6 +58,40 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise FileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
     saved = json.loads(path.read_text())
     return TrainConfig.from_dict(saved["config"])
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = "model.pt"):
+    """The trained model of a run (weights of ``model.pt``, or of ``checkpoint.pt`` for an
+    unfinished run), its data and its config: what the analysis commands start from.
+
+    Returns ``(model, data, config)``; ``data`` is a :class:`~flatlab.train.data.RunData` whose
+    ``test`` and ``train`` loaders yield normalised batches (the train loader augments).
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    path = run_dir / checkpoint
+    if not path.is_file() and checkpoint == "model.pt":
+        path = run_dir / "checkpoint.pt"
+    device = torch.device(device)
+    data = build_data(config, device)
+    model = create_model(
+        config.resolved_model(), num_classes=data.num_classes, in_channels=data.in_channels, width=config.width,
+        **config.model_args,
+    ).to(device)
+    state = load_checkpoint(path, map_location=device)
+    if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
+        # a perturbed single-step optimizer keeps w in its state: prefer it over the model's w + eps
+        own = state["optimizer"].get("sharpness_aware", {})
+        if own.get("perturbed"):
+            params = dict(model.named_parameters())
+            names = list(params)
+            model.load_state_dict(state["model"])
+            with torch.no_grad():
+                for i, w in zip(own["perturbed"], own["backups"]):
+                    params[names[i]].copy_(w)
+            return model.eval(), data, config
+    model.load_state_dict(state["model"])
+    return model.eval(), data, config
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
