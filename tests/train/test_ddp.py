@@ -28,7 +28,10 @@ def torchrun(tmp_path, name, **config):
     return tmp_path / name
 
 
-@pytest.mark.parametrize("optimizer, extra", [("sgd", {}), ("sam", {"sync_first_pass": True})])
+@pytest.mark.parametrize(
+    "optimizer, extra",
+    [("sgd", {}), ("sam", {"sync_first_pass": True}), ("esam", {"sync_first_pass": True, "beta": 1.0, "gamma": 1.0})],
+)
 def test_two_processes_equal_one_with_the_global_batch(tmp_path, optimizer, extra):
     ddp_dir = torchrun(tmp_path, f"ddp-{optimizer}", optimizer=optimizer, **extra)
     single = train(TrainConfig(**COMMON, optimizer=optimizer, out=str(tmp_path), name=f"one-{optimizer}", **extra),
@@ -48,3 +51,10 @@ def test_per_replica_ascent_differs_from_the_global_one(tmp_path):
     local = torch.load(torchrun(tmp_path, "local", optimizer="sam", epochs=1) / "model.pt")["model"]
     synced = torch.load(torchrun(tmp_path, "synced", optimizer="sam", epochs=1, sync_first_pass=True) / "model.pt")
     assert any(not torch.allclose(local[k], synced["model"][k], rtol=1e-4, atol=1e-6) for k in local)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_esam_random_tensors_and_data_selection_run_under_ddp(tmp_path, sync):
+    run_dir = torchrun(tmp_path, f"esam-{sync}", optimizer="esam", epochs=1, beta=0.5, gamma=0.5, sync_first_pass=sync)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_test_top1"] > 0.2

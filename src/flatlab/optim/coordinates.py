@@ -30,8 +30,9 @@ class Coordinates:
         self.params = params
         self.generator = generator
 
-    def begin_ascent_pass(self) -> None:
-        """Called before the forward/backward at w: may turn off weight gradients it will not use."""
+    def begin_ascent_pass(self, skip_grads: bool = True) -> None:
+        """Called before the forward/backward at w: may turn off weight gradients it will not use
+        (unless ``skip_grads`` is False, e.g. when DDP must all-reduce every gradient)."""
 
     def end_ascent_pass(self) -> None:
         """Undoes ``begin_ascent_pass``."""
@@ -84,8 +85,10 @@ class RandomTensors(Coordinates):
             return [True] * len(self.params)
         return (torch.rand(len(self.params), generator=self.generator) < self.beta).tolist()
 
-    def begin_ascent_pass(self) -> None:
+    def begin_ascent_pass(self, skip_grads: bool = True) -> None:
         self._picked = self._draw()
+        if not skip_grads:
+            return
         self._disabled = [p for p, keep in zip(self.params, self._picked) if not keep and p.requires_grad]
         for p in self._disabled:
             p.requires_grad_(False)

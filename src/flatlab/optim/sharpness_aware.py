@@ -355,8 +355,10 @@ class SharpnessAware(torch.optim.Optimizer):
         """Wraps the forward/backward passes that build the perturbation (at w and, for several
         ascent steps, at w + eps): tensors the coordinate policy will not perturb skip their weight
         gradient (ESAM), and a DDP model skips the all-reduce unless ``sync_first_pass``."""
-        no_sync = self.model.no_sync() if self._is_ddp() and not self.sync_first_pass else nullcontext()
-        self.coordinates.begin_ascent_pass()
+        ddp = self._is_ddp()
+        no_sync = self.model.no_sync() if ddp and not self.sync_first_pass else nullcontext()
+        # a synced DDP backward waits for every gradient: nothing may skip it then
+        self.coordinates.begin_ascent_pass(skip_grads=not (ddp and self.sync_first_pass))
         try:
             with no_sync:
                 yield
