@@ -1,0 +1,171 @@
+"""Plumbing shared by the analysis modules: parameter lists, batches, guarded evaluation.
+
+Everything here is private; the public modules document the behaviour it implements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(outputs, targets)
+
+
+def resolve_loss(loss_fn: LossFn | None) -> LossFn:
+    return default_loss if loss_fn is None else loss_fn
+
+
+def trainable_params(model: nn.Module) -> list[Tensor]:
+    """The tensors every analysis works on: parameters with ``requires_grad`` in module order."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no parameters with requires_grad=True")
+    return params
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def materialize(batches: Iterable[Batch]) -> list[Batch]:
+    """Read the batches once: every method evaluates the *same* data many times, and a shuffling
+    DataLoader or a generator would otherwise give different (or no) data on the second pass."""
+    out = []
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError("each batch must be an (inputs, targets) pair")
+        out.append((batch[0], batch[1]))
+    if not out:
+        raise ValueError("batches is empty")
+    return out
+
+
+def batch_size(batch: Batch) -> int:
+    targets = batch[1]
+    return int(targets.shape[0]) if isinstance(targets, Tensor) and targets.dim() > 0 else len(batch[0])
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    x, y = batch
+    if isinstance(x, Tensor):
+        x = x.to(device, non_blocking=True)
+    if isinstance(y, Tensor):
+        y = y.to(device, non_blocking=True)
+    return x, y
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vec: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    return [v.view_as(p) for v, p in zip(torch.split(vec, [p.numel() for p in like]), like)]
+
+
+def grads_or_zeros(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
+    # A parameter the loss does not reach (an unused head, a frozen branch) has no gradient;
+    # it contributes exact zeros, never a silently shorter vector.
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
+
+
+def correct_count(outputs: Tensor, targets: Tensor) -> float:
+    """Top-1 hits when the outputs look like class scores for integer labels, else NaN."""
+    if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
+        return float((outputs.argmax(dim=1) == targets).sum())
+    return float("nan")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn) -> tuple[float, float]:
+    """Sample-weighted mean loss and top-1 accuracy over ``batches`` (the model's mode is the caller's)."""
+    device = model_device(model)
+    total_loss, total_correct, total = 0.0, 0.0, 0
+    for batch in batches:
+        x, y = to_device(batch, device)
+        out = model(x)
+        n = batch_size(batch)
+        total_loss += float(loss_fn(out, y)) * n
+        total_correct += correct_count(out, y)
+        total += n
+    return total_loss / total, total_correct / total
+
+
+def mean_gradient(
+    model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch], loss_fn: LossFn
+) -> list[Tensor]:
+    """Sample-weighted average of the per-batch mean-loss gradients; leaves ``.grad`` untouched."""
+    device = model_device(model)
+    total = sum(batch_size(b) for b in batches)
+    acc = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        x, y = to_device(batch, device)
+        loss = loss_fn(model(x), y)
+        grads = grads_or_zeros(torch.autograd.grad(loss, params, allow_unused=True), params)
+        torch._foreach_add_(acc, grads, alpha=batch_size(batch) / total)
+    return acc
+
+
+def per_sample_losses(loss_fn: LossFn | None, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Loss of every sample. The default loss is cross-entropy with ``reduction='none'``; any other
+    ``loss_fn`` (mean-reduced, as everywhere in this package) is vectorised over the batch with
+    ``torch.func.vmap`` (or, if that fails, looped) so that each sample is seen as a batch of one."""
+    if loss_fn is None or loss_fn is default_loss:
+        return F.cross_entropy(outputs, targets, reduction="none")
+    try:
+        return torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
+    except RuntimeError:
+        # Losses with data-dependent control flow or .item() cannot be vmapped; a loop is slower
+        # but computes the same values.
+        return torch.stack([loss_fn(outputs[i : i + 1], targets[i : i + 1]) for i in range(len(outputs))])
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, *, train: bool, params: bool = True) -> Iterator[None]:
+    """Run the block in train or eval mode and put everything back afterwards.
+
+    Parameters (when ``params``) and all buffers (BatchNorm running statistics move on every
+    train-mode forward) are snapshotted and restored by ``copy_`` -- never by undoing arithmetic,
+    which is inexact in finite precision -- and each module's ``training`` flag is restored, also
+    when the block raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    saved_params = [(p, p.detach().clone()) for p in model.parameters()] if params else []
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, s in saved_params + saved_buffers:
+                t.copy_(s)
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def fixed_rng(seed: int) -> Iterator[None]:
+    """Same random stream for every pass it wraps (identical dropout masks in train mode) without
+    disturbing the caller's global RNG state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def cosine(a: Sequence[Tensor], b: Sequence[Tensor], eps: float = 1e-12) -> float:
+    fa, fb = flatten(a), flatten(b)
+    return float(fa @ fb / (fa.norm() * fb.norm()).clamp_min(eps))
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
