@@ -248,6 +248,7 @@ def test_cosine_schedule_and_end():
     assert [s for s in range(101) if masking.update_due(s)] == [10, 20, 30, 40]
     masking.init()
     counts = live_counts(masking)
+    assert counts == [31, 47, 24]  # ERK at 80%, by hand in test_erk_layer_counts_by_hand
     for step in range(1, 101):
         before = [m.clone() for m in masking.masks.values()]
         masking.after_step(step)

@@ -228,9 +228,10 @@ class WeightMasking:
         return self
 
     def _rewind(self, state: dict[str, Tensor]) -> None:
-        unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        unexpected = sorted(set(state) - set(self.model.state_dict()))
         if unexpected:
             raise ValueError(f"rewind_to names entries the model does not have: {unexpected}")
+        self.model.load_state_dict(state, strict=False)
 
     @contextmanager
     def _scoring(self) -> Iterator[None]:
@@ -278,7 +279,7 @@ class WeightMasking:
         # norm least), i.e. keeps the largest w * Hg. Hg comes from a double backward through
         # g_fixed . grad(L), g_fixed the gradient of the first pass (both on logits / T).
         loss_fn = loss_fn or F.cross_entropy
-        batches = list(data) if data is not None else []
+        batches = list(data)  # read twice: the gradient, then Hg
         with self._scoring():
             fixed = self._mean_gradient(batches, loss_fn, self.grasp_temperature)
             hg = [torch.zeros_like(p) for p in self.params]
