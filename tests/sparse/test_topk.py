@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from flatlab.sparse.topk import count_for_density, drop_grow, random_mask, topk_mask
+from flatlab.sparse.topk import (
+    count_for_density,
+    drop_grow,
+    drop_grow_per_tensor,
+    random_mask,
+    random_mask_per_tensor,
+    topk_mask,
+    topk_mask_per_tensor,
+)
 
 
 def test_topk_mask_is_global_and_exact():
@@ -40,3 +48,21 @@ def test_drop_grow_caps_the_count():
 def test_density_validation():
     with pytest.raises(ValueError, match="density"):
         count_for_density(10, 1.5)
+
+
+def test_per_tensor_variants_give_each_tensor_its_count():
+    scores = [torch.tensor([[5.0, 1.0], [0.5, 9.0]]), torch.tensor([3.0, 2.0, 7.0])]
+    a, b = topk_mask_per_tensor(scores, [1, 2])
+    assert a.tolist() == [[False, False], [False, True]] and b.tolist() == [True, False, True]
+    masks = random_mask_per_tensor([torch.empty(4, 5), torch.empty(3)], [7, 3], torch.Generator().manual_seed(0))
+    assert [int(m.sum()) for m in masks] == [7, 3] and masks[0].shape == (4, 5)
+    with pytest.raises(ValueError, match="count"):
+        topk_mask_per_tensor(scores, [5, 0])
+
+
+def test_drop_grow_per_tensor_keeps_each_count():
+    masks = [torch.tensor([True, True, False, False]), torch.tensor([True, False, False])]
+    drop = [torch.tensor([0.1, 0.2, 0.0, 0.0]), torch.tensor([1.0, 0.0, 0.0])]
+    grow = [torch.tensor([0.0, 0.0, 0.3, 0.9]), torch.tensor([0.0, 0.5, 0.6])]
+    a, b = drop_grow_per_tensor(masks, drop, grow, [1, 1])
+    assert a.tolist() == [False, True, False, True] and b.tolist() == [False, False, True]
