@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", type=Path, default=None, help="PNG file for the curves (needs matplotlib)")
     compare.add_argument("--json", type=Path, default=None, help="write the table as JSON too")
 
+    study = sub.add_parser("study", help="run a methods x seeds grid from a study file (resumable), then tabulate")
+    study.add_argument("file", type=Path, help="YAML/JSON study file (see flatlab.train.study)")
+    study.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
     return parser
@@ -124,6 +128,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from .train.study import load_study, run_study
+
+    run_study(load_study(args.file), progress=args.progress)
+    return 0
+
+
 def _list(_: argparse.Namespace) -> int:
     from .data import list_datasets
     from .models import list_models
@@ -144,7 +155,7 @@ def _list(_: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "compare": _compare, "list": _list}
+    handlers = {"train": _train, "compare": _compare, "study": _study, "list": _list}
     handler = handlers.get(args.command) or args.handler
     try:
         return handler(args)

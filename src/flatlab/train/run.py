@@ -34,7 +34,7 @@ from .distributed import Distributed, setup_distributed
 from .loop import StepRunner, TrainingDiverged, evaluate, train_one_epoch
 from .schedule import create_scheduler
 
-__all__ = ["train", "resume", "RunResult", "load_run_config", "load_trained"]
+__all__ = ["train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer"]
 
 
 @dataclass
@@ -105,6 +105,28 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | None = None) -> torch.optim.Optimizer:
+    """The optimizer a config asks for (hyper-parameters validated by the optimizer itself)."""
+    c = config
+    base = "adamw" if c.optimizer == "adamw" else c.base
+    kwargs: dict[str, Any] = dict(lr=c.lr, weight_decay=c.weight_decay)
+    if base == "sgd":
+        kwargs.update(momentum=c.momentum, nesterov=c.nesterov)
+    if c.optimizer not in ("sgd", "adamw"):
+        kwargs.update(c.optimizer_kwargs())
+        kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
+        if c.optimizer == "ssam-d" and total_steps is not None:
+            kwargs.setdefault("total_steps", total_steps)
+    elif c.max_grad_norm is not None:
+        raise ValueError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
+    return create_optimizer(c.optimizer, params_or_model, base=base, **kwargs)
+
+
+def check_optimizer(config: TrainConfig) -> None:
+    """Raises the optimizer's own ValueError for a bad name or hyper-parameter, before any training."""
+    build_optimizer(config, [torch.zeros(1, requires_grad=True)])
+
+
 class _Run:
     """The objects of one run and the code that saves and restores them."""
 
@@ -140,19 +162,7 @@ class _Run:
         self.epoch = 0
 
     def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        c = self.config
-        base = "adamw" if c.optimizer == "adamw" else c.base
-        kwargs: dict[str, Any] = dict(lr=c.lr, weight_decay=c.weight_decay)
-        if base == "sgd":
-            kwargs.update(momentum=c.momentum, nesterov=c.nesterov)
-        if c.optimizer not in ("sgd", "adamw"):
-            kwargs.update(c.optimizer_kwargs())
-            kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
-            if c.optimizer == "ssam-d":
-                kwargs.setdefault("total_steps", self.total_steps)
-        elif c.max_grad_norm is not None:
-            raise ValueError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
-        return create_optimizer(c.optimizer, model, base=base, **kwargs)
+        return build_optimizer(self.config, model, self.total_steps)
 
     def _build_masking(self):
         if self.config.sparse is None:
@@ -260,6 +270,7 @@ def resume(run_dir: str | Path, **kwargs) -> RunResult:
 
 
 def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunResult:
+    check_optimizer(config)  # fail on a bad hyper-parameter before loading any data
     run_dir = Path(resume_dir) if resume_dir is not None else Path(config.out) / config.run_name()
     checkpoint_path = run_dir / "checkpoint.pt"
     if resume_dir is None and (checkpoint_path.exists() or (run_dir / "summary.json").exists()):
@@ -330,6 +341,10 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
         with unperturbed:
             save_checkpoint(run_dir / "model.pt", {"model": run.raw_model.state_dict(), "config": config.to_dict()})
         atomic_write_json(run_dir / "summary.json", summary)
+        if "sparsity" in summary:
+            log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
+                f"{summary['sparsity']['overall']['weight_sparsity']:.4f}), training FLOPs "
+                f"{summary['training_flops_vs_dense_sgd']:.3f} x dense SGD")
         log(f"done: test top-1 {100 * summary['final_test_top1']:.2f}% (best {100 * summary['best_test_top1']:.2f}%), "
             f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
     return RunResult(run_dir, summary)
@@ -362,8 +377,11 @@ def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
         "model": run.config.resolved_model(),
     }
     if run.masking is not None:
+        from ..sparse import masking_flops
+
+        c = run.config
         summary["sparsity"] = run.masking.report()
-        flops = getattr(run.masking, "training_flops_ratio", None)
-        if flops is not None:
-            summary["training_flops_vs_dense_sgd"] = flops(run.config)
+        shape = (run.data.in_channels, *run.data.image_size)
+        options = {k: v for k, v in c.optimizer_kwargs().items() if k in ("ascent_steps", "beta", "gamma")}
+        summary["training_flops_vs_dense_sgd"] = masking_flops(run.masking, shape, method=c.optimizer, **options)
     return summary

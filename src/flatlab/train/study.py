@@ -33,7 +33,7 @@ from .. import __version__
 from .checkpoint import atomic_write_json, atomic_write_text
 from .compare import load_run, plot_runs
 from .config import TrainConfig, load_config_file
-from .run import load_trained, resume, train
+from .run import check_optimizer, load_trained, resume, train
 
 __all__ = ["Study", "load_study", "run_study"]
 
@@ -60,7 +60,9 @@ class Study:
     def config(self, method: str, seed: int) -> TrainConfig:
         values = {**self.base, **self.methods[method], "seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
         try:
-            return TrainConfig.from_dict(values)
+            config = TrainConfig.from_dict(values)
+            check_optimizer(config)
+            return config
         except ValueError as err:
             raise ValueError(f"{self.source}: method {method!r}: {err}") from err
 
