@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
+            # The DDP module of the run (in reference cycles with its optimizer) must be freed
+            # while the process group lives: a reducer destroyed at interpreter exit tears down
+            # gloo threads mid-flight and aborts ("terminate called without an active exception").
+            gc.collect()
             dist.destroy_process_group()
 
 

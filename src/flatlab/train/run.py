@@ -259,7 +259,11 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(config, device, dist, resume_dir, overwrite, progress, log)
+        result = _train(config, device, dist, resume_dir, overwrite, progress, log)
+        # every rank waits for rank 0's last writes: tearing gloo down while a peer still talks to
+        # it aborts the process ("terminate called without an active exception")
+        dist.barrier()
+        return result
     finally:
         dist.close()
 

@@ -44,7 +44,8 @@ class Study:
     def __init__(self, spec: dict[str, Any], source: str = "<dict>"):
         unknown = sorted(set(spec) - _KEYS)
         if unknown:
-            raise ValueError(f"{source}: unknown study keys: {', '.join(unknown)} (allowed: {', '.join(sorted(_KEYS))})")
+            allowed = ", ".join(sorted(_KEYS))
+            raise ValueError(f"{source}: unknown study keys: {', '.join(unknown)} (allowed: {allowed})")
         if not spec.get("methods"):
             raise ValueError(f"{source}: a study needs a non-empty 'methods' mapping")
         self.name = spec.get("name", "study")
@@ -58,7 +59,8 @@ class Study:
             self.config(method, self.seeds[0])  # validates every method's config up front
 
     def config(self, method: str, seed: int) -> TrainConfig:
-        values = {**self.base, **self.methods[method], "seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
+        run = {"seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
+        values = {**self.base, **self.methods[method], **run}
         try:
             config = TrainConfig.from_dict(values)
             check_optimizer(config)
