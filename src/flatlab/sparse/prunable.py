@@ -9,17 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..analysis.flops import LAYER_TYPES
+
 __all__ = ["PRUNABLE_TYPES", "prunable_parameters"]
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+# the layers whose FLOPs are counted are the layers whose weights are pruned
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = LAYER_TYPES
 
 
 def prunable_parameters(
