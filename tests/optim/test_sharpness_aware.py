@@ -439,3 +439,25 @@ def test_ssam_mask_must_be_known():
 def test_base_must_be_an_optimizer_instance():
     with pytest.raises(TypeError, match="Optimizer instance"):
         flatlab.SAM(torch.optim.SGD, rho=0.05)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_variant_accepts_a_per_sample_closure_and_a_plain_one(name, data):
+    a, b = tiny_net(), tiny_net()
+    options = {"gamma": 1.0} if name == "esam" else {}  # a plain closure cannot select samples
+    opt_a, opt_b = make(name, a, **options), make(name, b, **options)
+    for x, y in data:
+        for opt, model in ((opt_a, a), (opt_b, b)):
+            if getattr(opt, "mask_due", False):
+                opt.update_mask(model, [(x, y)])
+        opt_a.step(flatlab.per_sample(lambda idx, x=x, y=y: F.cross_entropy(a(x), y, reduction="none")))
+
+        def closure(x=x, y=y):
+            opt_b.zero_grad()
+            loss = F.cross_entropy(b(x), y)
+            loss.backward()
+            return loss
+
+        opt_b.step(closure)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q)

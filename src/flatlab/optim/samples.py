@@ -24,8 +24,8 @@ class PerSampleClosure:
     calling ``backward``: the optimizer decides the grad mode (a no-grad forward for selection) and
     back-propagates the mean itself.
 
-    Calling the object with no argument behaves as a standard closure (zero grads, mean loss,
-    backward), so a ``PerSampleClosure`` works with every optimizer.
+    Every flatlab optimizer accepts it in ``step`` (those that select no samples back-propagate the
+    mean loss of the whole batch).
 
     Example::
 
@@ -36,9 +36,8 @@ class PerSampleClosure:
         opt.step(flatlab.per_sample(losses))
     """
 
-    def __init__(self, fn: Callable[[Tensor | None], Tensor], params: list[Tensor] | None = None):
+    def __init__(self, fn: Callable[[Tensor | None], Tensor]):
         self.fn = fn
-        self.params = params
 
     def losses(self, indices: Tensor | None = None) -> Tensor:
         out = self.fn(indices)
@@ -46,15 +45,6 @@ class PerSampleClosure:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"a per-sample closure must return a 1-D tensor of losses, got {shape}")
         return out
-
-    def __call__(self) -> Tensor:
-        if self.params is not None:
-            for p in self.params:
-                p.grad = None
-        with torch.enable_grad():
-            loss = self.losses(None).mean()
-            loss.backward()
-        return loss
 
 
 def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:

@@ -434,8 +434,7 @@ class SharpnessAware(torch.optim.Optimizer):
     def _single_step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+            loss, _ = self._evaluate(closure)
         params = self._params()
         self._restore(params)
         index = [i for i, p in enumerate(params) if p.grad is not None]
