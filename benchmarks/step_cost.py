@@ -59,6 +59,49 @@ def train_step(model, opt, x, y) -> None:
     opt.step(flatlab.per_sample(losses))
 
 
+def esam_cost_model(x, y, width: float, rounds: int, beta: float = 0.6, gamma: float = 0.5) -> dict[str, float]:
+    """Times the passes ESAM is made of, so its ceiling over SAM can be read off this machine:
+    SAM = 2 x (fwd + bwd); ESAM = (fwd + bwd with 1 - beta of the tensors skipping their weight
+    gradient) + no-grad fwd at w + eps (the data selection) + fwd + bwd on gamma of the batch."""
+    model, _ = build("sgd", width)
+    params = list(model.parameters())
+    n = x.shape[0]
+    sub = max(1, round(gamma * n))
+    g = torch.Generator().manual_seed(0)
+
+    def fwd_bwd(rows: int, frozen=()):
+        for p in frozen:
+            p.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[:rows]), y[:rows]).backward()
+        for p in frozen:
+            p.requires_grad_(True)
+
+    def swp():
+        keep = (torch.rand(len(params), generator=g) < beta).tolist()
+        fwd_bwd(n, [p for p, k in zip(params, keep) if not k])
+
+    def no_grad_fwd():
+        with torch.no_grad():
+            model(x)
+
+    parts = {"fwd_bwd": lambda: fwd_bwd(n), "fwd_bwd_swp": swp, "fwd_no_grad": no_grad_fwd,
+             "fwd_bwd_subset": lambda: fwd_bwd(sub)}
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for f in parts.values():
+        f()
+    for _ in range(rounds):
+        for k, f in parts.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    sam = 2 * ms["fwd_bwd"]
+    esam = ms["fwd_bwd_swp"] + ms["fwd_no_grad"] + ms["fwd_bwd_subset"]
+    return {**{f"{k}_ms": round(v, 1) for k, v in ms.items()}, "sam_model_ms": round(sam, 1),
+            "esam_model_ms": round(esam, 1), "esam_ceiling_over_sam": round(sam / esam, 3)}
+
+
 def state_bytes(state) -> int:
     return sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t))
 
@@ -108,6 +151,8 @@ def main() -> None:
         refresh.append(time.perf_counter() - start)
     refresh_s = statistics.median(refresh)
 
+    ceiling = esam_cost_model(x, y, args.width, max(5, args.rounds))
+
     sgd = median["sgd"]
     rows = []
     for name in METHODS:
@@ -141,6 +186,7 @@ def main() -> None:
         "fisher_refresh_128_samples_ms": round(refresh_s * 1e3, 1),
         "fisher_refresh_in_sgd_steps": round(refresh_s / sgd, 2),
         "esam_speedup_over_sam": round(median["sam"] / median["esam"], 3),
+        "esam_cost_model": ceiling,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step_cost.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -162,6 +208,12 @@ def main() -> None:
         f"ESAM speed-up over SAM: {result['esam_speedup_over_sam']}x. "
         f"SSAM-F Fisher refresh (128 samples): {result['fisher_refresh_128_samples_ms']} ms = "
         f"{result['fisher_refresh_in_sgd_steps']} SGD steps.",
+        "",
+        "ESAM's ceiling on this machine, from its passes timed alone (ms): fwd+bwd "
+        f"{ceiling['fwd_bwd_ms']}, fwd+bwd with 40% of tensors skipping the weight gradient "
+        f"{ceiling['fwd_bwd_swp_ms']}, no-grad fwd {ceiling['fwd_no_grad_ms']}, fwd+bwd on half the batch "
+        f"{ceiling['fwd_bwd_subset_ms']}: SAM {ceiling['sam_model_ms']} vs ESAM {ceiling['esam_model_ms']}, "
+        f"a ceiling of {ceiling['esam_ceiling_over_sam']}x.",
         "",
     ]
     (args.out / "step_cost.md").write_text("\n".join(lines))
