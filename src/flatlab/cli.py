@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
+    from .analysis.commands import add_analysis_commands
+
+    add_analysis_commands(sub)
     return parser
 
 

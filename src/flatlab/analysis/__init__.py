@@ -36,6 +36,7 @@ from .landscape import (
     Surface1D,
     Surface2D,
     adversarial_directions,
+    averaged_loss_surface_1d,
     averaged_loss_surface_2d,
     filter_normalize,
     gaussian_direction_pairs,
@@ -60,7 +61,7 @@ __all__ = [
     # landscape
     "filter_normalize", "random_direction", "gaussian_direction_pairs", "gradient_direction",
     "adversarial_directions", "Surface1D", "Surface2D", "loss_surface_1d", "loss_surface_2d",
-    "averaged_loss_surface_2d",
+    "averaged_loss_surface_1d", "averaged_loss_surface_2d",
     # gradstats
     "sam_perturbation", "RelativeGradientDifference", "relative_gradient_difference", "SDSStatistics",
     "sds_statistics", "linearity",

@@ -16,6 +16,21 @@ from ..optim.functional import global_norm as _global_norm
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
+# ``progress(done, total)``: called after each unit of work of a long loop (a grid point, a Lanczos
+# step, a Hutchinson sample, a batch), e.g. to drive a progress bar; ``None`` reports nothing.
+ProgressFn = Callable[[int, int], None]
+
+
+def report(progress: ProgressFn | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
+
+
+def sub_progress(progress: ProgressFn | None, start: int, total: int) -> ProgressFn | None:
+    """A callback for one part of a longer loop: its ``done`` counts from ``start`` out of ``total``."""
+    if progress is None:
+        return None
+    return lambda done, _total: progress(start + done, total)
 
 
 def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:

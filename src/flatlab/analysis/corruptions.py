@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import Batch, materialize, model_device, preserved, to_device
+from ._common import Batch, ProgressFn, materialize, model_device, preserved, report, to_device
 
 __all__ = ["CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions"]
 
@@ -312,6 +312,7 @@ def evaluate_corruptions(
     *,
     seed: int = 0,
     transform: Callable[[Tensor], Tensor] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, dict[int, float]]:
     """Top-1 accuracy of ``model`` (eval mode) on corrupted copies of ``batches``.
 
@@ -319,7 +320,8 @@ def evaluate_corruptions(
     dataset normalisation) is applied after corrupting (and after converting uint8 to [0, 1] floats),
     right before the model. Returns
     ``{"clean": {0: acc}, name: {severity: acc, ...}, ...}``; batch ``i`` is corrupted with seed
-    ``seed + i`` so every (name, severity) sees the same noise stream.
+    ``seed + i`` so every (name, severity) sees the same noise stream. ``progress(done, total)`` is
+    called after each batch of each evaluation (clean, then every name and severity).
 
     Example::
 
@@ -331,9 +333,15 @@ def evaluate_corruptions(
     for name in names:
         if name not in _CORRUPTIONS:
             raise ValueError(f"unknown corruption {name!r}; choose from {list_corruptions()}")
+    for s in severities:
+        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
+            raise ValueError(f"severity must be an integer in 1..5, got {s!r}")
     device = model_device(model)
+    work = (1 + len(names) * len(severities)) * len(batches)
+    done = 0
 
     def accuracy(make: Callable[[Tensor, int], Tensor]) -> float:
+        nonlocal done
         correct, total = 0, 0
         with preserved(model, train=False, params=False):
             for i, (x, y) in enumerate(batches):
@@ -342,6 +350,8 @@ def evaluate_corruptions(
                 out = model(transform(x) if transform is not None else x)
                 correct += int((out.argmax(dim=1) == y).sum())
                 total += int(y.shape[0])
+                done += 1
+                report(progress, done, work)
         return correct / total
 
     table: dict[str, dict[int, float]] = {"clean": {0: accuracy(lambda x, i: x)}}

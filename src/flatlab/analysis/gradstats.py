@@ -24,6 +24,7 @@ over a batch then runs under the same RNG seed, so dropout masks agree between t
 perturbed passes, and running statistics are restored afterwards. Parameters are restored by copy;
 ``.grad`` is never touched. All functions take an explicit ``loss_fn`` (mean-reduced; default
 cross-entropy); where per-sample losses are needed they come from ``torch.func.vmap`` over it.
+Each takes an optional ``progress(done, total)`` callback, called after each batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from ._common import (
     Batch,
     LossFn,
+    ProgressFn,
     batch_size,
     cosine,
     fixed_rng,
@@ -47,6 +49,7 @@ from ._common import (
     model_device,
     per_sample_losses,
     preserved,
+    report,
     resolve_loss,
     to_device,
     trainable_params,
@@ -137,6 +140,7 @@ def relative_gradient_difference(
     tiny: float = 1e-12,
     train_mode: bool = False,
     seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> RelativeGradientDifference:
     """SSAM Fig. 2: how much SAM's gradient differs from SGD's, coordinate by coordinate.
 
@@ -168,6 +172,7 @@ def relative_gradient_difference(
                 torch._foreach_copy_(params, base)
             sgd, sam = flatten(g_sgd), flatten(g_sam)
             rows.append(((sam - sgd).abs() / (sgd.abs() + tiny)).float().cpu())
+            report(progress, i + 1, len(batches))
     return RelativeGradientDifference(torch.stack(rows), rho)
 
 
@@ -215,6 +220,7 @@ def sds_statistics(
     beta: float = 1.0,
     seed: int = 0,
     train_mode: bool = False,
+    progress: ProgressFn | None = None,
 ) -> SDSStatistics:
     """ESAM SDS subset statistics (Sec. 2.3, App. A.2, Figs. 5-6) for each batch.
 
@@ -270,6 +276,7 @@ def sds_statistics(
             rec["cos_minus"].append(cosine(grads["minus"], grads["full"]))
             rec["cos_rand"].append(cosine(grads["rand"], grads["full"]))
             rec["cos_plus_minus"].append(cosine(grads["plus"], grads["minus"]))
+            report(progress, i + 1, len(batches))
     return SDSStatistics(**{k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()})
 
 
@@ -282,6 +289,7 @@ def linearity(
     beta: float = 1.0,
     seed: int = 0,
     train_mode: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Tensor:
     """ESAM Appendix A.3 linearity ``zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|`` per batch.
 
@@ -315,4 +323,5 @@ def linearity(
                 torch._foreach_copy_(params, base)
             first_order = flatten(eps).double() @ flatten(g).double()
             out.append(abs(float(loss1) - float(loss0.detach()) - float(first_order)))
+            report(progress, i + 1, len(batches))
     return torch.tensor(out, dtype=torch.float64)

@@ -36,13 +36,16 @@ from torch import Tensor, nn
 from ._common import (
     Batch,
     LossFn,
+    ProgressFn,
     batch_size,
     flatten,
     grads_or_zeros,
     materialize,
     model_device,
     preserved,
+    report,
     resolve_loss,
+    sub_progress,
     to_device,
     trainable_params,
     unflatten,
@@ -151,6 +154,7 @@ def _lanczos_run(
     generator: torch.Generator | None,
     restart: bool,
     tol: float | None,
+    progress: ProgressFn | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lanczos with full reorthogonalisation; returns (alphas, betas, V) with T = tridiag(betas, alphas,
     betas) and V the orthonormal basis (rows).
@@ -175,6 +179,7 @@ def _lanczos_run(
         w = hvp(basis[j]).to(dtype=dtype, device=device)
         alpha = float(w @ basis[j])
         alphas.append(alpha)
+        report(progress, j + 1, steps)
         if j == steps - 1:
             break
         done = basis[: j + 1]
@@ -223,6 +228,7 @@ def lanczos(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     tol: float | None = None,
+    progress: ProgressFn | None = None,
 ) -> LanczosResult:
     """Top-``k`` eigenpairs of the symmetric operator ``hvp`` by Lanczos with full reorthogonalisation.
 
@@ -232,6 +238,7 @@ def lanczos(
     from a random orthogonal vector whenever it hits an invariant subspace). The start vector is
     Gaussian from ``seed``. Memory: ``iters * n_params`` elements of ``dtype`` for the basis.
     ``dtype``/``device`` default to ``hvp.dtype``/``hvp.device`` when present, else float64/CPU.
+    ``progress(done, iters)`` is called after each step (one product with ``hvp``).
 
     Example::
 
@@ -250,7 +257,9 @@ def lanczos(
     device = device or getattr(hvp, "device", "cpu")
     generator = torch.Generator().manual_seed(seed)
     v0 = _start_vector(n_params, generator, dtype, device)
-    alphas, betas, basis = _lanczos_run(hvp, v0, iters, generator=generator, restart=True, tol=tol)
+    alphas, betas, basis = _lanczos_run(
+        hvp, v0, iters, generator=generator, restart=True, tol=tol, progress=progress
+    )
     if alphas.numel() < k:
         raise ValueError(f"Lanczos stopped after {alphas.numel()} steps, fewer than k={k}")
     evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
@@ -285,10 +294,12 @@ def top_eigenvalues(
     seed: int = 0,
     return_vectors: bool = False,
     train_mode: bool = False,
+    progress: ProgressFn | None = None,
 ) -> HessianEigen:
     """lambda_1..lambda_k of the loss Hessian and lambda_1/lambda_5 (SSAM Sec. 5.3, Fig. 5).
 
-    See the module docstring for the loss, the BatchNorm handling and ``lanczos`` for ``iters``.
+    See the module docstring for the loss, the BatchNorm handling and ``lanczos`` for ``iters`` and
+    ``progress``.
 
     Example::
 
@@ -296,7 +307,7 @@ def top_eigenvalues(
         eig.eigenvalues[0], eig.ratio     # lambda_1, lambda_1 / lambda_5
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
-    res = lanczos(op, op.n_params, k=k, iters=iters, seed=seed, return_vectors=return_vectors)
+    res = lanczos(op, op.n_params, k=k, iters=iters, seed=seed, return_vectors=return_vectors, progress=progress)
     ratio = float(res.eigenvalues[0] / res.eigenvalues[4]) if k >= 5 else None
     vectors = None
     if res.eigenvectors is not None:
@@ -318,9 +329,11 @@ def hutchinson(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimator ``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (unbiased; its
     variance is ``2 * sum_{i != j} H_ij^2`` per sample), with the standard error of the mean.
+    ``progress(done, samples)`` is called after each sample.
 
     Example::
 
@@ -336,6 +349,7 @@ def hutchinson(
     for i in range(samples):
         z = torch.randint(0, 2, (n_params,), generator=generator).to(dtype=dtype, device=device) * 2 - 1
         values[i] = float(z @ hvp(z).to(dtype))
+        report(progress, i + 1, samples)
     return TraceEstimate(float(values.mean()), float(values.std() / math.sqrt(samples)), values)
 
 
@@ -347,6 +361,7 @@ def hutchinson_trace(
     samples: int = 100,
     seed: int = 0,
     train_mode: bool = False,
+    progress: ProgressFn | None = None,
 ) -> TraceEstimate:
     """Trace of the loss Hessian by Hutchinson's estimator (see ``hutchinson``).
 
@@ -356,7 +371,7 @@ def hutchinson_trace(
         est.trace, est.stderr
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
-    return hutchinson(op, op.n_params, samples, seed)
+    return hutchinson(op, op.n_params, samples, seed, progress=progress)
 
 
 class SpectralDensity(NamedTuple):
@@ -376,12 +391,14 @@ def stochastic_lanczos_quadrature(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Quadrature nodes and weights of the spectral measure (Ubaru et al. 2017; Ghorbani et al. 2019).
 
     For each of ``runs`` random unit starts ``v`` (Rademacher, normalised), ``iters`` Lanczos steps
     give ``T = S diag(theta) S^T``; then ``v^T f(H) v ~ sum_i S[0, i]^2 f(theta_i)``, so the nodes
     ``theta_i`` with weights ``S[0, i]^2`` approximate the eigenvalue distribution ``(1/n) sum delta``.
+    ``progress(done, runs * iters)`` is called after each Lanczos step.
 
     Example::
 
@@ -394,9 +411,14 @@ def stochastic_lanczos_quadrature(
     generator = torch.Generator().manual_seed(seed)
     iters = min(iters, n_params)
     all_nodes, all_weights = [], []
-    for _ in range(runs):
+    for r in range(runs):
         v0 = (torch.randint(0, 2, (n_params,), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
-        alphas, betas, _ = _lanczos_run(hvp, v0, iters, generator=None, restart=False, tol=None)
+        alphas, betas, _ = _lanczos_run(
+            hvp, v0, iters, generator=None, restart=False, tol=None,
+            progress=sub_progress(progress, r * iters, runs * iters),
+        )
+        if alphas.numel() < iters:  # the run ended early on an invariant subspace
+            report(progress, (r + 1) * iters, runs * iters)
         evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
         all_nodes.append(evals)
         all_weights.append(evecs[0] ** 2)
@@ -450,6 +472,7 @@ def spectral_density(
     num_points: int = 1000,
     seed: int = 0,
     train_mode: bool = False,
+    progress: ProgressFn | None = None,
 ) -> SpectralDensity:
     """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019),
     Gaussian-broadened on a grid (see ``stochastic_lanczos_quadrature`` and ``gaussian_density``).
@@ -460,6 +483,6 @@ def spectral_density(
         plot_eigen_density({"SGD": (sd.grid, sd.density)}, "density.png")
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
-    nodes, weights = stochastic_lanczos_quadrature(op, op.n_params, runs, iters, seed)
+    nodes, weights = stochastic_lanczos_quadrature(op, op.n_params, runs, iters, seed, progress=progress)
     grid, density, sigma = gaussian_density(nodes, weights, sigma=sigma, grid=grid, num_points=num_points)
     return SpectralDensity(grid, density, nodes, weights, sigma)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ._common import (
     Batch,
     LossFn,
+    ProgressFn,
     batch_size,
     evaluate,
     flatten,
@@ -43,7 +44,9 @@ from ._common import (
     mean_gradient,
     model_device,
     preserved,
+    report,
     resolve_loss,
+    sub_progress,
     to_device,
     trainable_params,
     unflatten,
@@ -62,6 +65,7 @@ __all__ = [
     "Surface2D",
     "loss_surface_1d",
     "loss_surface_2d",
+    "averaged_loss_surface_1d",
     "averaged_loss_surface_2d",
 ]
 
@@ -269,6 +273,7 @@ def _surface(
     loss_fn: LossFn,
     directions: Sequence[Direction],
     coords: Sequence[Sequence[float]],
+    progress: ProgressFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     params = trainable_params(model)
     for i, d in enumerate(directions):
@@ -277,7 +282,7 @@ def _surface(
     base = [p.detach().clone() for p in params]
     losses, accs = [], []
     with preserved(model, train=False), torch.no_grad():
-        for point in coords:
+        for i, point in enumerate(coords):
             torch._foreach_copy_(params, base)
             for a, d in zip(point, directions):
                 if a != 0.0:
@@ -285,6 +290,7 @@ def _surface(
             loss, acc = evaluate(model, batches, loss_fn)
             losses.append(loss)
             accs.append(acc)
+            report(progress, i + 1, len(coords))
     return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
 
 
@@ -294,8 +300,11 @@ def loss_surface_1d(
     direction: Sequence[Tensor],
     alphas,
     loss_fn: LossFn | None = None,
+    *,
+    progress: ProgressFn | None = None,
 ) -> Surface1D:
     """Mean loss and accuracy over ``batches`` at ``w + alpha * direction`` for each alpha.
+    ``progress(done, total)`` is called after each point.
 
     Example::
 
@@ -305,7 +314,8 @@ def loss_surface_1d(
     """
     alphas = _as_1d(alphas, "alphas")
     loss, acc = _surface(
-        model, materialize(batches), resolve_loss(loss_fn), [list(direction)], [(float(a),) for a in alphas]
+        model, materialize(batches), resolve_loss(loss_fn), [list(direction)], [(float(a),) for a in alphas],
+        progress,
     )
     return Surface1D(alphas, loss, acc)
 
@@ -318,8 +328,11 @@ def loss_surface_2d(
     xs,
     ys,
     loss_fn: LossFn | None = None,
+    *,
+    progress: ProgressFn | None = None,
 ) -> Surface2D:
     """Loss and accuracy grids at ``w + x * d1 + y * d2`` (SSAM Fig. 4 with filter-normalised d1, d2).
+    ``progress(done, total)`` is called after each grid point.
 
     Example::
 
@@ -329,7 +342,9 @@ def loss_surface_2d(
     """
     xs, ys = _as_1d(xs, "xs"), _as_1d(ys, "ys")
     coords = [(float(a), float(b)) for a in xs for b in ys]
-    loss, acc = _surface(model, materialize(batches), resolve_loss(loss_fn), [list(d1), list(d2)], coords)
+    loss, acc = _surface(
+        model, materialize(batches), resolve_loss(loss_fn), [list(d1), list(d2)], coords, progress
+    )
     shape = (xs.numel(), ys.numel())
     return Surface2D(xs, ys, loss.reshape(shape), acc.reshape(shape))
 
@@ -341,9 +356,12 @@ def averaged_loss_surface_2d(
     xs,
     ys,
     loss_fn: LossFn | None = None,
+    *,
+    progress: ProgressFn | None = None,
 ) -> Surface2D:
     """ESAM Fig. 4: the 2-D surface averaged (pointwise, loss and accuracy) over groups of direction
-    pairs, e.g. from ``gaussian_direction_pairs(model, groups=10)``.
+    pairs, e.g. from ``gaussian_direction_pairs(model, groups=10)``. ``progress(done, total)`` counts
+    grid points over all groups.
 
     Example::
 
@@ -352,8 +370,45 @@ def averaged_loss_surface_2d(
     if not pairs:
         raise ValueError("pairs is empty")
     batches = materialize(batches)
-    surfaces = [loss_surface_2d(model, batches, d1, d2, xs, ys, loss_fn) for d1, d2 in pairs]
+    points = _as_1d(xs, "xs").numel() * _as_1d(ys, "ys").numel()
+    total = points * len(pairs)
+    surfaces = [
+        loss_surface_2d(model, batches, d1, d2, xs, ys, loss_fn, progress=sub_progress(progress, i * points, total))
+        for i, (d1, d2) in enumerate(pairs)
+    ]
     first = surfaces[0]
     loss = torch.stack([s.loss for s in surfaces]).mean(0)
     acc = torch.stack([s.accuracy for s in surfaces]).mean(0)
     return Surface2D(first.xs, first.ys, loss, acc)
+
+
+def averaged_loss_surface_1d(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    directions: Sequence[Sequence[Tensor]],
+    alphas,
+    loss_fn: LossFn | None = None,
+    *,
+    progress: ProgressFn | None = None,
+) -> Surface1D:
+    """The 1-D analogue of ESAM's averaged landscape: loss and accuracy along each direction,
+    averaged pointwise over the directions (e.g. the first direction of each pair from
+    ``gaussian_direction_pairs``). ``progress(done, total)`` counts points over all directions.
+
+    Example::
+
+        dirs = [d1 for d1, _ in gaussian_direction_pairs(model, groups=10)]
+        curve = averaged_loss_surface_1d(model, batches, dirs, torch.linspace(-1, 1, 21))
+    """
+    if not directions:
+        raise ValueError("directions is empty")
+    batches = materialize(batches)
+    points = _as_1d(alphas, "alphas").numel()
+    total = points * len(directions)
+    curves = [
+        loss_surface_1d(model, batches, d, alphas, loss_fn, progress=sub_progress(progress, i * points, total))
+        for i, d in enumerate(directions)
+    ]
+    loss = torch.stack([c.loss for c in curves]).mean(0)
+    acc = torch.stack([c.accuracy for c in curves]).mean(0)
+    return Surface1D(curves[0].alphas, loss, acc)

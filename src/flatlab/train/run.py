@@ -60,25 +60,45 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(saved["config"])
 
 
-def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = "model.pt"):
+def load_trained(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    checkpoint: str = "model.pt",
+    *,
+    overrides: dict[str, Any] | None = None,
+):
     """The trained model of a run (weights of ``model.pt``, or of ``checkpoint.pt`` for an
     unfinished run), its data and its config: what the analysis commands start from.
+
+    ``run_dir`` may also be a checkpoint file itself (``model.pt`` and ``checkpoint.pt`` both keep
+    the run's config), e.g. one copied away from its run directory. ``overrides`` replaces config
+    fields before the data is built, e.g. ``{"data_root": "/data/cifar10"}`` where the dataset lives
+    somewhere else now.
 
     Returns ``(model, data, config)``; ``data`` is a :class:`~flatlab.train.data.RunData` whose
     ``test`` and ``train`` loaders yield normalised batches (the train loader augments).
     """
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    path = run_dir / checkpoint
-    if not path.is_file() and checkpoint == "model.pt":
-        path = run_dir / "checkpoint.pt"
     device = torch.device(device)
+    if run_dir.is_file():
+        path = run_dir
+        state = load_checkpoint(path, map_location=device)
+        if not isinstance(state.get("config"), dict):
+            raise ValueError(f"{path} holds no run config; pass its run directory instead")
+        config = TrainConfig.from_dict(state["config"])
+    else:
+        config = load_run_config(run_dir)
+        path = run_dir / checkpoint
+        if not path.is_file() and checkpoint == "model.pt":
+            path = run_dir / "checkpoint.pt"
+        state = load_checkpoint(path, map_location=device)
+    if overrides:
+        config = config.replace(**overrides)
     data = build_data(config, device)
     model = create_model(
         config.resolved_model(), num_classes=data.num_classes, in_channels=data.in_channels, width=config.width,
         **config.model_args,
     ).to(device)
-    state = load_checkpoint(path, map_location=device)
     if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
         # a perturbed single-step optimizer keeps w in its state: prefer it over the model's w + eps
         own = state["optimizer"].get("sharpness_aware", {})

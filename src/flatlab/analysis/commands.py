@@ -1,0 +1,840 @@
+"""The analysis subcommands: ``flatlab landscape``, ``flatlab hessian``, ``flatlab gradstats`` and
+``flatlab robustness``.
+
+Each takes one or more run directories (or checkpoint files, which keep their run's config), draws a
+fixed evaluation budget of batches from the run's data, calls the library functions of
+:mod:`flatlab.analysis` and writes, per run, a JSON file of numbers (with the options, the data
+used, the seconds each part took and the flatlab version) and PNG figures into ``RUN/analysis/``.
+With several runs, figures that compare them go into ``--out`` (default: the first run's
+``analysis/`` folder).
+
+The glue is plain functions -- :func:`load_run`, :func:`select_batches`, :func:`output_dirs`,
+:func:`write_result` -- and one ``analyse_*`` function per command, so that everything the commands
+do can be called (and tested) without the command line. No analysis is computed here: this module
+only chooses the data, calls the library and writes what it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import corruptions as _corruptions
+from . import gradstats as _gradstats
+from . import hessian as _hessian
+from . import landscape as _landscape
+from . import plots as _plots
+
+__all__ = [
+    "add_analysis_commands",
+    "LoadedRun",
+    "load_run",
+    "select_batches",
+    "output_dirs",
+    "write_result",
+    "analyse_landscape",
+    "analyse_hessian",
+    "analyse_gradstats",
+    "analyse_robustness",
+]
+
+Batch = tuple[Tensor, Tensor]
+ProgressFactory = Callable[[str], contextlib.AbstractContextManager]
+
+DIRECTIONS = ("random", "gaussian", "adversarial")
+
+
+# -- glue: run directory -> model and batches ----------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with its data and config, and where it came from."""
+
+    path: Path  # the run directory, or the checkpoint file
+    label: str  # name used in figures and tables (the run directory's name)
+    model: nn.Module
+    data: Any  # flatlab.train.data.RunData
+    config: Any  # flatlab.train.TrainConfig
+    device: torch.device
+
+
+def load_run(
+    run: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    checkpoint: str = "model.pt",
+    data_root: str | None = None,
+) -> LoadedRun:
+    """Load a finished run (``model.pt``) for analysis, with readable errors for a missing directory,
+    a directory that is not a run, and an unfinished run (``checkpoint="checkpoint.pt"`` analyses
+    its last completed epoch instead). ``run`` may also be a ``.pt`` file written by ``flatlab train``.
+    ``data_root`` points at the dataset where it lives now, if not where the run was trained."""
+    from ..train import load_trained
+    from ..train.run import _device
+
+    path = Path(run)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory: {path}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a flatlab run directory (no config.json)")
+        if not (path / checkpoint).is_file():
+            if checkpoint == "model.pt" and (path / "checkpoint.pt").is_file():
+                raise ValueError(
+                    f"run {path} is unfinished (no model.pt yet): finish it with `flatlab train --resume {path}`, "
+                    "or analyse its last completed epoch with --checkpoint checkpoint.pt"
+                )
+            raise ValueError(f"run {path} has no {checkpoint} (has it trained for an epoch yet?)")
+    device = _device(str(device))
+    overrides = {"data_root": str(data_root)} if data_root else None
+    model, data, config = load_trained(path, device, checkpoint, overrides=overrides)
+    label = path.name if path.is_dir() else path.parent.name
+    return LoadedRun(path, label, model, data, config, device)
+
+
+def _check_positive(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+
+
+def select_batches(
+    run: LoadedRun,
+    batches: int | None,
+    batch_size: int = 128,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    raw: bool = False,
+) -> list[Batch]:
+    """The evaluation budget: ``batches`` batches of ``batch_size`` samples of ``split``, as a list.
+
+    The samples are a seeded random subset (``seed``) of the split, in dataset order, without
+    augmentation; ``batches=None`` (or more than the split holds) takes the whole split in order, so
+    the test-split numbers then match the run's test metrics. Batches are normalised as in training,
+    or, with ``raw=True``, the uint8 images (for corrupting before normalisation). Datasets streamed
+    from disk (``--stream``) give the first ``batches`` batches of the run's own loader instead.
+    """
+    if split not in ("test", "train"):
+        raise ValueError(f"--split must be test or train, got {split!r}")
+    if batches is not None:
+        _check_positive("batches", batches)
+    _check_positive("batch_size", batch_size)
+    from ..data import normalize
+
+    data = run.data
+    if data.arrays is None:
+        if raw:
+            raise ValueError("this analysis corrupts raw images and needs an in-memory dataset (not --stream)")
+        out = []
+        for x, y in data.test if split == "test" else data.train:
+            out.append((x, y))
+            if batches is not None and len(out) >= batches:
+                break
+        return out
+    arrays = data.arrays
+    images = arrays.test_images if split == "test" else arrays.train_images
+    labels = arrays.test_labels if split == "test" else arrays.train_labels
+    n = images.shape[0]
+    take = n if batches is None else min(n, batches * batch_size)
+    if take < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:take].sort().values
+    else:
+        idx = torch.arange(n)
+    out = []
+    for start in range(0, take, batch_size):
+        i = idx[start : start + batch_size]
+        x = images[i].to(run.device)
+        if not raw:
+            x = normalize(x, data.mean, data.std)
+        out.append((x, labels[i].to(device=run.device, dtype=torch.int64)))
+    return out
+
+
+def _batches_info(batches: Sequence[Batch], split: str, batch_size: int, seed: int, budget: int | None) -> dict:
+    return {
+        "split": split,
+        "batches": len(batches),
+        "batch_size": batch_size,
+        "samples": sum(int(y.shape[0]) for _, y in batches),
+        "budget": budget if budget is not None else "all",
+        "seed": seed,
+    }
+
+
+# -- glue: results -> files -------------------------------------------------------------------------
+
+
+def _unique_labels(paths: Sequence[Path]) -> list[str]:
+    labels: list[str] = []
+    for p in paths:
+        label = p.name if p.is_dir() or not p.suffix else p.parent.name
+        base, k = label, 2
+        while label in labels:
+            label, k = f"{base}-{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def output_dirs(runs: Sequence[str | Path], out: str | Path | None = None) -> tuple[list[Path], Path]:
+    """Where results go: ``(per_run, shared)``. Without ``out``: each run's ``analysis/`` folder, and
+    the first run's for figures comparing several runs. With ``out``: ``out`` itself for one run,
+    ``out/<run name>/`` per run and ``out`` for the comparisons when there are several."""
+    paths = [Path(r) for r in runs]
+    if out is None:
+        per_run = [(p if p.is_dir() else p.parent) / "analysis" for p in paths]
+        return per_run, per_run[0]
+    out = Path(out)
+    if len(paths) == 1:
+        return [out], out
+    return [out / label for label in _unique_labels(paths)], out
+
+
+def _jsonable(value):
+    """Tensors to lists, non-finite floats to None (JSON has no NaN), tuples to lists, keys to str."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        return _jsonable(value.item() if value.dim() == 0 else value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_result(
+    path: str | Path,
+    analysis: str,
+    run: LoadedRun | None,
+    *,
+    options: dict,
+    data: dict | None,
+    time_s: float,
+    results: dict,
+    time_parts: dict[str, float] | None = None,
+    figures: Sequence[Path] = (),
+) -> dict:
+    """Write one analysis result as JSON, atomically, and return what was written."""
+    from .. import __version__
+    from ..train.checkpoint import atomic_write_json
+
+    record = {
+        "analysis": analysis,
+        "run": str(run.path) if run is not None else None,
+        "label": run.label if run is not None else None,
+        "flatlab": __version__,
+        "torch": torch.__version__,
+        "device": str(run.device) if run is not None else None,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "options": options,
+        "data": data,
+        "time_s": time_s,
+    }
+    if time_parts:
+        record["time_s_parts"] = time_parts
+    record["figures"] = [Path(f).name for f in figures]
+    record["results"] = results
+    record = _jsonable(record)
+    atomic_write_json(Path(path), record)
+    return record
+
+
+@contextlib.contextmanager
+def _no_progress(_desc: str) -> Iterator[None]:
+    yield None
+
+
+def progress_bars(enabled: bool | None = None) -> ProgressFactory:
+    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.train.progress.Progress`
+    (on a terminal only, unless ``enabled``)."""
+    from ..train.progress import Progress
+
+    @contextlib.contextmanager
+    def factory(desc: str) -> Iterator[Callable[[int, int], None]]:
+        bar = Progress(0, desc, enabled=enabled)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.count)
+
+        try:
+            yield update
+        finally:
+            bar.close()
+
+    return factory
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+
+def _loaded(runs: Sequence[str | Path | LoadedRun], load: dict) -> Iterator[LoadedRun]:
+    """The runs, loaded one at a time, labelled uniquely (``sam``, ``sam-2``) for figures and tables."""
+    for run, label in zip(runs, _unique_labels(_paths(runs))):
+        run = run if isinstance(run, LoadedRun) else load_run(run, **load)
+        yield dataclasses.replace(run, label=label)
+
+
+def _paths(runs: Sequence[str | Path | LoadedRun]) -> list[Path]:
+    return [r.path if isinstance(r, LoadedRun) else Path(r) for r in runs]
+
+
+# -- landscape ------------------------------------------------------------------------------------
+
+
+def _landscape_directions(run: LoadedRun, batches, directions: str, dims: int, groups: int, seed: int):
+    """The directions of one run: a list of directions (1-D) or of (d1, d2) pairs (2-D); several
+    entries are averaged (ESAM's averaged Gaussian landscape)."""
+    model = run.model
+    if directions == "random":
+        if dims == 1:
+            return [_landscape.random_direction(model, seed)]
+        return [(_landscape.random_direction(model, seed), _landscape.random_direction(model, seed + 1))]
+    if directions == "gaussian":
+        pairs = _landscape.gaussian_direction_pairs(model, groups=groups, seed=seed)
+        return [d1 for d1, _ in pairs] if dims == 1 else pairs
+    if dims == 1:
+        return [_landscape.gradient_direction(model, batches)]
+    return [_landscape.adversarial_directions(model, batches[0], lr=run.config.lr, seed=seed)]
+
+
+def analyse_landscape(
+    runs: Sequence[str | Path | LoadedRun],
+    *,
+    directions: str = "random",
+    dims: int = 1,
+    grid: int = 21,
+    span: float = 1.0,
+    groups: int = 10,
+    log: bool = False,
+    batches: int | None = 4,
+    batch_size: int = 128,
+    split: str = "test",
+    seed: int = 0,
+    out: str | Path | None = None,
+    load: dict | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> list[dict]:
+    """Loss and accuracy along 1 or 2 directions around each run's weights (Li et al. 2018; ESAM).
+
+    ``directions``: ``random`` (filter-normalised Gaussian, Li et al.; SSAM Fig. 4), ``gaussian``
+    (ESAM Fig. 4: averaged over ``groups`` orthogonal Gaussian pairs), ``adversarial`` (1-D: the unit
+    loss gradient, SAM's ascent direction; 2-D: ESAM Fig. 8's ``lr * grad`` of two batch halves).
+    The axes run over ``linspace(-span, span, grid)``; ``log`` draws the loss on a log scale.
+    Writes ``landscape_<directions>_<dims>d.json`` and PNGs per run, and with several runs and
+    ``dims=1`` one figure with all their curves.
+    """
+    if directions not in DIRECTIONS:
+        raise ValueError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+    if dims not in (1, 2):
+        raise ValueError(f"--dims must be 1 or 2, got {dims!r}")
+    _check_positive("grid", grid, 2)
+    _check_positive("groups", groups)
+    if not (math.isfinite(span) and span > 0):
+        raise ValueError(f"--span must be > 0, got {span!r}")
+    options = dict(directions=directions, dims=dims, grid=grid, span=span,
+                   groups=groups if directions == "gaussian" else None, log=log,
+                   checkpoint=(load or {}).get("checkpoint", "model.pt"))
+    select_batches_args = dict(batch_size=batch_size, split=split, seed=seed)
+    per_run_dirs, shared = output_dirs(_paths(runs), out)
+    axis = torch.linspace(-span, span, grid, dtype=torch.float64)
+    stem = f"landscape_{directions}_{dims}d"
+    records, curves_loss, curves_acc = [], {}, {}
+    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
+        data = select_batches(run, batches, **select_batches_args)
+        timer = _Timer()
+        with timer.part("directions"):
+            dirs = _landscape_directions(run, data, directions, dims, groups, seed)
+        with timer.part("surface"), progress(f"{run.label}: landscape {dims}-D") as bar:
+            if dims == 1:
+                surf = _landscape.averaged_loss_surface_1d(run.model, data, dirs, axis, progress=bar)
+            else:
+                surf = _landscape.averaged_loss_surface_2d(run.model, data, dirs, axis, axis, progress=bar)
+        center = grid // 2 if grid % 2 else None
+        if dims == 1:
+            results = {"alphas": surf.alphas, "loss": surf.loss, "accuracy": surf.accuracy}
+            c_loss = float(surf.loss[center]) if center is not None else None
+            c_acc = float(surf.accuracy[center]) if center is not None else None
+            curves_loss[run.label] = (surf.alphas, surf.loss)
+            curves_acc[run.label] = (surf.alphas, surf.accuracy)
+            figures = [
+                _plots.plot_curves_1d({run.label: (surf.alphas, surf.loss)}, folder / f"{stem}.png", logy=log,
+                                      xlabel=_axis_label(directions), title=f"{run.label}: {directions} direction"),
+                _plots.plot_curves_1d({run.label: (surf.alphas, surf.accuracy)}, folder / f"{stem}_acc.png",
+                                      xlabel=_axis_label(directions), ylabel="accuracy"),
+            ]
+        else:
+            results = {"xs": surf.xs, "ys": surf.ys, "loss": surf.loss, "accuracy": surf.accuracy}
+            c_loss = float(surf.loss[center, center]) if center is not None else None
+            c_acc = float(surf.accuracy[center, center]) if center is not None else None
+            figures = [
+                _plots.plot_surface_2d(surf.xs, surf.ys, surf.loss.log10() if log else surf.loss,
+                                       folder / f"{stem}.png",
+                                       zlabel="log10 loss" if log else "loss",
+                                       title=f"{run.label}: {'log10 ' if log else ''}loss, {directions} directions"),
+                _plots.plot_surface_2d(surf.xs, surf.ys, surf.accuracy, folder / f"{stem}_acc.png",
+                                       zlabel="accuracy", title=f"{run.label}: accuracy, {directions} directions"),
+            ]
+        max_loss = float(surf.loss.max())
+        results = {
+            "center_loss": c_loss,
+            "center_accuracy": c_acc,
+            "max_loss": max_loss,
+            "max_loss_increase": max_loss - c_loss if c_loss is not None else None,
+            "directions_averaged": len(dirs),
+            **results,
+        }
+        info = _batches_info(data, split, batch_size, seed, batches)
+        records.append(write_result(folder / f"{stem}.json", "landscape", run, options=options, data=info,
+                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
+        records[-1]["path"] = str(folder / f"{stem}.json")
+    if dims == 1 and len(records) > 1:
+        _mark_compare(records, _plots.plot_curves_1d(curves_loss, shared / f"{stem}_compare.png",
+                                                     xlabel=_axis_label(directions), logy=log,
+                                                     title=f"loss along {directions} directions"))
+        _plots.plot_curves_1d(curves_acc, shared / f"{stem}_compare_acc.png", xlabel=_axis_label(directions),
+                              ylabel="accuracy")
+    return records
+
+
+def _axis_label(directions: str) -> str:
+    return {"random": "alpha (filter-normalised)", "gaussian": "alpha (filter-normalised, averaged)",
+            "adversarial": "alpha (distance along grad / |grad|)"}[directions]
+
+
+# -- hessian ----------------------------------------------------------------------------------------
+
+
+def analyse_hessian(
+    runs: Sequence[str | Path | LoadedRun],
+    *,
+    k: int = 5,
+    iters: int | None = None,
+    trace_samples: int = 20,
+    density: int = 1,
+    density_iters: int = 40,
+    batches: int | None = 4,
+    batch_size: int = 128,
+    split: str = "test",
+    seed: int = 0,
+    out: str | Path | None = None,
+    load: dict | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> list[dict]:
+    """Top-``k`` Hessian eigenvalues by Lanczos with lambda_1/lambda_5 (SSAM Sec. 5.3), the trace by
+    Hutchinson (``trace_samples``, 0: skip) and the eigenvalue density by stochastic Lanczos
+    quadrature (``density`` runs of ``density_iters`` steps, 0: skip; Ghorbani et al. 2019).
+    Writes ``hessian.json`` and ``hessian_density.png`` per run (and a comparison density figure)."""
+    _check_positive("k", k)
+    if iters is not None:
+        _check_positive("iters", iters, k)
+    if trace_samples != 0:
+        _check_positive("trace_samples", trace_samples, 2)
+    _check_positive("density", density, 0)
+    _check_positive("density_iters", density_iters, 2)
+    options = dict(k=k, iters=iters, trace_samples=trace_samples, density=density, density_iters=density_iters,
+                   checkpoint=(load or {}).get("checkpoint", "model.pt"))
+    per_run_dirs, shared = output_dirs(_paths(runs), out)
+    records, densities, tops = [], {}, {}
+    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
+        data = select_batches(run, batches, batch_size, split=split, seed=seed)
+        timer = _Timer()
+        with timer.part("eigenvalues"), progress(f"{run.label}: Lanczos top-{k}") as bar:
+            eig = _hessian.top_eigenvalues(run.model, data, k=k, iters=iters, seed=seed, progress=bar)
+        evals = [float(v) for v in eig.eigenvalues]
+        results: dict[str, Any] = {
+            "eigenvalues": evals,
+            "lambda1": evals[0],
+            "lambda5": evals[4] if k >= 5 else None,
+            "lambda1_over_lambda5": eig.ratio,
+            "n_params": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        }
+        if trace_samples:
+            with timer.part("trace"), progress(f"{run.label}: Hutchinson trace") as bar:
+                est = _hessian.hutchinson_trace(run.model, data, samples=trace_samples, seed=seed, progress=bar)
+            results.update(trace=est.trace, trace_stderr=est.stderr, trace_samples=est.samples)
+        figures = []
+        if density:
+            with timer.part("density"), progress(f"{run.label}: eigenvalue density") as bar:
+                sd = _hessian.spectral_density(run.model, data, runs=density, iters=density_iters, seed=seed,
+                                               num_points=400, progress=bar)
+            results["density"] = {"grid": sd.grid, "density": sd.density, "sigma": sd.sigma,
+                                  "nodes": sd.nodes, "weights": sd.weights}
+            densities[run.label] = (sd.grid, sd.density)
+            tops[run.label] = evals
+            figures.append(_plots.plot_eigen_density({run.label: (sd.grid, sd.density)}, folder / "hessian_density.png",
+                                                     eigenvalues={run.label: evals},
+                                                     title=f"{run.label}: Hessian eigenvalue density"))
+        info = _batches_info(data, split, batch_size, seed, batches)
+        records.append(write_result(folder / "hessian.json", "hessian", run, options=options, data=info,
+                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
+        records[-1]["path"] = str(folder / "hessian.json")
+    if len(densities) > 1:
+        _mark_compare(records, _plots.plot_eigen_density(densities, shared / "hessian_density_compare.png",
+                                                         eigenvalues=tops, title="Hessian eigenvalue density"))
+    return records
+
+
+# -- gradstats --------------------------------------------------------------------------------------
+
+
+def analyse_gradstats(
+    runs: Sequence[str | Path | LoadedRun],
+    *,
+    rho: float | None = None,
+    gamma: float = 0.5,
+    beta: float = 1.0,
+    batches: int | None = 8,
+    batch_size: int = 128,
+    split: str = "test",
+    seed: int = 0,
+    out: str | Path | None = None,
+    load: dict | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> list[dict]:
+    """SSAM Fig. 2's relative gradient difference of SAM vs SGD, ESAM's SDS B+/B- statistics
+    (``gamma``: fraction in B+) and ESAM's linearity measure, at SAM radius ``rho`` (default: the
+    run's rho, else 0.05), over the same batches. Writes ``gradstats.json`` and
+    ``gradstats_relative_gradient.png`` per run (and a comparison histogram)."""
+    if rho is not None and not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"--rho must be > 0, got {rho!r}")
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"--gamma must be in (0, 1), got {gamma!r}")
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"--beta must be in (0, 1], got {beta!r}")
+    per_run_dirs, shared = output_dirs(_paths(runs), out)
+    records, hists = [], {}
+    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
+        data = select_batches(run, batches, batch_size, split=split, seed=seed)
+        run_rho = rho if rho is not None else (run.config.rho if run.config.rho is not None else 0.05)
+        options = dict(rho=run_rho, gamma=gamma, beta=beta, checkpoint=(load or {}).get("checkpoint", "model.pt"))
+        timer = _Timer()
+        with timer.part("relative_gradient"), progress(f"{run.label}: SAM vs SGD gradients") as bar:
+            rgd = _gradstats.relative_gradient_difference(run.model, data, rho=run_rho, seed=seed, progress=bar)
+        with timer.part("sds"), progress(f"{run.label}: SDS B+/B-") as bar:
+            sds = _gradstats.sds_statistics(run.model, data, rho=run_rho, gamma=gamma, beta=beta, seed=seed,
+                                            progress=bar)
+        with timer.part("linearity"), progress(f"{run.label}: linearity") as bar:
+            zeta = _gradstats.linearity(run.model, data, rho=run_rho, beta=beta, seed=seed, progress=bar)
+        counts, edges = rgd.histogram()
+        log_ratio = rgd.log10()
+        results = {
+            "relative_gradient": {
+                "fraction_log_ratio_below_0": rgd.fraction_below(1.0),
+                "median_log10_ratio": float(log_ratio.nan_to_num(nan=math.inf).flatten().median()),
+                "histogram_counts": counts,
+                "histogram_edges": edges,
+            },
+            "sds_mean": sds.mean(),
+            "sds_per_batch": {name: getattr(sds, name) for name in sds.mean() if hasattr(sds, name)},
+            "linearity_mean": float(zeta.mean()),
+            "linearity_per_batch": zeta,
+        }
+        hists[run.label] = rgd
+        figures = [_plots.plot_relative_gradient_histogram({run.label: rgd}, folder / "gradstats_relative_gradient.png",
+                                                           title=f"{run.label}: SAM vs SGD gradient (rho {run_rho:g})")]
+        info = _batches_info(data, split, batch_size, seed, batches)
+        records.append(write_result(folder / "gradstats.json", "gradstats", run, options=options, data=info,
+                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
+        records[-1]["path"] = str(folder / "gradstats.json")
+    if len(hists) > 1:
+        _mark_compare(records, _plots.plot_relative_gradient_histogram(
+            hists, shared / "gradstats_relative_gradient_compare.png", title="SAM vs SGD relative gradient difference"
+        ))
+    return records
+
+
+# -- robustness -------------------------------------------------------------------------------------
+
+
+def _parse_corruptions(text: str | Sequence[str] | None) -> list[str]:
+    names = _corruptions.list_corruptions()
+    if text is None or text == "all":
+        return names
+    chosen = [c.strip() for c in text.split(",") if c.strip()] if isinstance(text, str) else list(text)
+    unknown = [c for c in chosen if c not in names]
+    if unknown or not chosen:
+        given = ", ".join(unknown) or "(none given)"
+        raise ValueError(f"unknown corruption(s) {given}; choose from {', '.join(names)}")
+    return chosen
+
+
+def _parse_severities(text: str | Sequence[int]) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [int(v) for v in text]
+    except ValueError:
+        raise ValueError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}") from None
+    if not values or any(not 1 <= v <= 5 for v in values):
+        raise ValueError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}")
+    return sorted(set(values))
+
+
+def _normalizer(run: LoadedRun) -> Callable[[Tensor], Tensor]:
+    """[0, 1] images -> the run's normalised inputs (``flatlab.data.normalize`` takes uint8)."""
+    mean = torch.tensor(run.data.mean, dtype=torch.float32, device=run.device).view(1, -1, 1, 1)
+    std = torch.tensor(run.data.std, dtype=torch.float32, device=run.device).view(1, -1, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+def analyse_robustness(
+    runs: Sequence[str | Path | LoadedRun],
+    *,
+    corruptions: str | Sequence[str] | None = None,
+    severities: str | Sequence[int] = (1, 2, 3, 4, 5),
+    batches: int | None = None,
+    batch_size: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    out: str | Path | None = None,
+    load: dict | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> list[dict]:
+    """Accuracy on corrupted copies of the evaluation images (Hendrycks & Dietterich 2019 corruptions
+    with CIFAR-10-C parameters, generated with tensor ops from ``seed``; S2-SAM Table 5): per
+    corruption and severity, the mean per corruption, per severity and overall. Writes
+    ``robustness.json`` and ``robustness.png`` per run (and a comparison bar chart)."""
+    names = _parse_corruptions(corruptions)
+    sevs = _parse_severities(severities)
+    options = dict(corruptions=names, severities=sevs, checkpoint=(load or {}).get("checkpoint", "model.pt"))
+    per_run_dirs, shared = output_dirs(_paths(runs), out)
+    records, bars = [], {}
+    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
+        data = select_batches(run, batches, batch_size, split=split, seed=seed, raw=True)
+        timer = _Timer()
+        with timer.part("corruptions"), progress(f"{run.label}: corrupted test sets") as bar:
+            table = _corruptions.evaluate_corruptions(run.model, data, names, sevs, seed=seed,
+                                                      transform=_normalizer(run), progress=bar)
+        clean = table.pop("clean")[0]
+        by_corruption = {n: sum(table[n].values()) / len(table[n]) for n in names}
+        by_severity = {s: sum(table[n][s] for n in names) / len(names) for s in sevs}
+        overall = sum(by_corruption.values()) / len(by_corruption)
+        results = {
+            "clean_accuracy": clean,
+            "accuracy": table,
+            "mean_accuracy_by_corruption": by_corruption,
+            "mean_accuracy_by_severity": by_severity,
+            "mean_accuracy": overall,
+            "mean_error": 1.0 - overall,
+            "mean_error_by_severity": {s: 1.0 - a for s, a in by_severity.items()},
+        }
+        bars[run.label] = {"clean": clean, **by_corruption}
+        figures = [_plots.plot_corruption_table({run.label: bars[run.label]}, folder / "robustness.png",
+                                                ylabel=f"accuracy (mean over severities {','.join(map(str, sevs))})",
+                                                title=f"{run.label}: corrupted {split} set")]
+        info = _batches_info(data, split, batch_size, seed, batches)
+        records.append(write_result(folder / "robustness.json", "robustness", run, options=options, data=info,
+                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
+        records[-1]["path"] = str(folder / "robustness.json")
+    if len(bars) > 1:
+        _mark_compare(records, _plots.plot_corruption_table(
+            bars, shared / "robustness_compare.png",
+            ylabel=f"accuracy (mean over severities {','.join(map(str, sevs))})", title=f"corrupted {split} set",
+        ))
+    return records
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def _budget(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of batches or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'all'), got {value}")
+    return value
+
+
+def _common_flags(parser: argparse.ArgumentParser, *, batches: str, batch_size: int, several: str) -> None:
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help=f"run directories (or their model.pt / checkpoint.pt files); {several}")
+    parser.add_argument("--batches", type=_budget, default=_budget(batches), metavar="N",
+                        help=f"evaluation budget: N batches (a seeded random subset), or 'all' (default {batches})")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"samples per batch (default {batch_size})")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="evaluate on the test set (default) or the un-augmented training set")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batch subset, directions, noise (default 0)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--checkpoint", default="model.pt",
+                        help="weights file in the run directory (checkpoint.pt: last epoch of an unfinished run)")
+    parser.add_argument("--data-root", default=None, help="where the run's dataset lives now, if it moved")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: RUN/analysis/; comparison figures: the first run's)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal only)")
+
+
+def _setup(args: argparse.Namespace) -> dict:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return dict(
+        batches=args.batches, batch_size=args.batch_size, split=args.split, seed=args.seed, out=args.out,
+        load=dict(device=args.device, checkpoint=args.checkpoint, data_root=args.data_root),
+        progress=progress_bars(args.progress),
+    )
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _done(records: Sequence[dict]) -> None:
+    folders = sorted({str(Path(r["path"]).parent) for r in records})
+    print("results -> " + ", ".join(folders))
+    compare = sorted({r["compare_figure"] for r in records if r.get("compare_figure")})
+    if compare:
+        print("comparison -> " + ", ".join(compare))
+
+
+def _mark_compare(records: list[dict], path: Path) -> None:
+    for r in records:
+        r["compare_figure"] = str(path)
+
+
+def _landscape_cmd(args: argparse.Namespace) -> int:
+    records = analyse_landscape(args.runs, directions=args.directions, dims=args.dims, grid=args.grid,
+                                span=args.span, groups=args.groups, log=args.log, **_setup(args))
+    rows = [[r["label"], _fmt(r["results"]["center_loss"]), _fmt(r["results"]["center_accuracy"]),
+             _fmt(r["results"]["max_loss"]), _fmt(r["results"]["max_loss_increase"]), f"{r['time_s']:.1f}"]
+            for r in records]
+    print(format_table(["run", "loss(0)", "acc(0)", "max loss", "max increase", "time s"], rows))
+    _done(records)
+    return 0
+
+
+def _hessian_cmd(args: argparse.Namespace) -> int:
+    records = analyse_hessian(args.runs, k=args.k, iters=args.iters, trace_samples=args.trace_samples,
+                              density=args.density, density_iters=args.density_iters, **_setup(args))
+    rows = []
+    for r in records:
+        res = r["results"]
+        trace = f"{_fmt(res.get('trace'))} ± {_fmt(res.get('trace_stderr'), '.2g')}" if "trace" in res else "-"
+        rows.append([r["label"], _fmt(res["lambda1"]), _fmt(res["lambda5"]), _fmt(res["lambda1_over_lambda5"]),
+                     trace, f"{r['time_s']:.1f}"])
+    print(format_table(["run", "lambda1", "lambda5", "lambda1/lambda5", "trace", "time s"], rows))
+    _done(records)
+    return 0
+
+
+def _gradstats_cmd(args: argparse.Namespace) -> int:
+    records = analyse_gradstats(args.runs, rho=args.rho, gamma=args.gamma, beta=args.beta, **_setup(args))
+    rows = []
+    for r in records:
+        res, sds = r["results"], r["results"]["sds_mean"]
+        rows.append([r["label"], _fmt(r["options"]["rho"]),
+                     f"{100 * res['relative_gradient']['fraction_log_ratio_below_0']:.1f}%",
+                     f"{_fmt(sds['cos_plus'], '.3f')}/{_fmt(sds['cos_minus'], '.3f')}/{_fmt(sds['cos_rand'], '.3f')}",
+                     f"{_fmt(sds['sharpness_plus'], '.3g')}/{_fmt(sds['sharpness_minus'], '.3g')}",
+                     _fmt(res["linearity_mean"], ".3g"), f"{r['time_s']:.1f}"])
+    print(format_table(["run", "rho", "log r < 0", "cos B+/B-/rand", "sharpness B+/B-", "linearity", "time s"], rows))
+    _done(records)
+    return 0
+
+
+def _robustness_cmd(args: argparse.Namespace) -> int:
+    records = analyse_robustness(args.runs, corruptions=args.corruptions, severities=args.severities, **_setup(args))
+    names = records[0]["options"]["corruptions"]
+    headers = ["corruption"] + [r["label"] for r in records]
+    rows = [["clean"] + [f"{100 * r['results']['clean_accuracy']:.2f}" for r in records]]
+    for n in names:
+        rows.append([n] + [f"{100 * r['results']['mean_accuracy_by_corruption'][n]:.2f}" for r in records])
+    rows.append(["mean"] + [f"{100 * r['results']['mean_accuracy']:.2f}" for r in records])
+    rows.append(["time s"] + [f"{r['time_s']:.1f}" for r in records])
+    sevs = ",".join(str(s) for s in records[0]["options"]["severities"])
+    print(f"accuracy (%), mean over severities {sevs}")
+    print(format_table(headers, rows))
+    _done(records)
+    return 0
+
+
+def _describe(fn) -> str:
+    return " ".join(fn.__doc__.replace("``", "").split())
+
+
+def add_analysis_commands(subparsers) -> None:
+    """Register ``landscape``, ``hessian``, ``gradstats`` and ``robustness`` on a subparsers object."""
+    p = subparsers.add_parser("landscape", help="1-D/2-D loss and accuracy surfaces around trained weights",
+                              description=_describe(analyse_landscape))
+    _common_flags(p, batches="4", batch_size=128, several="several runs share one 1-D figure")
+    p.add_argument("--directions", choices=DIRECTIONS, default="random",
+                   help="random: filter-normalised Gaussian (Li et al. 2018); gaussian: ESAM's average over "
+                        "--groups orthogonal pairs; adversarial: the loss gradient (1-D), ESAM A.5's batch-half "
+                        "gradients (2-D)")
+    p.add_argument("--dims", type=int, choices=(1, 2), default=1, help="1-D curve or 2-D surface (default 1)")
+    p.add_argument("--grid", type=int, default=21, help="points per axis (default 21; odd includes 0)")
+    p.add_argument("--span", type=float, default=1.0, help="axes run over [-span, span] (default 1)")
+    p.add_argument("--groups", type=int, default=10, help="--directions gaussian: pairs averaged (default 10)")
+    p.add_argument("--log", action="store_true", help="draw the loss on a log scale (2-D: log10 loss)")
+    p.set_defaults(handler=_landscape_cmd)
+
+    p = subparsers.add_parser("hessian", help="top Hessian eigenvalues, trace and eigenvalue density",
+                              description=_describe(analyse_hessian))
+    _common_flags(p, batches="4", batch_size=128, several="each is analysed in turn")
+    p.add_argument("--k", type=int, default=5, help="top eigenvalues by Lanczos (default 5: lambda1/lambda5)")
+    p.add_argument("--iters", type=int, default=None, help="Lanczos steps for the top-k (default max(3k, 30))")
+    p.add_argument("--trace-samples", type=int, default=20, help="Hutchinson samples for the trace (0: skip)")
+    p.add_argument("--density", type=int, default=1, metavar="RUNS",
+                   help="stochastic Lanczos quadrature runs for the density plot (default 1; 0: skip)")
+    p.add_argument("--density-iters", type=int, default=40, help="Lanczos steps per density run (default 40)")
+    p.set_defaults(handler=_hessian_cmd)
+
+    p = subparsers.add_parser("gradstats", help="SAM-vs-SGD gradient difference, SDS B+/B- statistics, linearity",
+                              description=_describe(analyse_gradstats))
+    _common_flags(p, batches="8", batch_size=128, several="each is analysed in turn")
+    p.add_argument("--rho", type=float, default=None, help="SAM radius (default: the run's rho, else 0.05)")
+    p.add_argument("--gamma", type=float, default=0.5, help="SDS: fraction of the batch in B+ (default 0.5)")
+    p.add_argument("--beta", type=float, default=1.0, help="ESAM SWP keep probability (default 1: plain SAM)")
+    p.set_defaults(handler=_gradstats_cmd)
+
+    p = subparsers.add_parser("robustness", help="accuracy on corrupted copies of the test set",
+                              description=_describe(analyse_robustness))
+    _common_flags(p, batches="all", batch_size=256, several="each is analysed in turn")
+    p.add_argument("--corruptions", default="all", metavar="A,B",
+                   help=f"comma-separated, from {', '.join(_corruptions.list_corruptions())} (default all)")
+    p.add_argument("--severities", default="1,2,3,4,5", metavar="1,2,3", help="severities 1..5 (default all)")
+    p.set_defaults(handler=_robustness_cmd)
