@@ -166,3 +166,24 @@ def test_corrupt_data_file_gives_a_readable_error(tmp_path, capsys):
     code = main(["train", "--dataset", "fashion-mnist", "--data-root", str(root), "--out", str(tmp_path)])
     assert code == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_streaming_image_folder_trains(tmp_path):
+    """The ImageNet path (--stream): decode per batch with a DataLoader, 224-pixel crops."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("ant", "bee"):
+            folder = tmp_path / "folder" / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    code = main(["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "folder"), "--stream",
+                 "--workers", "0", "--model", "cnn", "--batch-size", "4", "--epochs", "1",
+                 "--optimizer", "s2sam", "--out", str(tmp_path / "runs"), "--name", "stream"])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "stream" / "summary.json").read_text())
+    assert 0.0 <= summary["final_test_top1"] <= 1.0
+    assert metrics(tmp_path / "runs" / "stream")[0]["images_per_s"] > 0
