@@ -37,13 +37,6 @@ class Distributed:
         dist.all_reduce(t)
         return t.tolist()
 
-    def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.broadcast(t, 0)
-        return bool(t.item())
-
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             # The DDP module of the run (in reference cycles with its optimizer) must be freed

@@ -17,6 +17,7 @@ import math
 import platform
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,17 +244,13 @@ class _Run:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
     def evaluate(self) -> dict[str, float]:
-        unperturbed = self.optimizer.unperturbed() if isinstance(self.optimizer, SharpnessAware) else _null()
-        with unperturbed:
+        with _unperturbed(self.optimizer):
             return evaluate(self.raw_model, self.data.test, self.device, self.config.amp)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _unperturbed(optimizer: torch.optim.Optimizer):
+    """The weights w (not a single-step method's pending w + eps), for evaluation and export."""
+    return optimizer.unperturbed() if isinstance(optimizer, SharpnessAware) else nullcontext()
 
 
 def _meta(config: TrainConfig) -> dict[str, Any]:
@@ -361,8 +358,7 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
 
     summary = _summary(run, history)
     if dist.is_main:
-        unperturbed = run.optimizer.unperturbed() if isinstance(run.optimizer, SharpnessAware) else _null()
-        with unperturbed:
+        with _unperturbed(run.optimizer):
             save_checkpoint(run_dir / "model.pt", {"model": run.raw_model.state_dict(), "config": config.to_dict()})
         atomic_write_json(run_dir / "summary.json", summary)
         if "sparsity" in summary:
