@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a methods x seeds grid from a study file (resumable), then tabulate")
     study.add_argument("file", type=Path, help="YAML/JSON study file (see flatlab.train.study)")
     study.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    study.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one process each (default 1)")
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
@@ -134,7 +135,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from .train.study import load_study, run_study
 
-    run_study(load_study(args.file), progress=args.progress)
+    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs)
     return 0
 
 

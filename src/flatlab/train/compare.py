@@ -88,17 +88,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(run_dirs: list[str | Path], path: str | Path) -> Path:
-    """Test top-1 and training loss per epoch of every run (one colour per group) as a PNG."""
+def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> Path:
+    """Test top-1 and training loss per epoch of every run (one colour per group) as a PNG.
+
+    Runs are grouped by their configs but for the seed, labelled by what differs; ``labels`` (one per
+    run directory) names the groups instead."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     runs = [load_run(d) for d in run_dirs]
-    rows = compare_runs(run_dirs)
     colour = {}
-    for i, row in enumerate(rows):
-        for d in row["runs"]:
-            colour[d] = (f"C{i % 10}", row["label"])
+    if labels is not None:
+        if len(labels) != len(run_dirs):
+            raise ValueError(f"labels: {len(labels)} given for {len(run_dirs)} runs")
+        names = list(dict.fromkeys(labels))
+        for run, label in zip(runs, labels):
+            colour[str(run["dir"])] = (f"C{names.index(label) % 10}", label)
+    else:
+        for i, row in enumerate(compare_runs(run_dirs)):
+            for d in row["runs"]:
+                colour[d] = (f"C{i % 10}", row["label"])
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
     ax_acc, ax_loss = fig.subplots(1, 2)

@@ -13,7 +13,11 @@ The file names the shared settings, the methods (each a set of config changes) a
 
 ``flatlab study FILE`` runs every (method, seed) not finished yet (an interrupted run is resumed from
 its checkpoint, a finished one skipped), then writes ``results.json``, ``results.csv``,
-``results.md`` and ``curves.png`` into ``out``. Interrupt and rerun it at will.
+``results.md``, ``curves.png`` and ``tradeoff.png`` into ``out``. Interrupt and rerun it at will.
+
+``--jobs N`` trains N runs at a time, each in its own process (give each ``threads`` = cores / N: on a
+small CPU model two one-thread runs make more images per second than one two-thread run). Every run's
+images/s is then measured beside N-1 others, the same for every method, so the ratios stay comparable.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import csv
 import io
 import json
 import math
+import os
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +42,9 @@ from .compare import load_run, plot_runs
 from .config import TrainConfig, load_config_file
 from .run import check_optimizer, load_trained, resume, train
 
-__all__ = ["Study", "load_study", "run_study"]
+__all__ = ["Study", "load_study", "run_study", "summarise", "plot_tradeoff", "machine_info"]
 
-_KEYS = {"name", "out", "seeds", "base", "methods", "hessian", "device"}
+_KEYS = {"name", "out", "seeds", "base", "methods", "hessian", "device", "extends"}
 
 
 class Study:
@@ -73,7 +80,44 @@ class Study:
 
 
 def load_study(path: str | Path) -> Study:
-    return Study(load_config_file(path), source=str(path))
+    """Reads a study file. ``extends: other.yaml`` (relative to this file) starts from that study: this
+    file's ``base`` entries override the other's one by one (``null`` restores a field's default), every
+    other key replaces the other's. A paper-scale study is then the CPU study plus what scale changes."""
+    return Study(_resolve_extends(Path(path), seen=()), source=str(path))
+
+
+def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    spec = load_config_file(path)
+    parent = spec.pop("extends", None)
+    if parent is None:
+        return spec
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise ValueError(f"{path}: 'extends' makes a cycle through {parent_path}")
+    merged = _resolve_extends(parent_path, seen + (path.resolve(),))
+    base = {**merged.get("base", {}), **spec.pop("base", {})}
+    merged.update(spec)
+    merged["base"] = {k: v for k, v in base.items() if v is not None}
+    return merged
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a study ran: enough to tell whether two results tables are comparable."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+        info["cpu_model"] = model
+    except OSError:
+        pass
+    return info
 
 
 def _top_eigenvalue(run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -104,28 +148,76 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def run_study(study: Study, *, log=print, progress: bool | None = None) -> list[dict[str, Any]]:
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _pm(mean: float, std: float, fmt: str = ".2f", std_fmt: str | None = None) -> str:
+    """``mean ± std``, or the mean alone where one seed gives no spread."""
+    text = format(mean, fmt)
+    return text if math.isnan(std) else f"{text} ± {format(std, std_fmt or fmt.lstrip('+'))}"
+
+
+def _run_one(study: Study, method: str, seed: int, log=print, progress: bool | None = None) -> None:
+    run_dir = study.run_dir(method, seed)
+    if (run_dir / "summary.json").is_file():
+        log(f"[study] {run_dir.name}: finished, skipped")
+    elif (run_dir / "checkpoint.pt").is_file():
+        log(f"[study] {run_dir.name}: resuming")
+        resume(run_dir, log=log, progress=progress)
+    else:
+        log(f"[study] {run_dir.name}: starting")
+        train(study.config(method, seed), overwrite=True, log=log, progress=progress)
+
+
+def _prefixed_print(prefix: str):
+    def log(message: str) -> None:
+        print("\n".join(f"[{prefix}] {line}" for line in str(message).splitlines()), flush=True)
+
+    return log
+
+
+def _worker(task: tuple[Study, str, int]) -> str:
+    study, method, seed = task
+    _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False)
+    if study.hessian:  # here rather than in the summary, so that it runs in parallel too
+        _top_eigenvalue(study.run_dir(method, seed), dict(study.hessian))
+    return f"{method}-seed{seed}"
+
+
+def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+    """Trains every (method, seed) not finished yet, ``jobs`` at a time, then tabulates the study."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     study.out.mkdir(parents=True, exist_ok=True)
-    for method in study.methods:
-        for seed in study.seeds:
-            run_dir = study.run_dir(method, seed)
-            if (run_dir / "summary.json").is_file():
-                log(f"[study] {run_dir.name}: finished, skipped")
-                continue
-            if (run_dir / "checkpoint.pt").is_file():
-                log(f"[study] {run_dir.name}: resuming")
-                resume(run_dir, log=log, progress=progress)
-            else:
-                log(f"[study] {run_dir.name}: starting")
-                train(study.config(method, seed), overwrite=True, log=log, progress=progress)
-    rows = summarise(study, log=log)
-    return rows
+    # seed-major: a study cut short still has every method at its first seeds
+    tasks = [(study, m, s) for s in study.seeds for m in study.methods]
+    if jobs == 1:
+        for _, method, seed in tasks:
+            _run_one(study, method, seed, log=log, progress=progress)
+    else:
+        import multiprocessing
+
+        # spawn: a fresh interpreter per run (no forked torch thread pools); one task per process so a
+        # long study does not accumulate memory. Ctrl-C terminates the workers; their checkpoints are
+        # written atomically, so rerunning resumes them.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes=jobs, maxtasksperchild=1) as pool:
+            for name in pool.imap_unordered(_worker, tasks):
+                log(f"[study] {name}: done")
+    return summarise(study, log=log, jobs=jobs)
 
 
-def summarise(study: Study, log=print) -> list[dict[str, Any]]:
+def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
     rows = []
     for method in study.methods:
         runs = [load_run(study.run_dir(method, s)) for s in study.seeds]
@@ -140,38 +232,80 @@ def summarise(study: Study, log=print) -> list[dict[str, Any]]:
             "test_top1_std": top1[1],
             "test_top1_per_seed": [r["summary"]["final_test_top1"] for r in runs],
             "images_per_s": speed[0],
+            "images_per_s_std": speed[1],
             "wall_time_s_mean": wall[0],
+            "train_loss_mean": _mean_std([r["summary"]["final_train_loss"] for r in runs])[0],
         }
         if study.hessian:
             eig = [_top_eigenvalue(study.run_dir(method, s), dict(study.hessian)) for s in study.seeds]
             row["lambda1_mean"], row["lambda1_std"] = _mean_std([e["lambda1"] for e in eig])
         rows.append(row)
-    sgd = next((r["images_per_s"] for r in rows if r["changes"].get("optimizer") == "sgd"), None)
+    sgd = next((r for r in rows if r["changes"].get("optimizer") == "sgd"), None)
     for row in rows:
-        row["speed_vs_sgd"] = row["images_per_s"] / sgd if sgd else math.nan
+        row["speed_vs_sgd"] = row["images_per_s"] / sgd["images_per_s"] if sgd else math.nan
+        # a seed fixes the initialisation, the data order and the training subset for every method, so
+        # the per-seed difference to SGD is far less noisy than the two means apart
+        diffs = [a - b for a, b in zip(row["test_top1_per_seed"], sgd["test_top1_per_seed"])] if sgd else []
+        row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = _mean_std(diffs)
     result = {
         "study": study.name,
         "source": study.source,
         "flatlab": __version__,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads_per_run": study.base.get("threads"),
+        "jobs": jobs,
+        "machine": machine_info(),
+        "command": " ".join(sys.argv),
         "base": study.base,
         "rows": rows,
     }
-    atomic_write_json(study.out / "results.json", result)
+    atomic_write_json(study.out / "results.json", _nan_to_none(result))  # strict JSON: no NaN
     atomic_write_text(study.out / "results.csv", _csv(rows))
     table = format_study(rows)
     atomic_write_text(study.out / "results.md", f"# {study.name}\n\n{table}\n")
     try:
-        plot_runs([study.run_dir(m, s) for m in study.methods for s in study.seeds], study.out / "curves.png")
+        grid = [(m, s) for m in study.methods for s in study.seeds]
+        plot_runs([study.run_dir(m, s) for m, s in grid], study.out / "curves.png", labels=[m for m, _ in grid])
+        plot_tradeoff(rows, study.out / "tradeoff.png", title=study.name)
     except ImportError:
-        log("[study] matplotlib is not installed: no curves.png")
+        log("[study] matplotlib is not installed: no curves.png, tradeoff.png")
     log(table)
     return rows
 
 
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test top-1 (mean ± std over seeds) against speed relative to SGD and, when measured, against the
+    top Hessian eigenvalue: the cost and the flatness next to the accuracy, one point per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    has_eig = any("lambda1_mean" in r for r in rows)
+    fig = Figure(figsize=(10 if has_eig else 5.5, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if has_eig else 1, squeeze=False)[0]
+    for i, r in enumerate(rows):
+        acc, err = 100 * r["test_top1_mean"], 100 * r["test_top1_std"]
+        style = {"color": f"C{i % 10}", "fmt": "o", "capsize": 3}
+        axes[0].errorbar(r["speed_vs_sgd"], acc, yerr=err, label=r["method"], **style)
+        label = {"fontsize": 7, "xytext": (4, 3), "textcoords": "offset points"}
+        axes[0].annotate(r["method"], (r["speed_vs_sgd"], acc), **label)
+        if has_eig:
+            axes[1].errorbar(r["lambda1_mean"], acc, xerr=r["lambda1_std"], yerr=err, **style)
+            axes[1].annotate(r["method"], (r["lambda1_mean"], acc), **label)
+    axes[0].set(xlabel="training speed (x SGD, images/s)", ylabel="test top-1 (%)", title=title)
+    axes[0].legend(fontsize=8)
+    if has_eig:
+        axes[1].set(xlabel="top Hessian eigenvalue of the final model", ylabel="test top-1 (%)", xscale="log")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
-    keys = ["method", "test_top1_mean", "test_top1_std", "images_per_s", "speed_vs_sgd", "wall_time_s_mean",
+    keys = ["method", "test_top1_mean", "test_top1_std", "images_per_s", "images_per_s_std", "speed_vs_sgd",
+            "wall_time_s_mean", "train_loss_mean", "vs_sgd_paired_mean", "vs_sgd_paired_std",
             "lambda1_mean", "lambda1_std"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
@@ -182,13 +316,23 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def format_study(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: accuracy (mean ± std and per seed), final training loss, cost, flatness."""
     has_eig = any("lambda1_mean" in r for r in rows)
-    head = "| method | test top-1 (%) | images/s | x SGD speed | wall time (s) |" + (" lambda1 |" if has_eig else "")
-    lines = [head, "|---|---:|---:|---:|---:|" + ("---:|" if has_eig else "")]
+    head = ("| method | test top-1 (%) | per seed | vs SGD, paired (points) | final train loss | images/s "
+            "| x SGD speed | wall time (s) |" + (" lambda1 |" if has_eig else ""))
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if has_eig else "")]
     for r in rows:
-        line = (f"| {r['method']} | {100 * r['test_top1_mean']:.2f} ± {100 * r['test_top1_std']:.2f} | "
+        seeds = ", ".join(f"{100 * a:.2f}" for a in r["test_top1_per_seed"])
+        if r["changes"].get("optimizer") == "sgd":
+            paired = "(reference)"
+        else:
+            diff, spread = r.get("vs_sgd_paired_mean", math.nan), r.get("vs_sgd_paired_std", math.nan)
+            paired = _pm(100 * diff, 100 * spread, "+.2f")
+        line = (f"| {r['method']} | {_pm(100 * r['test_top1_mean'], 100 * r['test_top1_std'])} | {seeds} | "
+                f"{paired} | "
+                f"{r.get('train_loss_mean', math.nan):.3g} | "
                 f"{r['images_per_s']:.0f} | {r['speed_vs_sgd']:.2f} | {r['wall_time_s_mean']:.0f} |")
         if has_eig:
-            line += f" {r.get('lambda1_mean', math.nan):.3g} ± {r.get('lambda1_std', math.nan):.2g} |"
+            line += f" {_pm(r.get('lambda1_mean', math.nan), r.get('lambda1_std', math.nan), '.3g', '.2g')} |"
         lines.append(line)
     return "\n".join(lines)
