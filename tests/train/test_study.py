@@ -127,7 +127,8 @@ def test_table_pairs_seeds_against_sgd_and_one_seed_shows_no_spread(tmp_path):
     assert "(reference)" in text and "±" not in text
     json.loads((study.out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     # with two seeds the paired difference is per seed, then averaged
-    rows = [{"method": "sgd", "changes": {"optimizer": "sgd"}, "test_top1_mean": 0.5, "test_top1_std": 0.1,
+    rows = [{"method": "sgd", "changes": {"optimizer": "sgd"}, "is_reference": True,
+             "test_top1_mean": 0.5, "test_top1_std": 0.1,
              "test_top1_per_seed": [0.4, 0.6], "images_per_s": 100.0, "speed_vs_sgd": 1.0,
              "wall_time_s_mean": 10.0, "vs_sgd_paired_mean": 0.0, "vs_sgd_paired_std": 0.0},
             {"method": "sam", "changes": {"optimizer": "sam"}, "test_top1_mean": 0.53, "test_top1_std": 0.1,

@@ -195,7 +195,10 @@ def _worker(task: tuple[Study, str, int]) -> str:
 
 
 def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1) -> list[dict[str, Any]]:
-    """Trains every (method, seed) not finished yet, ``jobs`` at a time, then tabulates the study."""
+    """Trains every (method, seed) not finished yet, ``jobs`` at a time, then tabulates the study.
+
+    ``jobs > 1`` starts worker processes with ``spawn``: a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard (the ``flatlab study`` command has it)."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     study.out.mkdir(parents=True, exist_ok=True)
@@ -240,8 +243,10 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
             eig = [_top_eigenvalue(study.run_dir(method, s), dict(study.hessian)) for s in study.seeds]
             row["lambda1_mean"], row["lambda1_std"] = _mean_std([e["lambda1"] for e in eig])
         rows.append(row)
+    # the reference: the first method that trains with the base optimizer alone
     sgd = next((r for r in rows if r["changes"].get("optimizer") == "sgd"), None)
     for row in rows:
+        row["is_reference"] = row is sgd
         row["speed_vs_sgd"] = row["images_per_s"] / sgd["images_per_s"] if sgd else math.nan
         # a seed fixes the initialisation, the data order and the training subset for every method, so
         # the per-seed difference to SGD is far less noisy than the two means apart
@@ -323,7 +328,7 @@ def format_study(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if has_eig else "")]
     for r in rows:
         seeds = ", ".join(f"{100 * a:.2f}" for a in r["test_top1_per_seed"])
-        if r["changes"].get("optimizer") == "sgd":
+        if r.get("is_reference"):
             paired = "(reference)"
         else:
             diff, spread = r.get("vs_sgd_paired_mean", math.nan), r.get("vs_sgd_paired_std", math.nan)
