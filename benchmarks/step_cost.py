@@ -46,7 +46,10 @@ def build(name: str, width: float, seed: int = 0):
 
 
 def train_step(model, opt, x, y) -> None:
-    if isinstance(opt, flatlab.SharpnessAware) and opt.single_step or not isinstance(opt, flatlab.SharpnessAware):
+    family = isinstance(opt, flatlab.SharpnessAware)
+    if family and opt.mask_due:
+        opt.update_mask(model, [(x, y)])
+    if not family or not opt.needs_closure:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -106,9 +109,6 @@ def state_bytes(state) -> int:
     return sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t))
 
 
-def mask_bytes(opt) -> int:
-    masks = getattr(getattr(opt, "coordinates", None), "mask_list", [])
-    return sum(m.numel() * m.element_size() for m in masks)
 
 
 def main() -> None:
@@ -158,7 +158,7 @@ def main() -> None:
     for name in METHODS:
         _, opt = runs[name]
         wrapper = opt if isinstance(opt, flatlab.SharpnessAware) else None
-        own = (state_bytes(wrapper.state) + mask_bytes(wrapper)) if wrapper else 0
+        own = state_bytes(wrapper.state) if wrapper else 0  # backups and masks, per parameter
         base = state_bytes(wrapper.base.state if wrapper else opt.state)
         rows.append(
             {

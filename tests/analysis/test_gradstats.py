@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import flatlab
 from flatlab.analysis import (
     RelativeGradientDifference,
     linearity,
@@ -57,12 +58,35 @@ def test_sam_perturbation_norm_and_swp():
     for e, g in zip(eps, grads):  # same direction
         torch.testing.assert_close(e, g * (0.2 / float(flat(*grads).norm())))
     swp = sam_perturbation(grads, 0.2, beta=0.5, generator=torch.Generator().manual_seed(0))
-    for e, full in zip(swp, eps):  # whole tensors dropped or rescaled by 1/beta
-        assert torch.count_nonzero(e) == 0 or torch.allclose(e, full / 0.5)
+    # the draw: Bernoulli(0.5) per tensor from the generator, as the optimizer draws
+    kept = (torch.rand(3, generator=torch.Generator().manual_seed(0)) < 0.5).tolist()
+    assert any(kept)
+    norm_kept = float(flat(*[g for g, k in zip(grads, kept) if k]).norm())
+    for e, g, k in zip(swp, grads, kept):  # normalised over the kept tensors, scaled by 1/beta
+        torch.testing.assert_close(e, g * (0.2 / 0.5 / norm_kept) if k else torch.zeros_like(g))
     with pytest.raises(ValueError):
         sam_perturbation(grads, 0.1, beta=0.0)
     with pytest.raises(ValueError):
         sam_perturbation(grads, -1.0)
+
+
+def test_sam_perturbation_is_the_perturbation_esam_applies():
+    # one definition: the analysis' SWP perturbation equals w + eps - w of flatlab.ESAM's first
+    # step, same seed, over many draws (including steps where the draw keeps no tensor at first)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.3, beta=0.3, gamma=1.0, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        w = [p.detach().clone() for p in model.parameters()]
+        expected = sam_perturbation([p.grad for p in model.parameters()], 0.3, beta=0.3, generator=generator)
+        opt.first_step()
+        for p, w0, e in zip(model.parameters(), w, expected):
+            torch.testing.assert_close(p.detach() - w0, e, rtol=1e-9, atol=1e-12)
+        opt.second_step()
 
 
 def test_relative_gradient_difference_matches_hand_reference(softmax_problem):
@@ -70,12 +94,15 @@ def test_relative_gradient_difference_matches_hand_reference(softmax_problem):
     batches = split(x, y, [4, 6])
     rgd = relative_gradient_difference(model, batches, rho=0.3, tiny=1e-12)
     assert rgd.ratio.shape == (2, W.numel() + b.numel())
+    rows = []
     for row, (xb, yb) in zip(rgd.ratio, batches):
         (gW, gb), (eW, eb) = hand_sam_step(W, b, xb, yb, 0.3)
         sW, sb = softmax_regression_grad(W + eW, b + eb, xb, yb)
         expected = (flat(sW, sb) - flat(gW, gb)).abs() / (flat(gW, gb).abs() + 1e-12)
         torch.testing.assert_close(row, expected.float(), rtol=1e-4, atol=1e-7)
-    assert 0.0 <= rgd.fraction_below(1.0) <= 1.0
+        rows.append(expected)
+    below = sum(int((r < 1.0).sum()) for r in rows) / sum(r.numel() for r in rows)
+    assert rgd.fraction_below(1.0) == pytest.approx(below)
     counts, edges = rgd.histogram(bins=20, range=(-6.0, 4.0))
     assert counts.sum() == rgd.ratio.numel() and edges.numel() == 21
     assert rgd.fraction_below(1.0) == pytest.approx(float((rgd.log10() < 0).float().mean()))
@@ -107,7 +134,9 @@ def test_sds_statistics_match_hand_reference(softmax_problem):
     assert float(stats.cos_plus[0]) == pytest.approx(cos(g_plus, g_full), abs=1e-9)
     assert float(stats.cos_minus[0]) == pytest.approx(cos(g_minus, g_full), abs=1e-9)
     assert float(stats.cos_plus_minus[0]) == pytest.approx(cos(g_plus, g_minus), abs=1e-9)
-    assert -1.0 <= float(stats.cos_rand[0]) <= 1.0
+    rand = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:3]  # the seed's control subset
+    g_rand = flat(*softmax_regression_grad(W + eW, b + eb, x[rand], y[rand]))
+    assert float(stats.cos_rand[0]) == pytest.approx(cos(g_rand, g_full), abs=1e-9)
     means = stats.mean()
     assert set(means) >= {"cos_plus", "cos_minus", "cos_rand", "sharpness_plus", "sharpness_minus"}
 

@@ -47,7 +47,7 @@ def make(name, model, **kwargs):
 
 def run_step(opt, model, x, y):
     """One training step as a user writes it for this optimizer."""
-    if getattr(opt, "single_step", False):
+    if not getattr(opt, "needs_closure", True):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()

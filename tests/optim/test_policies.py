@@ -26,12 +26,12 @@ def test_mask_density_is_exactly_one_minus_sparsity(mask, sparsity):
         update_interval=1, seed=0,
     )
     expected = round((1 - sparsity) * n)
-    assert total(opt.coordinates.mask_list) == expected
+    assert total(opt.coordinates.mask_list()) == expected
     for x, y in batches(3):
         run_step(opt, model, x, y)
-        assert total(opt.coordinates.mask_list) == expected
+        assert total(opt.coordinates.mask_list()) == expected
     assert opt.coordinates.refreshes >= 2
-    assert all(m.dtype == torch.bool for m in opt.coordinates.mask_list)
+    assert all(m.dtype == torch.bool for m in opt.coordinates.mask_list())
 
 
 def test_ssam_perturbs_only_masked_coordinates(data):
@@ -40,7 +40,7 @@ def test_ssam_perturbs_only_masked_coordinates(data):
     opt = flatlab.SSAM(torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.7, mask="dynamic", seed=0)
     F.cross_entropy(model(x), y).backward()
     opt.first_step()
-    for p, m in zip(model.parameters(), opt.coordinates.mask_list):
+    for p, m in zip(model.parameters(), opt.coordinates.mask_list()):
         eps = p - opt.state[p]["backup"]
         assert torch.all(eps[~m] == 0)
         if p.dim() > 1:  # (the conv bias before BN has a ~1e-9 gradient, lost in w + eps)
@@ -56,7 +56,7 @@ def test_ssam_eps_is_mask_times_sam_eps(data):
     ref.zero_grad()
     F.cross_entropy(ref(x), y).backward()
     norm = torch.sqrt(sum((p.grad**2).sum() for p in ref.parameters()))
-    for p, q, m in zip(model.parameters(), ref.parameters(), opt.coordinates.mask_list):
+    for p, q, m in zip(model.parameters(), ref.parameters(), opt.coordinates.mask_list()):
         torch.testing.assert_close(p - opt.state[p]["backup"], m * 0.1 * q.grad / norm, rtol=1e-5, atol=1e-7)
 
 
@@ -92,7 +92,7 @@ def test_fisher_mask_is_the_global_top_k_of_the_scores():
     opt.update_mask(model, data)
     assert torch.equal(model.bn.running_mean, running_mean)  # eval mode: no statistics updated
     scores = torch.cat([s.flatten() for s in brute_force_fisher(model, *data[0])])
-    mask = torch.cat([m.flatten() for m in opt.coordinates.mask_list])
+    mask = torch.cat([m.flatten() for m in opt.coordinates.mask_list()])
     k = round(0.2 * scores.numel())
     assert int(mask.sum()) == k
     # every kept score is at least every dropped one (ties aside)
@@ -125,14 +125,14 @@ def test_dynamic_mask_drops_flattest_and_follows_cosine_schedule():
     assert coords.rate_at(4) == pytest.approx(0.0)
     x, y = batches(1)[0]
     run_step(opt, model, x, y)  # step 0: no refresh
-    before = [m.clone() for m in coords.mask_list]
+    before = [m.clone() for m in coords.mask_list()]
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     opt.first_step()  # step 1 refreshes from these gradients
     opt.second_step()
     live = total(before)
-    dropped = [b & ~a for a, b in zip(coords.mask_list, before)]
+    dropped = [b & ~a for a, b in zip(coords.mask_list(), before)]
     n_drop = int(coords.rate_at(1) * live)
     assert total(dropped) == n_drop
     # the dropped coordinates are the flattest of the live ones
@@ -149,7 +149,7 @@ def test_masks_survive_a_state_dict_round_trip_as_bool():
     buffer.seek(0)
     other = flatlab.SSAM(torch.optim.SGD(model.parameters(), lr=0.1), mask="dynamic", seed=4)
     other.load_state_dict(torch.load(buffer))
-    for a, b in zip(opt.coordinates.mask_list, other.coordinates.mask_list):
+    for a, b in zip(opt.coordinates.mask_list(), other.coordinates.mask_list()):
         assert b.dtype == torch.bool and torch.equal(a, b)
 
 
@@ -258,3 +258,107 @@ def test_weight_masks_restrict_the_perturbation(data):
     opt.first_step()
     eps = model.fc.weight - opt.state[model.fc.weight]["backup"]
     assert torch.all(eps[~masks[model.fc.weight]] == 0) and torch.any(eps != 0)
+
+
+class TwoTensors(torch.nn.Module):
+    """A model with two parameter tensors: ESAM's draw keeps neither with probability (1 - beta)^2."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, 2))
+        self.bias = torch.nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+def test_esam_always_perturbs_at_least_one_tensor():
+    torch.manual_seed(0)
+    model = TwoTensors()
+    opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.01), rho=0.05, beta=0.6, gamma=1.0, seed=3)
+    x, y = torch.randn(8, 2), torch.randint(0, 3, (8,))
+    generator = torch.Generator().manual_seed(3)
+    forced = 0
+    for _ in range(300):
+        # the plain draw this step would make from the same generator: empty 16% of the time
+        plain = (torch.rand(2, generator=generator) < 0.6).tolist()
+        if not any(plain):
+            forced += 1
+            torch.randint(2, (), generator=generator)  # the forced pick's draw
+        moved = []
+        w = [p.detach().clone() for p in model.parameters()]
+
+        def closure():
+            opt.zero_grad()
+            if opt.is_perturbed:
+                moved.append([bool((p != w0).any()) for p, w0 in zip(model.parameters(), w)])
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)  # the ascent backward would raise if no tensor required a gradient
+        assert sum(moved[0]) >= 1
+        if any(plain):
+            assert moved[0] == plain
+    assert 30 < forced < 70  # about 0.16 * 300 = 48 steps needed the forced pick
+
+
+def test_esam_draw_is_deterministic_under_the_seed():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = TwoTensors()
+        opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.1), beta=0.3, gamma=1.0, seed=11)
+        for _ in range(50):
+            run_step(opt, model, torch.randn(4, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0]))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_draw_tensors_forced_pick_is_uniform():
+    counts = [0, 0, 0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        picked = flatlab.optim.draw_tensors(3, 0.05, generator)
+        assert sum(picked) >= 1
+        if sum(picked) == 1:
+            counts[picked.index(True)] += 1
+    assert all(abs(c / sum(counts) - 1 / 3) < 0.05 for c in counts)
+
+
+def test_ssam_f_without_a_mask_refresh_refuses_to_step():
+    model = tiny_net()
+    opt = flatlab.SSAM(torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.5, num_samples=8, seed=0)
+    x, y = batches(1)[0]
+    with pytest.raises(RuntimeError, match="update_mask"):
+        run_step_without_refresh(opt, model, x, y)
+    assert not opt.is_perturbed and opt.steps == 0
+
+
+def run_step_without_refresh(opt, model, x, y):
+    return opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(model(x), y, reduction="none")))
+
+
+def test_ssam_f_with_a_data_source_refreshes_itself_like_update_mask():
+    data = batches(6)
+    fisher = batches(1, batch=8, seed=5)
+    manual, auto = tiny_net(), tiny_net()
+    opt_manual = flatlab.SSAM(torch.optim.SGD(manual.parameters(), lr=0.1), sparsity=0.5, num_samples=8,
+                              update_interval=2, seed=0, model=manual)
+    opt_auto = flatlab.SSAM(torch.optim.SGD(auto.parameters(), lr=0.1), sparsity=0.5, num_samples=8,
+                            update_interval=2, seed=0, model=auto, mask_data=fisher)
+    for x, y in data:
+        if opt_manual.mask_due:
+            opt_manual.update_mask(manual, fisher)
+        assert not opt_manual.mask_due  # refreshed for this step
+        run_step_without_refresh(opt_manual, manual, x, y)
+        run_step_without_refresh(opt_auto, auto, x, y)
+    assert opt_auto.coordinates.refreshes == opt_manual.coordinates.refreshes == 3
+    for p, q in zip(manual.parameters(), auto.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_self_refreshing_mask_needs_the_model():
+    model = tiny_net()
+    with pytest.raises(ValueError, match="model="):
+        flatlab.SSAM(torch.optim.SGD(model.parameters(), lr=0.1), mask_data=batches(1))

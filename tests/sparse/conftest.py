@@ -47,7 +47,7 @@ def make_optimizer(name, model, **kwargs):
 
 def train_step(opt, model, x, y):
     """One step as a user writes it for this optimizer (see tests/optim/conftest.py)."""
-    if not isinstance(opt, flatlab.SharpnessAware) or opt.single_step:
+    if not isinstance(opt, flatlab.SharpnessAware) or not opt.needs_closure:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()

@@ -1,6 +1,9 @@
 import pytest
+import torch
 from torch import nn
 
+import flatlab
+from flatlab.optim import step_passes
 from flatlab.sparse import WeightMasking, dense_gradient_fraction, masking_flops, relative_flops, step_flops
 
 # forward FLOPs per sample (2 per multiply-add): "0" Linear(10, 20) 400, "2" Linear(20, 5) 200
@@ -11,20 +14,25 @@ def two_layers():
     return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
 
 
+def passes(name, **options):
+    """The passes an optimizer of the registry declares for one step."""
+    return step_passes(flatlab.create_optimizer(name, [torch.zeros(2, requires_grad=True)], lr=0.1, **options))
+
+
 def test_hand_computed_step_costs():
     dens = {"0": 0.25, "2": 0.5}
     sparse_forward = 400 * 0.25 + 200 * 0.5  # 200
     assert step_flops(PER_LAYER, dens) == 3 * sparse_forward  # forward + 2x backward
-    assert step_flops(PER_LAYER, dens, method="s2sam") == 600
-    assert step_flops(PER_LAYER, dens, method="sam") == 1200
-    assert step_flops(PER_LAYER, dens, method="sam", ascent_steps=3) == 2400
-    assert step_flops(PER_LAYER, dens, method="ssam-f") == 1200
+    assert step_flops(PER_LAYER, dens, passes=passes("s2sam")) == 600
+    assert step_flops(PER_LAYER, dens, passes=passes("sam")) == 1200
+    assert step_flops(PER_LAYER, dens, passes=passes("sam", ascent_steps=3)) == 2400
+    assert step_flops(PER_LAYER, dens, passes=passes("ssam-f")) == 1200
     # ESAM: ascent 200 * (1 + 1 + 0.6) = 520, selection forward 200, descent on half: 300
-    assert step_flops(PER_LAYER, dens, method="esam", beta=0.6, gamma=0.5) == pytest.approx(1020)
-    assert step_flops(PER_LAYER, dens, method="esam", beta=1.0, gamma=1.0) == pytest.approx(1200)
+    assert step_flops(PER_LAYER, dens, passes=passes("esam", beta=0.6, gamma=0.5)) == pytest.approx(1020)
+    assert step_flops(PER_LAYER, dens, passes=passes("esam", beta=1.0, gamma=1.0)) == pytest.approx(1200)
     # RigL: on 5% of the steps the weight gradient is dense: + 0.05 * (600 - 200)
     assert step_flops(PER_LAYER, dens, dense_gradient_fraction=0.05) == pytest.approx(620)
-    assert relative_flops(PER_LAYER, dens, method="sam") == pytest.approx(1200 / 1800)
+    assert relative_flops(PER_LAYER, dens, passes=passes("sam")) == pytest.approx(1200 / 1800)
     assert relative_flops(PER_LAYER) == 1.0
 
 
@@ -34,8 +42,8 @@ def test_masking_flops_at_known_densities():
     masking = WeightMasking(two_layers(), 0.8, distribution="erk").init()
     assert masking.densities() == {"0.weight": 0.165, "2.weight": 0.27}
     assert masking_flops(masking, (10,)) == pytest.approx(120 / 600)
-    assert masking_flops(masking, (10,), method="sam") == pytest.approx(240 / 600)
-    assert masking_flops(masking, (10,), method="esam", beta=0.6, gamma=0.5) == pytest.approx(612 / 1800)
+    assert masking_flops(masking, (10,), passes=passes("sam")) == pytest.approx(240 / 600)
+    assert masking_flops(masking, (10,), passes=passes("esam", beta=0.6, gamma=0.5)) == pytest.approx(612 / 1800)
     # RigL, updates every 10 of 100 steps until step 75: at 10, 20, ..., 70, so 7% dense gradients
     rigl = WeightMasking(two_layers(), 0.8, method="rigl", update_interval=10, total_steps=100).init()
     assert dense_gradient_fraction(rigl) == pytest.approx(0.07)
@@ -45,10 +53,14 @@ def test_masking_flops_at_known_densities():
     assert masking_flops(kept, (10,)) == pytest.approx(280 / 600)
 
 
-def test_bad_method_and_options():
-    with pytest.raises(ValueError, match="'lookahead'"):
-        step_flops(PER_LAYER, method="lookahead")
-    with pytest.raises(ValueError, match="beta"):
-        step_flops(PER_LAYER, method="esam", beta=0.0)
-    with pytest.raises(ValueError, match="ascent_steps"):
-        step_flops(PER_LAYER, method="sam", ascent_steps=0)
+def test_every_registered_optimizer_declares_its_passes():
+    # dense: one forward 600, one forward-backward 1800; ESAM 600 * 2.6 + 600 + 1800 / 2
+    expected = {"sgd": 1800, "adamw": 1800, "sam": 3600, "sam-sign": 3600, "asam": 3600, "esam": 3060,
+                "ssam-f": 3600, "ssam-d": 3600, "s2sam": 1800}
+    got = {name: step_flops(PER_LAYER, passes=passes(name)) for name in flatlab.list_optimizers()}
+    assert got == pytest.approx(expected)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="dense_gradient_fraction"):
+        step_flops(PER_LAYER, dense_gradient_fraction=1.5)

@@ -12,10 +12,13 @@
   on B+, B- and a random subset of the same size with the full-batch gradient (Fig. 6).
 * ``linearity`` -- ESAM Appendix A.3: ``zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|``.
 
-``eps`` is SAM's perturbation ``rho * g / ||g||`` (``sam_perturbation``; flatlab's optimizers are
-written separately and this module does not depend on them), optionally with ESAM's Stochastic
-Weight Perturbation (``beta < 1``: whole tensors kept with probability ``beta``, rescaled by
-``1/beta``, ESAM Sec. 2.2 eq. 6 -- tensor-level as in the official code).
+``eps`` is SAM's perturbation ``rho * g / ||g||`` (``sam_perturbation``), optionally with ESAM's
+Stochastic Weight Perturbation (``beta < 1``), and B+ is ESAM's selection: both are built by the
+optimizers' own policies (:class:`~flatlab.optim.LpBall`, :func:`~flatlab.optim.draw_tensors`,
+:class:`~flatlab.optim.SharpnessSensitive`), so the statistics describe what ``flatlab.ESAM``
+does: whole tensors kept with probability ``beta`` (at least one), the perturbation normalised
+over the kept tensors and scaled by ``1/beta``, as in the official code; B+ the ``ceil(gamma B)``
+samples whose loss rose most.
 
 Mode: eval by default (``train_mode=False``), so BatchNorm uses running statistics and every pass
 sees the same function of the weights. ``train_mode=True`` reproduces what a training step sees
@@ -35,6 +38,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_number
+from ..optim import LpBall, SharpnessSensitive, draw_tensors
 from ._common import (
     Batch,
     LossFn,
@@ -43,7 +48,6 @@ from ._common import (
     cosine,
     fixed_rng,
     flatten,
-    global_norm,
     grads_or_zeros,
     materialize,
     model_device,
@@ -71,28 +75,26 @@ def sam_perturbation(
     *,
     beta: float = 1.0,
     generator: torch.Generator | None = None,
-    eps: float = 1e-12,
 ) -> list[Tensor]:
-    """SAM's first-order worst-case perturbation ``rho * g / (||g||_2 + eps)`` (SSAM eq. 2, ESAM eq. 5).
+    """SAM's first-order worst-case perturbation ``rho * g / ||g||_2`` (SSAM eq. 2, ESAM eq. 5),
+    the norm over all tensors together.
 
-    The norm is over all tensors together. With ``beta < 1`` ESAM's SWP is applied on top: each tensor
-    is kept with probability ``beta`` (Bernoulli draws from ``generator``) and kept tensors are divided
-    by ``beta`` so the expected perturbation is unchanged (ESAM eq. 6).
+    With ``beta < 1``, ESAM's SWP as :class:`flatlab.ESAM` applies it: tensors drawn by
+    :func:`~flatlab.optim.draw_tensors` from ``generator`` (torch's default one when None), the
+    perturbation normalised over the drawn tensors and scaled by ``1/beta`` (norm ``rho / beta``);
+    the other tensors get zeros.
 
     Example::
 
         eps = sam_perturbation([p.grad for p in model.parameters()], rho=0.05)
     """
-    if rho < 0:
-        raise ValueError(f"rho must be >= 0, got {rho}")
-    if not 0.0 < beta <= 1.0:
-        raise ValueError(f"beta must be in (0, 1], got {beta}")
+    check_number("rho", rho, low=0.0)
+    check_number("beta", beta, low=0.0, low_open=True, high=1.0)
     grads = [g.detach() for g in grads]
-    out = torch._foreach_mul(grads, rho / (float(global_norm(grads)) + eps))
-    if beta < 1.0:
-        keep = torch.rand(len(out), generator=generator) < beta
-        out = [e / beta if k else torch.zeros_like(e) for e, k in zip(out, keep.tolist())]
-    return list(out)
+    picked = draw_tensors(len(grads), beta, generator if generator is not None else torch.default_generator)
+    chosen = [g for g, keep in zip(grads, picked) if keep]
+    eps = iter(LpBall(2.0).perturbation(chosen, chosen, [True] * len(chosen), rho / beta, True))
+    return [next(eps) if keep else torch.zeros_like(g) for g, keep in zip(grads, picked)]
 
 
 def _loss_grad(loss: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
@@ -225,17 +227,18 @@ def sds_statistics(
     """ESAM SDS subset statistics (Sec. 2.3, App. A.2, Figs. 5-6) for each batch.
 
     Per batch: ``g = grad L_B(w)``, ``eps = sam_perturbation(g, rho, beta=beta)``; per-sample loss
-    increase ``l_i(w + eps) - l_i(w)``; B+ = the ``round(gamma * |B|)`` samples with the largest increase
-    (clamped so both subsets are non-empty), B- = the rest; a random subset of |B+| samples (from
-    ``seed``) is the control. Gradients of the subsets are taken at ``w + eps``.
+    increase ``l_i(w + eps) - l_i(w)``; B+ = the samples ESAM's descent would use
+    (:class:`~flatlab.optim.SharpnessSensitive`: the ``ceil(gamma * |B|)`` with the largest increase,
+    at most ``|B| - 1`` so that B- is not empty), B- = the rest; a random subset of |B+| samples
+    (from ``seed``) is the control. Gradients of the subsets are taken at ``w + eps``.
 
     Example::
 
         st = sds_statistics(model, batches, rho=0.05, gamma=0.5)
         st.mean()["cos_plus"] > st.mean()["cos_minus"]
     """
-    if not 0.0 < gamma < 1.0:
-        raise ValueError(f"gamma must be in (0, 1), got {gamma}")
+    check_number("gamma", gamma, low=0.0, high=1.0, low_open=True, high_open=True)
+    selection = SharpnessSensitive(gamma)
     batches = materialize(batches)
     params = trainable_params(model)
     device = model_device(model)
@@ -257,8 +260,8 @@ def sds_statistics(
                 torch._foreach_add_(params, sam_perturbation(g, rho, beta=beta, generator=generator))
                 with fixed_rng(seed + i):
                     perturbed = per_sample_losses(loss_fn, model(x), y)
-            k = min(max(round(gamma * n), 1), n - 1)
-            order = torch.argsort(perturbed - clean, descending=True, stable=True)
+            k = min(selection.count(n), n - 1)
+            order = selection.rank(clean, perturbed)
             plus, minus = order[:k], order[k:]
             rand = torch.randperm(n, generator=generator)[:k].to(device)
             grads = {}

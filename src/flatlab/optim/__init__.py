@@ -1,4 +1,6 @@
-"""The SAM family behind the torch.optim interface, composed from four policies."""
+"""The SAM family behind the torch.optim interface, composed from four policies: which gradient
+drives the perturbation (``sources``), how it is shaped (``shapes``), which coordinates move
+(``coordinates``) and which samples drive the descent (``samples``)."""
 
 from .batchnorm import frozen_bn_stats
 from .coordinates import (
@@ -8,19 +10,34 @@ from .coordinates import (
     FisherMask,
     MaskedCoordinates,
     RandomTensors,
+    draw_tensors,
 )
+from .cost import Pass
 from .fisher import empirical_fisher
 from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
-from .registry import BASE_OPTIMIZERS, create_optimizer, list_optimizers, param_groups, register_optimizer
+from .registry import (
+    BASE_OPTIMIZERS,
+    base_of,
+    base_options,
+    create_optimizer,
+    is_base_optimizer,
+    list_optimizers,
+    param_groups,
+    register_optimizer,
+)
 from .samples import AllSamples, PerSampleClosure, Samples, SharpnessSensitive, per_sample
 from .shapes import Adaptive, LpBall, Shape
-from .sharpness_aware import SharpnessAware
+from .sharpness_aware import Phase, SharpnessAware, step_passes
+from .sources import BatchGradient, GradientSource, PreviousGradient
 
 __all__ = [
-    "SharpnessAware", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
+    "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
+    "is_base_optimizer", "base_of", "base_options",
+    "GradientSource", "BatchGradient", "PreviousGradient",
     "Shape", "LpBall", "Adaptive",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
+    "draw_tensors",
     "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample",
-    "frozen_bn_stats", "empirical_fisher",
+    "Pass", "step_passes", "frozen_bn_stats", "empirical_fisher",
 ]  # fmt: skip

@@ -1,34 +1,54 @@
 """Which coordinates are perturbed: all (SAM), random whole tensors (ESAM's SWP), or a sparse mask
 (SSAM-F's Fisher top-k, SSAM-D's drop/grow).
 
-A policy is bound to the optimizer's parameter list once and refers to tensors by their index in
-it. Its state (masks, counters) is small, explicit and saved by ``state_dict``.
+A policy is bound once to the optimizer's parameters, its generator and its per-parameter state
+(``optimizer.state``, where masks live as ``state[p]["perturb_mask"]``, as torch.optim keeps
+per-parameter state). It refers to tensors themselves, never to their position in a list.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..sparse.topk import drop_grow, random_mask, topk_mask
+from ..errors import check_number
 from .fisher import empirical_fisher
+from .topk import drop_grow, random_mask, topk_mask
 
 __all__ = ["Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask"]
 
+#: ``state[p]`` key of a parameter's boolean perturbation mask
+MASK_KEY = "perturb_mask"
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
 
 class Coordinates:
-    """Interface of a coordinate policy (and the "all coordinates" default)."""
+    """Interface of a coordinate policy.
 
-    name = "all"
-    #: multiplies the perturbation (ESAM rescales by 1/beta)
+    Capabilities are declared, not discovered:
+
+    Attributes:
+        name: short name for ``repr``.
+        scale: multiplies the perturbation's radius (ESAM rescales by 1/beta).
+        needs_data: True when the mask is refreshed from training data (SSAM-F); the optimizer
+            then calls :meth:`refresh` whenever :meth:`due` says so, before the step.
+        ascent_weight_grads: expected fraction of weight gradients the ascent pass computes.
+    """
+
+    name = "coordinates"
     scale = 1.0
+    needs_data = False
+    ascent_weight_grads = 1.0
 
-    def bind(self, params: list[Tensor], generator: torch.Generator) -> None:
+    def bind(self, params: list[Tensor], generator: torch.Generator, state: MutableMapping[Tensor, dict]) -> None:
         self.params = params
         self.generator = generator
+        self.state = state
 
     def begin_ascent_pass(self, skip_grads: bool = True) -> None:
         """Called before the forward/backward at w: may turn off weight gradients it will not use
@@ -37,33 +57,79 @@ class Coordinates:
     def end_ascent_pass(self) -> None:
         """Undoes ``begin_ascent_pass``."""
 
-    def observe(self, step: int, index: list[int], grads: list[Tensor]) -> None:
+    def observe(self, step: int, params: list[Tensor], grads: list[Tensor]) -> None:
         """Sees the gradient at w before the perturbation is built (for masks refreshed from it)."""
 
-    def select(self, index: list[int]) -> list[int]:
-        """The tensors (indices into the bound params) that are perturbed, among those with a gradient."""
-        return index
+    def select(self, params: list[Tensor], grads: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The perturbed tensors among ``params`` (those with a gradient) and their gradients."""
+        return params, grads
 
-    def masks(self, index: list[int]) -> list[Tensor | None]:
-        """Per selected tensor, a boolean mask of perturbed coordinates (None: all of them)."""
-        return [None] * len(index)
+    def masks(self, params: list[Tensor]) -> list[Tensor | None]:
+        """Per tensor, a boolean mask of perturbed coordinates (None: all of them)."""
+        return [None] * len(params)
 
-    def state_dict(self) -> dict:
+    def due(self, step: int) -> bool:
+        """Whether a data-driven refresh is due before step ``step`` (0-based)."""
+        return False
+
+    @property
+    def num_samples(self) -> int:
+        """Samples a data-driven refresh reads."""
+        return 0
+
+    def refresh(self, model: nn.Module, data: Batches, loss_fn: Callable[[Tensor, Tensor], Tensor] | None) -> None:
+        """Recomputes the mask from ``data`` (``needs_data`` policies only)."""
+        raise TypeError(f"the coordinate policy '{self.name}' has no data-driven mask")
+
+    @property
+    def has_data_source(self) -> bool:
+        """True when the policy was given the data its refresh reads (see :meth:`batches`)."""
+        return False
+
+    def batches(self) -> Batches:
+        """The data source given at construction, ready to iterate."""
+        raise TypeError(f"the coordinate policy '{self.name}' has no data source")
+
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
     def extra_repr(self) -> str:
         return ""
 
 
-AllCoordinates = Coordinates
+class AllCoordinates(Coordinates):
+    """The default: every coordinate of every tensor with a gradient is perturbed (SAM)."""
+
+    name = "all"
+
+
+def draw_tensors(count: int, beta: float, generator: torch.Generator) -> list[bool]:
+    """ESAM's tensor draw: each of ``count`` tensors kept with probability ``beta``; when the draw
+    keeps none, one tensor chosen uniformly (from the same generator) is kept, so that a step
+    always perturbs something and the ascent backward has a graph. That forced pick happens with
+    probability (1 - beta)^count: 16% per step for two tensors at beta 0.6, nil for real networks.
+    """
+    if count == 0:
+        return []
+    if beta == 1.0:
+        return [True] * count
+    picked = (torch.rand(count, generator=generator) < beta).tolist()
+    if not any(picked):
+        picked[int(torch.randint(count, (), generator=generator))] = True
+    return picked
 
 
 class RandomTensors(Coordinates):
-    """ESAM's Stochastic Weight Perturbation: each tensor is perturbed with probability ``beta``, and
-    the perturbation is scaled by 1/beta so that it is unbiased.
+    """ESAM's Stochastic Weight Perturbation: each tensor is perturbed with probability ``beta``
+    (at least one per step, see :func:`draw_tensors`), and the perturbation is scaled by 1/beta.
+
+    As in the official code, the perturbation is normalised over the picked tensors (the others
+    have no gradient), so its norm is rho/beta. ESAM's eq. 6 calls the 1/beta factor unbiased; that
+    holds for a perturbation normalised over all tensors, not for this one, whose per-tensor
+    expectation is beta * (rho/beta) * g_i / ||g_picked||, larger than SAM's rho * g_i / ||g||.
 
     Tensors not drawn skip their weight-gradient computation in the ascent backward: their
     ``requires_grad`` is switched off for that pass (never touching tensors the user froze) and
@@ -73,23 +139,21 @@ class RandomTensors(Coordinates):
     name = "random-tensors"
 
     def __init__(self, beta: float = 0.6):
-        if not 0.0 < beta <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got beta={beta}")
+        check_number("beta", beta, low=0.0, low_open=True, high=1.0)
         self.beta = float(beta)
         self.scale = 1.0 / self.beta
-        self._picked: list[bool] | None = None
+        self.ascent_weight_grads = self.beta
+        self._picked: set[Tensor] | None = None
         self._disabled: list[Tensor] = []
 
-    def _draw(self) -> list[bool]:
-        if self.beta == 1.0:
-            return [True] * len(self.params)
-        return (torch.rand(len(self.params), generator=self.generator) < self.beta).tolist()
+    def _draw(self, candidates: list[Tensor]) -> set[Tensor]:
+        return {p for p, keep in zip(candidates, draw_tensors(len(candidates), self.beta, self.generator)) if keep}
 
     def begin_ascent_pass(self, skip_grads: bool = True) -> None:
-        self._picked = self._draw()
+        self._picked = self._draw([p for p in self.params if p.requires_grad])
         if not skip_grads:
             return
-        self._disabled = [p for p, keep in zip(self.params, self._picked) if not keep and p.requires_grad]
+        self._disabled = [p for p in self.params if p.requires_grad and p not in self._picked]
         for p in self._disabled:
             p.requires_grad_(False)
 
@@ -98,11 +162,12 @@ class RandomTensors(Coordinates):
             p.requires_grad_(True)
         self._disabled = []
 
-    def select(self, index: list[int]) -> list[int]:
+    def select(self, params, grads):
         # Without begin_ascent_pass (manual loops) the draw happens here: same law, no speed-up.
-        picked = self._picked if self._picked is not None else self._draw()
+        picked = self._picked if self._picked is not None else self._draw(params)
         self._picked = None
-        return [i for i in index if picked[i]]
+        kept = [(p, g) for p, g in zip(params, grads) if p in picked]
+        return [p for p, _ in kept], [g for _, g in kept]
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}"
@@ -111,48 +176,43 @@ class RandomTensors(Coordinates):
 class MaskedCoordinates(Coordinates):
     """Perturbs the coordinates of a boolean mask over all parameters; ``sparsity`` is the fraction
     of coordinates NOT perturbed (SSAM's convention). The mask starts uniformly random (SSAM
-    Algorithm 1, line 1) and lives on each parameter's device."""
+    Algorithm 1, line 1) and lives on each parameter's device, in ``state[p]["perturb_mask"]``."""
 
     name = "mask"
 
     def __init__(self, sparsity: float = 0.5, update_interval: int = 100):
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got sparsity={sparsity}")
-        if int(update_interval) != update_interval or update_interval < 1:
-            raise ValueError(f"update_interval must be an integer >= 1, got update_interval={update_interval}")
+        check_number("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        check_number("update_interval", update_interval, low=1, integer=True)
         self.sparsity = float(sparsity)
         self.update_interval = int(update_interval)
-        self.mask_list: list[Tensor] = []
         self.refreshes = 0
+        self.refreshed_at: int | None = None  # the step before which the mask was last refreshed
 
     @property
     def density(self) -> float:
         return 1.0 - self.sparsity
 
-    def bind(self, params, generator) -> None:
-        super().bind(params, generator)
-        self.mask_list = random_mask(params, self.density, generator)
+    def bind(self, params, generator, state) -> None:
+        super().bind(params, generator, state)
+        self._set(params, random_mask(params, self.density, generator))
 
-    def due(self, step: int) -> bool:
-        """Whether the mask is to be refreshed before step ``step`` (0-based)."""
-        return step % self.update_interval == 0
+    def _set(self, params: list[Tensor], masks: list[Tensor]) -> None:
+        for p, m in zip(params, masks):
+            self.state[p][MASK_KEY] = m
 
-    def masks(self, index):
-        return [self.mask_list[i] for i in index]
+    def mask_list(self) -> list[Tensor]:
+        """The mask of every bound parameter, in the optimizer's parameter order."""
+        return self.masks(self.params)
 
-    def state_dict(self) -> dict:
-        return {"masks": list(self.mask_list), "refreshes": self.refreshes}
+    def masks(self, params):
+        return [self.state[p][MASK_KEY] for p in params]
 
-    def load_state_dict(self, state: dict) -> None:
-        masks = state["masks"]
-        if len(masks) != len(self.params):
-            raise ValueError(f"saved state has {len(masks)} masks for {len(self.params)} parameters")
-        for m, p in zip(masks, self.params):
-            if m.shape != p.shape:
-                raise ValueError(f"saved mask of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
-        # torch.optim would cast saved state to the parameter's dtype; a mask must stay boolean.
-        self.mask_list = [m.to(device=p.device, dtype=torch.bool) for m, p in zip(masks, self.params)]
+    def state_dict(self) -> dict[str, Any]:
+        return {"refreshes": self.refreshes, "refreshed_at": self.refreshed_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.refreshes = int(state["refreshes"])
+        self.refreshed_at = state.get("refreshed_at")
 
     def extra_repr(self) -> str:
         return f"sparsity={self.sparsity:g}, update_interval={self.update_interval}"
@@ -160,24 +220,52 @@ class MaskedCoordinates(Coordinates):
 
 class FisherMask(MaskedCoordinates):
     """SSAM-F: the mask keeps the global top-(1 - sparsity) coordinates of the empirical Fisher,
-    computed from ``num_samples`` training samples by an explicit ``refresh`` call with data."""
+    computed from ``num_samples`` training samples every ``update_interval`` steps.
+
+    ``data``: where the refresh reads its samples, so that the optimizer refreshes the mask itself
+    when due (it then works unmodified in any training loop): an iterable of ``(inputs, targets)``
+    batches, iterated anew at each refresh (a DataLoader), or a function returning one. Without
+    it, call ``optimizer.update_mask(model, batches)`` whenever ``optimizer.mask_due``; stepping
+    while a refresh is due raises instead of perturbing a stale (initially random) mask.
+    """
 
     name = "fisher"
+    needs_data = True
 
-    def __init__(self, sparsity: float = 0.5, num_samples: int = 128, update_interval: int = 100):
-        super().__init__(sparsity, update_interval)
-        if int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got num_samples={num_samples}")
-        self.num_samples = int(num_samples)
-
-    def refresh(
+    def __init__(
         self,
-        model: nn.Module,
-        data: Iterable[tuple[Tensor, Tensor]],
+        sparsity: float = 0.5,
+        num_samples: int = 128,
+        update_interval: int = 100,
+        *,
+        data: Batches | Callable[[], Batches] | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-    ) -> None:
-        scores = empirical_fisher(model, data, self.params, self.num_samples, loss_fn)
-        self.mask_list = topk_mask(scores, self.density)
+    ):
+        super().__init__(sparsity, update_interval)
+        check_number("num_samples", num_samples, low=1, integer=True)
+        self._num_samples = int(num_samples)
+        self.data = data
+        self.loss_fn = loss_fn
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def due(self, step: int) -> bool:
+        return step % self.update_interval == 0 and self.refreshed_at != step
+
+    @property
+    def has_data_source(self) -> bool:
+        return self.data is not None
+
+    def batches(self) -> Batches:
+        if self.data is None:
+            raise TypeError("this Fisher mask was built without data")
+        return self.data() if callable(self.data) else self.data
+
+    def refresh(self, model, data, loss_fn=None) -> None:
+        scores = empirical_fisher(model, data, self.params, self.num_samples, loss_fn or self.loss_fn)
+        self._set(self.params, topk_mask(scores, self.density))
         self.refreshes += 1
 
     def extra_repr(self) -> str:
@@ -200,10 +288,8 @@ class DynamicMask(MaskedCoordinates):
         total_steps: int | None = None,
     ):
         super().__init__(sparsity, update_interval)
-        if not 0.0 <= drop_rate <= 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1], got drop_rate={drop_rate}")
-        if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1 or None, got total_steps={total_steps}")
+        check_number("drop_rate", drop_rate, low=0.0, high=1.0)
+        check_number("total_steps", total_steps, low=1, integer=True, optional=True)
         self.drop_rate = float(drop_rate)
         self.total_steps = total_steps
 
@@ -213,17 +299,17 @@ class DynamicMask(MaskedCoordinates):
         progress = min(step / self.total_steps, 1.0)
         return self.drop_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def observe(self, step, index, grads) -> None:
-        if step == 0 or not self.due(step) or not index:
+    def observe(self, step, params, grads) -> None:
+        if step == 0 or step % self.update_interval != 0 or not params:
             return
-        masks = [self.mask_list[i] for i in index]
+        masks = self.masks(params)
         live = sum(int(m.sum()) for m in masks)
         count = int(self.rate_at(step) * live)
         drop_scores = [g.abs() for g in grads]
         grow_scores = [torch.rand(g.shape, generator=self.generator) for g in grads]
-        for i, m in zip(index, drop_grow(masks, drop_scores, grow_scores, count)):
-            self.mask_list[i] = m
+        self._set(params, drop_grow(masks, drop_scores, grow_scores, count))
         self.refreshes += 1
+        self.refreshed_at = step
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, drop_rate={self.drop_rate:g}, total_steps={self.total_steps}"

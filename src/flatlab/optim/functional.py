@@ -56,11 +56,9 @@ def lp_perturbation(grads: list[Tensor], radius: float, p: float, *, foreach: bo
         ]
     if p == 2.0:
         norm = global_norm(grads, 2.0, foreach=foreach)
-        scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-        return _scaled(grads, scale, foreach)
+        return _scaled(grads, _over(radius, norm), foreach)
     norm_q = global_norm(grads, q, foreach=foreach)
-    denom = norm_q.pow(q - 1.0).clamp_min(torch.finfo(norm_q.dtype).tiny)
-    scale = radius / denom
+    scale = _over(radius, norm_q.pow(q - 1.0))
     if foreach:
         mags = torch._foreach_pow(torch._foreach_abs(grads), q - 1.0)
         torch._foreach_mul_(mags, torch._foreach_sign(grads))
@@ -82,13 +80,11 @@ def adaptive_perturbation(
     if foreach:
         ts = _operator_t(weights, adaptive, eta)
         tg = [g if t is None else g * t for g, t in zip(grads, ts)]
-        norm = global_norm(tg, 2.0, foreach=True)
-        scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        scale = _over(radius, global_norm(tg, 2.0, foreach=True))
         out = [x if t is None else x * t for x, t in zip(tg, ts)]
         return _scaled(out, scale, True)
     tg = [g * (w.abs() + eta) if a else g for g, w, a in zip(grads, weights, adaptive)]
-    norm = global_norm(tg, 2.0, foreach=False)
-    scale = radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    scale = _over(radius, global_norm(tg, 2.0, foreach=False))
     return _scaled([x * (w.abs() + eta) if a else x for x, w, a in zip(tg, weights, adaptive)], scale, False)
 
 
@@ -105,9 +101,7 @@ def project_lp_ball(eps: list[Tensor], radius: float, p: float, *, foreach: bool
             torch._foreach_clamp_max_(out, radius)
             return out
         return [e.clamp(-radius, radius) for e in eps]
-    norm = global_norm(eps, p, foreach=foreach)
-    scale = (radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_max(1.0)
-    return _scaled(eps, scale, foreach)
+    return _scaled(eps, _over(radius, global_norm(eps, p, foreach=foreach)).clamp_max(1.0), foreach)
 
 
 def project_adaptive_ball(
@@ -122,15 +116,18 @@ def project_adaptive_ball(
     """Projection onto ASAM's ellipsoid ||T^-1 eps||_2 <= radius (a rescaling, exact in the T^-1 metric)."""
     ts = _operator_t(weights, adaptive, eta)
     scaled = [e if t is None else e / t for e, t in zip(eps, ts)]
-    norm = global_norm(scaled, 2.0, foreach=foreach)
-    scale = (radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_max(1.0)
-    return _scaled(eps, scale, foreach)
+    return _scaled(eps, _over(radius, global_norm(scaled, 2.0, foreach=foreach)).clamp_max(1.0), foreach)
 
 
 def _operator_t(weights: list[Tensor], adaptive: list[bool], eta: float) -> list[Tensor | None]:
     chosen = [w for w, a in zip(weights, adaptive) if a]
     ts = iter(torch._foreach_add(torch._foreach_abs(chosen), eta) if chosen else [])
     return [next(ts) if a else None for a in adaptive]
+
+
+def _over(radius: float, norm: Tensor) -> Tensor:
+    """radius / norm; a zero norm (zero gradient) gives a huge factor times zero, i.e. zero."""
+    return radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool) -> list[Tensor]:

@@ -8,6 +8,7 @@ from .coordinates import DynamicMask, FisherMask, RandomTensors
 from .samples import SharpnessSensitive
 from .shapes import Adaptive, LpBall
 from .sharpness_aware import SharpnessAware
+from .sources import PreviousGradient
 
 __all__ = ["SAM", "ASAM", "ESAM", "SSAM", "S2SAM"]
 
@@ -29,8 +30,18 @@ class SAM(SharpnessAware):
 
 
 class ASAM(SharpnessAware):
-    """Adaptive SAM (Kwon et al. 2021): eps = rho T^2 g / ||T g||, T = |w| + eta; parameters named
-    ``*bias`` get T = 1 when ``model`` is given."""
+    """Adaptive SAM (Kwon et al. 2021): eps = rho T^2 g / ||T g||, T = |w| + eta.
+
+    Biases get T = 1, as in the ASAM reference code, when ``model`` is given (parameters named
+    ``*bias``). Without ``model`` every parameter is adaptive unless its param group says
+    ``"adaptive": False``; a group's ``"adaptive"`` entry overrides the name rule either way.
+
+    Example::
+
+        decay, no_decay = ..., ...   # e.g. weights and biases
+        opt = flatlab.ASAM(torch.optim.SGD([{"params": decay}, {"params": no_decay, "adaptive": False}],
+                                           lr=0.1), rho=0.5)
+    """
 
     def __init__(self, base: Optimizer, rho: float = 0.5, eta: float = 0.01, **options):
         super().__init__(base, rho, shape=Adaptive(eta), **options)
@@ -61,11 +72,12 @@ class SSAM(SharpnessAware):
     ``sparsity`` is the fraction NOT perturbed.
 
     ``mask="fisher"`` (SSAM-F): the mask is the global top-(1 - sparsity) of the empirical Fisher
-    over ``num_samples`` samples, refreshed by ``opt.update_mask(model, batches)`` whenever
-    ``opt.mask_due`` (every ``update_interval`` steps). ``mask="dynamic"`` (SSAM-D): the mask is
-    refreshed inside ``step`` every ``update_interval`` steps by dropping the flattest perturbed
-    coordinates (smallest |g|) and growing as many at random, at a ``drop_rate`` decayed by a
-    cosine over ``total_steps``.
+    over ``num_samples`` samples, refreshed every ``update_interval`` steps: by ``step`` itself
+    from ``mask_data`` (batches ``(inputs, targets)``, e.g. a DataLoader, or a function returning
+    them; needs ``model=``), or by ``opt.update_mask(model, batches)`` whenever ``opt.mask_due``.
+    ``mask="dynamic"`` (SSAM-D): the mask is refreshed inside ``step`` every ``update_interval``
+    steps by dropping the flattest perturbed coordinates (smallest |g|) and growing as many at
+    random, at a ``drop_rate`` decayed by a cosine over ``total_steps``.
     """
 
     def __init__(
@@ -78,11 +90,14 @@ class SSAM(SharpnessAware):
         update_interval: int = 100,
         drop_rate: float = 0.5,
         total_steps: int | None = None,
+        mask_data=None,
         **options,
     ):
         if mask == "fisher":
-            coordinates = FisherMask(sparsity, num_samples, update_interval)
+            coordinates = FisherMask(sparsity, num_samples, update_interval, data=mask_data)
         elif mask == "dynamic":
+            if mask_data is not None:
+                raise ValueError("mask_data feeds the Fisher mask; the dynamic mask needs none")
             coordinates = DynamicMask(sparsity, update_interval, drop_rate, total_steps)
         else:
             raise ValueError(f"mask must be 'fisher' or 'dynamic', got mask={mask!r}")
@@ -94,7 +109,9 @@ class S2SAM(SharpnessAware):
     the gradient of the previous step, applied at the end of ``step()`` so that the next forward
     runs at w + eps: one forward/backward per step, no closure needed. The first step is a base step.
 
-    Between steps the weights hold w + eps: evaluate inside ``with opt.unperturbed():``.
+    Between steps the weights hold w + eps: evaluate inside ``with opt.unperturbed():``. The
+    source policy is :class:`~flatlab.optim.PreviousGradient`; any other preset becomes
+    single-pass with ``source=PreviousGradient()``.
 
     Example::
 
@@ -106,4 +123,4 @@ class S2SAM(SharpnessAware):
     """
 
     def __init__(self, base: Optimizer, rho: float = 0.05, **options):
-        super().__init__(base, rho, single_step=True, **options)
+        super().__init__(base, rho, source=PreviousGradient(), **options)

@@ -16,10 +16,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
+from ..errors import UsageError
 from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
 from .sharpness_aware import SharpnessAware
 
-__all__ = ["create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS"]
+__all__ = [
+    "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
+    "is_base_optimizer", "base_of", "base_options",
+]  # fmt: skip
 
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -61,6 +65,30 @@ register_optimizer("s2sam", S2SAM, "single-step SAM (previous gradient)")
 def list_optimizers() -> list[str]:
     """Names accepted by :func:`create_optimizer`."""
     return list(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown optimizer {name!r}; choose from {', '.join(list_optimizers())}")
+    return _REGISTRY[name]
+
+
+def is_base_optimizer(name: str) -> bool:
+    """Whether the registry entry ``name`` is a base optimizer alone (no sharpness-aware wrapper)."""
+    return _entry(name).cls is None
+
+
+def base_of(name: str, default: str = "sgd") -> str:
+    """The base optimizer the entry ``name`` is built on: its own (``adamw``) or ``default``."""
+    return _entry(name).fixed.get("base", default)
+
+
+def base_options(base: str) -> set[str]:
+    """The keyword arguments the base optimizer ``base`` accepts among the shared ones (lr,
+    momentum, weight_decay, ...): what a config may pass it."""
+    if base not in BASE_OPTIMIZERS:
+        raise UsageError(f"unknown base optimizer {base!r}; choose from {', '.join(BASE_OPTIMIZERS)}")
+    return set(inspect.signature(BASE_OPTIMIZERS[base]).parameters) & _BASE_KEYS
 
 
 _BASE_KEYS = {
@@ -105,19 +133,15 @@ def create_optimizer(
 
         opt = flatlab.create_optimizer("esam", model, lr=0.1, momentum=0.9, rho=0.05, beta=0.6)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(list_optimizers())}")
-    entry = _REGISTRY[name]
+    entry = _entry(name)
     options = {**entry.fixed, **kwargs}
     base = options.pop("base", base)
-    if base not in BASE_OPTIMIZERS:
-        raise ValueError(f"unknown base optimizer {base!r}; choose from {', '.join(BASE_OPTIMIZERS)}")
+    accepted = base_options(base)
     base_cls = BASE_OPTIMIZERS[base]
     base_kwargs = {k: options.pop(k) for k in list(options) if k in _BASE_KEYS}
-    accepted = inspect.signature(base_cls).parameters
     unknown = [k for k in base_kwargs if k not in accepted]
     if unknown:
-        raise ValueError(f"base optimizer {base!r} takes no {', '.join(unknown)}")
+        raise UsageError(f"base optimizer {base!r} takes no {', '.join(unknown)}")
     model = params_or_model if isinstance(params_or_model, nn.Module) else None
     decay_all = options.pop("decay_norm_and_bias", True)
     if model is not None:
@@ -127,7 +151,7 @@ def create_optimizer(
     base_opt = base_cls(params, **base_kwargs)
     if entry.cls is None:
         if options:
-            raise ValueError(f"optimizer {name!r} takes no {', '.join(options)}")
+            raise UsageError(f"optimizer {name!r} takes no {', '.join(options)}")
         return base_opt
     if model is not None:
         options.setdefault("model", model)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import check_number
+
 __all__ = ["PerSampleClosure", "per_sample", "Samples", "AllSamples", "SharpnessSensitive"]
 
 
@@ -53,44 +55,74 @@ def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:
 
 
 class Samples:
-    """Interface of a sample policy (and the "all samples" default)."""
+    """Interface of a sample policy.
 
-    name = "all"
+    Attributes:
+        name: short name for ``repr``.
+        needs_per_sample: True when ``select`` needs the per-sample losses at w and w + eps (a
+            :class:`PerSampleClosure` and a no-grad forward at w + eps on the whole batch).
+    """
+
+    name = "samples"
     needs_per_sample = False
 
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
         """Rows of the batch for the descent pass from per-sample losses at w and w + eps (None: all)."""
-        return None
+        raise NotImplementedError
+
+    def count(self, batch: int) -> int:
+        """How many of ``batch`` samples the descent pass runs on."""
+        return batch
+
+    @property
+    def descent_fraction(self) -> float:
+        """Expected fraction of the batch in the descent pass (for the cost of a step)."""
+        return 1.0
 
     def extra_repr(self) -> str:
         return ""
 
 
-AllSamples = Samples
+class AllSamples(Samples):
+    """The default: every sample of the batch drives the descent."""
+
+    name = "all"
+
+    def select(self, before: Tensor, after: Tensor) -> Tensor | None:
+        return None
 
 
 class SharpnessSensitive(Samples):
     """ESAM's Sharpness-sensitive Data Selection: the descent pass runs only on the
     ``ceil(gamma * batch)`` samples whose loss rose most from w to w + eps (at least one). Ties go
-    to the lower batch index, so the choice is deterministic."""
+    to the lower batch index, so the choice is deterministic. ``flatlab.analysis.sds_statistics``
+    splits a batch into B+ and B- with this same policy."""
 
     name = "sharpness-sensitive"
 
     def __init__(self, gamma: float = 0.5):
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got gamma={gamma}")
+        check_number("gamma", gamma, low=0.0, low_open=True, high=1.0)
         self.gamma = float(gamma)
         self.needs_per_sample = self.gamma < 1.0
 
     def count(self, batch: int) -> int:
+        # the 1e-9 keeps gamma * batch = 64.00000001 (float error) from becoming 65
         return max(1, min(batch, math.ceil(self.gamma * batch - 1e-9)))
+
+    @property
+    def descent_fraction(self) -> float:
+        return self.gamma
+
+    @staticmethod
+    def rank(before: Tensor, after: Tensor) -> Tensor:
+        """Batch rows by decreasing loss rise from w to w + eps, ties to the lower index."""
+        rise = (after.detach() - before.detach()).float()
+        return torch.argsort(rise, descending=True, stable=True)
 
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
         if not self.needs_per_sample:
             return None
-        rise = (after.detach() - before.detach()).float()
-        order = torch.argsort(rise, descending=True, stable=True)
-        return order[: self.count(rise.numel())].sort().values
+        return self.rank(before, after)[: self.count(before.numel())].sort().values
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}"

@@ -10,13 +10,16 @@ import math
 
 from torch import Tensor
 
+from ..errors import check_number
 from . import functional as F
 
 __all__ = ["Shape", "LpBall", "Adaptive"]
 
 
 class Shape:
-    """Interface: ``perturbation`` and ``project`` over aligned lists of gradients and weights."""
+    """Interface of a shape: ``perturbation`` and ``project`` over aligned lists of gradients and
+    weights. ``adaptive`` flags, per tensor, whether a weight-dependent shape may scale it (ASAM
+    leaves biases alone); other shapes ignore ``weights`` and ``adaptive``."""
 
     name = "shape"
 
@@ -40,10 +43,8 @@ class LpBall(Shape):
     name = "lp"
 
     def __init__(self, p: float = 2.0):
-        p = float(p)
-        if not p > 1.0:
-            raise ValueError(f"p must be > 1 (p = inf gives the sign perturbation), got p={p}")
-        self.p = p
+        check_number("p", p, low=1.0, low_open=True)  # p = inf is the sign perturbation
+        self.p = float(p)
 
     def perturbation(self, grads, weights, adaptive, radius, foreach):
         return F.lp_perturbation(grads, radius, self.p, foreach=foreach)
@@ -61,8 +62,7 @@ class Adaptive(Shape):
     name = "adaptive"
 
     def __init__(self, eta: float = 0.01):
-        if not eta >= 0.0:
-            raise ValueError(f"eta must be >= 0, got eta={eta}")
+        check_number("eta", eta, low=0.0)
         self.eta = float(eta)
 
     def perturbation(self, grads, weights, adaptive, radius, foreach):

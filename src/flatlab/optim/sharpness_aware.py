@@ -6,6 +6,7 @@ The named methods (SAM, ASAM, ESAM, SSAM, S2SAM) are presets of this class in ``
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -13,37 +14,54 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_number
 from .batchnorm import frozen_bn_stats
-from .coordinates import Coordinates
+from .coordinates import AllCoordinates, Coordinates
+from .cost import Pass
 from .functional import global_norm
-from .samples import PerSampleClosure, Samples
+from .samples import AllSamples, PerSampleClosure, Samples
 from .shapes import LpBall, Shape
+from .sources import BatchGradient, GradientSource
 
-__all__ = ["SharpnessAware"]
+__all__ = ["SharpnessAware", "Phase", "step_passes"]
+
+
+class Phase(enum.Enum):
+    """Where a step stands; the one value that says what the parameters hold."""
+
+    #: the parameters hold w
+    AT_W = "at_w"
+    #: the parameters hold w + eps; w of each perturbed tensor is in ``state[p]["backup"]``
+    PERTURBED = "perturbed"
+    #: the ascent gradient was not finite: w is in place and the coming descent is skipped
+    SKIPPED = "skipped"
 
 
 class SharpnessAware(torch.optim.Optimizer):
     """Sharpness-aware minimisation around any base optimizer instance.
 
     The wrapper shares the base optimizer's ``param_groups`` (LR schedulers, param-group tricks
-    and ``isinstance(opt, torch.optim.Optimizer)`` keep working) and keeps its own state apart:
-    the saved weights w while they are perturbed, masks, counters and a random generator.
+    and ``isinstance(opt, torch.optim.Optimizer)`` keep working) and keeps its own per-parameter
+    state apart, in ``self.state[p]``: the saved w while it is perturbed (``"backup"``) and the
+    perturbation mask of a masked method (``"perturb_mask"``); plus counters and a generator.
 
     Args:
         base: the optimizer that takes the descent step (SGD, AdamW, ...), already built.
         rho: radius of the perturbation (0 reproduces the base optimizer exactly).
+        source: which gradient drives the perturbation (default: the current batch's, from an
+            extra pass: SAM; :class:`~flatlab.optim.PreviousGradient`: S2-SAM's single pass).
         shape: how the ascent direction is shaped (default: L2 ball, i.e. SAM).
         coordinates: which coordinates are perturbed (default: all).
         samples: which samples drive the descent gradient (default: all).
-        single_step: reuse the previous step's gradient for the perturbation, so each step takes
-            one forward/backward (S2-SAM); otherwise the current batch's gradient (two passes).
         ascent_steps: number of ascent steps; each step after the first re-evaluates the gradient
             at the perturbed point, adds a step of size ``ascent_step_size`` (default ``rho``) and
             projects back onto the rho-ball.
         model: the module being trained; optional. When given, BatchNorm running statistics are
             frozen during perturbed passes (``freeze_bn``), a DDP model's ascent pass skips the
-            gradient all-reduce unless ``sync_first_pass``, and parameters named ``*bias`` are not
-            adaptive (ASAM's T = 1).
+            gradient all-reduce unless ``sync_first_pass``, a data-driven mask with a data source
+            refreshes itself, and parameters named ``*bias`` are not adaptive (ASAM's T = 1).
+            A param group's ``"adaptive"`` entry, when present, decides for its parameters
+            instead; without ``model`` and without that entry every parameter is adaptive.
         sync_first_pass: under DDP, all-reduce the ascent gradient too (one perturbation for the
             global batch) instead of a per-replica perturbation (the papers' m-sharpness).
         max_grad_norm: clip the descent gradient to this global L2 norm before the base step.
@@ -66,14 +84,15 @@ class SharpnessAware(torch.optim.Optimizer):
 
         loss = opt.step(closure)
 
-    Or the two-phase API, e.g. with a GradScaler (fp16)::
+    fp16 with a GradScaler: hand the scaler to ``step`` with a per-sample closure; the optimizer
+    scales every backward, skips the step on overflow and updates the scale::
 
-        scaler.scale(loss_fn(model(x), y)).backward()
-        opt.first_step(zero_grad=True)          # the perturbation is invariant to the scale
-        with flatlab.frozen_bn_stats(model):
-            scaler.scale(loss_fn(model(x), y)).backward()
-        scaler.step(opt)                        # restores w; skips the step on overflow
-        scaler.update()
+        scaler = torch.amp.GradScaler("cuda")
+        opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(
+            model(x if idx is None else x[idx]), y if idx is None else y[idx], reduction="none")),
+            scaler=scaler)
+
+    Manual loops can also use the two-phase API ``first_step`` / ``second_step``.
     """
 
     # GradScaler hands this optimizer found_inf/grad_scale instead of unscaling and skipping
@@ -85,10 +104,10 @@ class SharpnessAware(torch.optim.Optimizer):
         base: torch.optim.Optimizer,
         rho: float = 0.05,
         *,
+        source: GradientSource | None = None,
         shape: Shape | None = None,
         coordinates: Coordinates | None = None,
         samples: Samples | None = None,
-        single_step: bool = False,
         ascent_steps: int = 1,
         ascent_step_size: float | None = None,
         model: nn.Module | None = None,
@@ -103,19 +122,20 @@ class SharpnessAware(torch.optim.Optimizer):
             raise TypeError(f"base must be a torch.optim.Optimizer instance, got {type(base).__name__}")
         if isinstance(base, SharpnessAware):
             raise TypeError("base is already a sharpness-aware optimizer; wrap the plain base optimizer")
-        if not rho >= 0.0:
-            raise ValueError(f"rho must be >= 0, got rho={rho}")
-        if int(ascent_steps) != ascent_steps or ascent_steps < 1:
-            raise ValueError(f"ascent_steps must be an integer >= 1, got ascent_steps={ascent_steps}")
-        if single_step and ascent_steps != 1:
-            raise ValueError(f"a single-step method takes no extra ascent steps, got ascent_steps={ascent_steps}")
-        if ascent_step_size is not None and not ascent_step_size > 0.0:
-            raise ValueError(f"ascent_step_size must be > 0, got ascent_step_size={ascent_step_size}")
-        if max_grad_norm is not None and not max_grad_norm > 0.0:
-            raise ValueError(f"max_grad_norm must be > 0, got max_grad_norm={max_grad_norm}")
-        samples = samples or Samples()
-        if single_step and samples.needs_per_sample:
-            raise ValueError("sample selection needs a second pass; it cannot be combined with single_step")
+        check_number("rho", rho, low=0.0)
+        check_number("ascent_steps", ascent_steps, low=1, integer=True)
+        check_number("ascent_step_size", ascent_step_size, low=0.0, low_open=True, optional=True)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, optional=True)
+        self.source = source or BatchGradient()
+        self.shape = shape or LpBall(2.0)
+        self.coordinates = coordinates or AllCoordinates()
+        self.samples = samples or AllSamples()
+        if self.source.lagged and ascent_steps != 1:
+            raise ValueError(f"a single-pass method takes no extra ascent steps, got ascent_steps={ascent_steps}")
+        if self.source.lagged and self.samples.needs_per_sample:
+            raise ValueError("sample selection needs a second pass; it cannot be combined with a single-pass source")
+        if self.coordinates.has_data_source and model is None:
+            raise ValueError("a mask that refreshes itself from data needs model= (the model it scores)")
 
         # Optimizer.__init__ validates the groups and sets up hooks; afterwards the list itself is
         # shared so that groups added to or reloaded into the base are seen here.
@@ -123,10 +143,6 @@ class SharpnessAware(torch.optim.Optimizer):
         self.base = base
         self.param_groups = base.param_groups
         self.rho = float(rho)
-        self.shape = shape or LpBall(2.0)
-        self.coordinates = coordinates or Coordinates()
-        self.samples = samples
-        self.single_step = bool(single_step)
         self.ascent_steps = int(ascent_steps)
         self.ascent_step_size = ascent_step_size
         self.model = model
@@ -140,15 +156,14 @@ class SharpnessAware(torch.optim.Optimizer):
         self.generator = torch.Generator().manual_seed(int(seed))
         self.steps = 0
         self.weight_masks: dict[Tensor, Tensor] = {}
+        self.phase = Phase.AT_W
+        self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
+        self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
 
         params = self._params()
         self._num_params = len(params)
-        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-        self._adaptive = [not names.get(id(p), "").endswith("bias") for p in params]
-        self.coordinates.bind(params, self.generator)
-        self._perturbed: list[int] | None = None  # indices of the tensors now holding w + eps
-        self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
-        self._skipped = False  # the ascent gradient was not finite: this step is skipped
+        self._adaptive = self._adaptive_flags(model)
+        self.coordinates.bind(params, self.generator, self.state)
 
     # ----------------------------------------------------------------------------------------
     # bookkeeping
@@ -162,22 +177,31 @@ class SharpnessAware(torch.optim.Optimizer):
             )
         return params
 
-    def _backups(self, params: list[Tensor], index: list[int]) -> list[Tensor]:
+    def _adaptive_flags(self, model: nn.Module | None) -> dict[Tensor, bool]:
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        flags = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                rule = group.get("adaptive")
+                flags[p] = bool(rule) if rule is not None else not names.get(id(p), "").endswith("bias")
+        return flags
+
+    def _backups(self, params: list[Tensor]) -> list[Tensor]:
         out = []
-        for i in index:
-            state = self.state[params[i]]
+        for p in params:
+            state = self.state[p]
             if "backup" not in state:
-                state["backup"] = torch.empty_like(params[i], memory_format=torch.preserve_format)
+                state["backup"] = torch.empty_like(p, memory_format=torch.preserve_format)
             out.append(state["backup"])
         return out
 
-    def _masks_for(self, params: list[Tensor], index: list[int]) -> list[Tensor | None]:
-        masks = self.coordinates.masks(index)
+    def _masks_for(self, params: list[Tensor]) -> list[Tensor | None]:
+        masks = self.coordinates.masks(params)
         if not self.weight_masks:
             return masks
         out = []
-        for m, i in zip(masks, index):
-            w = self.weight_masks.get(params[i])
+        for m, p in zip(masks, params):
+            w = self.weight_masks.get(p)
             out.append(w if m is None else (m if w is None else m & w.bool()))
         return out
 
@@ -189,11 +213,64 @@ class SharpnessAware(torch.optim.Optimizer):
         """
         self.weight_masks = masks
 
+    def perturbation_mask(self, p: Tensor) -> Tensor | None:
+        """The boolean mask of ``p``'s perturbed coordinates (None: the policy masks nothing)."""
+        return self.state[p].get("perturb_mask") if p in self.state else None
+
     @property
     def is_perturbed(self) -> bool:
         """Whether the parameters hold w + eps right now (between ``first_step`` and ``second_step``,
-        or between steps for a single-step method)."""
-        return self._perturbed is not None
+        or between steps for a single-pass method)."""
+        return self.phase is Phase.PERTURBED
+
+    @property
+    def needs_closure(self) -> bool:
+        """Whether ``step`` needs a closure (an ascent pass on the current batch)."""
+        return not self.source.lagged
+
+    def passes(self) -> tuple[Pass, ...]:
+        """The forward/backward passes of one step, for cost accounting (FLOPs, benchmarks)."""
+        descent = Pass(batch=self.samples.descent_fraction)
+        if self.source.lagged:
+            return (descent,)
+        ascent = Pass(weight_grads=self.coordinates.ascent_weight_grads)
+        extra = tuple(Pass() for _ in range(self.ascent_steps - 1))
+        selection = (Pass(backward=False),) if self.samples.needs_per_sample else ()
+        return (ascent, *extra, *selection, descent)
+
+    # ----------------------------------------------------------------------------------------
+    # the data-driven mask
+
+    @property
+    def mask_due(self) -> bool:
+        """True when a data-driven mask (SSAM-F) is to be refreshed before the coming step."""
+        return self.coordinates.needs_data and self.coordinates.due(self.steps)
+
+    def update_mask(
+        self,
+        model: nn.Module,
+        data,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
+        """Recomputes a data-driven perturbation mask (SSAM-F's Fisher mask) from ``data``, an
+        iterable of ``(inputs, targets)`` batches. Call it when ``mask_due`` is True (or give the
+        mask a data source at construction and let ``step`` do it)."""
+        if not self.coordinates.needs_data:
+            raise TypeError(f"the coordinate policy '{self.coordinates.name}' has no data-driven mask")
+        with self.unperturbed():
+            self.coordinates.refresh(model, data, loss_fn)
+        self.coordinates.refreshed_at = self.steps
+
+    def _refresh_if_due(self) -> None:
+        if not self.mask_due:
+            return
+        if not self.coordinates.has_data_source:
+            raise RuntimeError(
+                f"the {self.coordinates.name} mask is due for a refresh at step {self.steps}: call "
+                "opt.update_mask(model, batches) before this step whenever opt.mask_due, or build the "
+                "optimizer with a data source for the mask (e.g. SSAM(..., mask_data=loader))"
+            )
+        self.update_mask(self.model, self.coordinates.batches())
 
     # ----------------------------------------------------------------------------------------
     # gradient checks
@@ -233,64 +310,63 @@ class SharpnessAware(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------
     # the perturbation
 
-    def _perturb(self, params: list[Tensor], index: list[int], grads: list[Tensor]) -> None:
-        """Builds eps from ``grads`` (aligned with ``index``), saves w and moves to w + eps."""
-        self.coordinates.observe(self.steps, index, grads)
-        chosen = self.coordinates.select(index)
-        if len(chosen) != len(index):
-            keep = set(chosen)
-            grads = [g for i, g in zip(index, grads) if i in keep]
-        weights = [params[i] for i in chosen]
+    def _perturb(self, params: list[Tensor], directions: list[Tensor]) -> None:
+        """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps."""
+        self.coordinates.observe(self.steps, params, directions)
+        chosen, directions = self.coordinates.select(params, directions)
         radius = self.rho * self.coordinates.scale
-        eps = self.shape.perturbation(grads, weights, [self._adaptive[i] for i in chosen], radius, self.foreach)
-        eps = self._apply_masks(params, chosen, eps)
-        backups = self._backups(params, chosen)
-        if weights:
-            torch._foreach_copy_(backups, weights)
-            torch._foreach_add_(weights, eps)
+        adaptive = [self._adaptive[p] for p in chosen]
+        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach)
+        self._apply_masks(chosen, eps)
+        if chosen:
+            torch._foreach_copy_(self._backups(chosen), chosen)
+            torch._foreach_add_(chosen, eps)
+        self.phase = Phase.PERTURBED
         self._perturbed = chosen
         self._eps = eps if self.ascent_steps > 1 else None
 
-    def _apply_masks(self, params: list[Tensor], index: list[int], eps: list[Tensor]) -> list[Tensor]:
-        masks = self._masks_for(params, index)
-        pairs = [(e, m) for e, m in zip(eps, masks) if m is not None]
+    def _apply_masks(self, params: list[Tensor], eps: list[Tensor]) -> None:
+        pairs = [(e, m) for e, m in zip(eps, self._masks_for(params)) if m is not None]
         if pairs:
             torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
-        return eps
 
-    def _restore(self, params: list[Tensor]) -> None:
+    def _restore(self) -> None:
         """Puts w back by copy (subtracting eps would not give w back in low precision)."""
-        if self._perturbed is None:
-            return
         if self._perturbed:
-            weights = [params[i] for i in self._perturbed]
-            torch._foreach_copy_(weights, self._backups(params, self._perturbed))
+            weights = self._perturbed
+            torch._foreach_copy_(weights, self._backups(weights))
             if self.weight_masks:
                 # a sparse schedule may have pruned weights since w was saved: keep them pruned
                 pairs = [(w, self.weight_masks[w]) for w in weights if w in self.weight_masks]
                 if pairs:
                     torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
-        self._perturbed = None
+        self.phase = Phase.AT_W
+        self._perturbed = []
         self._eps = None
+
+    @torch.no_grad()
+    def restore_weights(self) -> None:
+        """Puts w back into the parameters for good and drops the pending perturbation, e.g. to
+        export the weights of a run stopped between steps of a single-pass method (whose
+        parameters carry the next step's perturbation). The next step then starts at w."""
+        self._restore()
 
     @torch.no_grad()
     def _ascend(self) -> None:
         """One more ascent step from the perturbed point, projected back onto the rho-ball."""
-        params = self._params()
-        index = self._perturbed or []
-        if not index:
+        weights = self._perturbed
+        if not weights:
             return
-        weights = [params[i] for i in index]
-        backups = self._backups(params, index)
+        backups = self._backups(weights)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in weights]
         if not self._check_and_unscale(grads, None):
             return  # keep the last finite perturbation
-        adaptive = [self._adaptive[i] for i in index]
+        adaptive = [self._adaptive[p] for p in weights]
         scale = self.coordinates.scale
         size = (self.ascent_step_size if self.ascent_step_size is not None else self.rho) * scale
         # the adaptive operator T is taken at w, not at the perturbed point
         delta = self.shape.perturbation(grads, backups, adaptive, size, self.foreach)
-        delta = self._apply_masks(params, index, delta)
+        self._apply_masks(weights, delta)
         eps = torch._foreach_add(self._eps, delta)
         eps = self.shape.project(eps, backups, adaptive, self.rho * scale, self.foreach)
         torch._foreach_copy_(weights, backups)
@@ -307,22 +383,22 @@ class SharpnessAware(torch.optim.Optimizer):
         Call it after the backward pass at w. A gradient with an inf or NaN leaves w in place and
         marks the step as skipped (``second_step`` then takes no base step).
         """
-        if self.single_step:
-            raise RuntimeError("a single-step method perturbs inside step(); call step() once per batch")
-        if self._perturbed is not None or self._skipped:
+        if self.source.lagged:
+            raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
+        if self.phase is not Phase.AT_W:
             raise RuntimeError("first_step() called twice; call second_step() (or step()) in between")
-        params = self._params()
-        index = [i for i, p in enumerate(params) if p.grad is not None]
-        if not index and any(p.requires_grad for p in params):
+        self._refresh_if_due()
+        params = [p for p in self._params() if p.grad is not None]
+        if not params and any(p.requires_grad for p in self._params()):
             raise RuntimeError(
                 "first_step() found no gradients: run the forward and backward pass at w first "
                 "(zero_grad() leaves .grad as None until the next backward)"
             )
-        grads = [params[i].grad for i in index]
+        grads = [p.grad for p in params]
         if not self._check_and_unscale(grads, None):
-            self._skipped = True
+            self.phase = Phase.SKIPPED
         else:
-            self._perturb(params, index, grads)
+            self._perturb(params, self.source.direction(params, grads, self.base))
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -330,16 +406,15 @@ class SharpnessAware(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Restores w and takes the base optimizer's step with the gradient now in ``.grad``
         (computed at w + eps)."""
-        if self.single_step:
-            raise RuntimeError("a single-step method has no second step; call step() once per batch")
-        if self._perturbed is None and not self._skipped:
+        if self.source.lagged:
+            raise RuntimeError("a single-pass method has no second step; call step() once per batch")
+        if self.phase is Phase.AT_W:
             raise RuntimeError("second_step() without first_step()")
-        params = self._params()
-        self._restore(params)
-        grads = [p.grad for p in params if p.grad is not None]
-        if not self._skipped and grads and self._descent_ready(grads):
+        skipped = self.phase is Phase.SKIPPED
+        self._restore()
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        if not skipped and grads and self._descent_ready(grads):
             self.base.step()
-        self._skipped = False
         self.steps += 1
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -371,13 +446,13 @@ class SharpnessAware(torch.optim.Optimizer):
             return frozen_bn_stats(self.model)
         return nullcontext()
 
-    def _evaluate(self, closure: Callable, rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def _evaluate(self, closure: Callable, rows: Tensor | None = None, scaler=None) -> tuple[Any, Tensor | None]:
         if isinstance(closure, PerSampleClosure):
             self.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 losses = closure.losses(rows)
                 loss = losses.mean()
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
             return loss.detach(), losses.detach()
         with torch.enable_grad():
             return closure(), None
@@ -386,18 +461,30 @@ class SharpnessAware(torch.optim.Optimizer):
     # step
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, scaler: torch.amp.GradScaler | None = None) -> Any:
         """One optimisation step; returns the closure's loss at w.
 
         Two-pass methods need ``closure`` (it zeroes grads, runs forward and backward, returns the
         loss); without one, ``step()`` acts as ``second_step()`` after a ``first_step()``, which
         is what ``GradScaler.step`` calls. Sample selection (ESAM's gamma < 1) needs a
-        :class:`~flatlab.optim.samples.PerSampleClosure`. A single-step method needs no closure.
+        :class:`~flatlab.optim.samples.PerSampleClosure`. A single-pass method needs no closure.
+
+        ``scaler``: a GradScaler (fp16); the closure must then be a per-sample closure (the
+        optimizer scales the loss before each backward). The step is skipped on overflow and
+        the scale updated: call neither ``scaler.step`` nor ``scaler.update`` yourself.
         """
-        if self.single_step:
-            return self._single_step(closure)
+        if scaler is not None and closure is not None and not isinstance(closure, PerSampleClosure):
+            raise TypeError("with scaler=, pass flatlab.per_sample(fn): the optimizer scales each backward itself")
+        if closure is not None:
+            # before any forward, as update_mask is called: BatchNorm's running statistics, which
+            # the Fisher scores are computed with, then do not include this batch yet
+            self._refresh_if_due()
+        if self.source.lagged:
+            return self._lagged_step(closure, scaler)
         if closure is None:
-            if self._perturbed is not None or self._skipped:
+            if scaler is not None:
+                raise TypeError("scaler= comes with a closure; after first_step() call scaler.step(opt)")
+            if self.phase is not Phase.AT_W:
                 return self.second_step()
             raise RuntimeError(
                 f"{type(self).__name__} needs a closure that re-evaluates the loss: step(closure), "
@@ -409,40 +496,51 @@ class SharpnessAware(torch.optim.Optimizer):
                 "flatlab.per_sample(fn) where fn(indices) returns the per-sample losses of those rows"
             )
         with self.ascent_pass():
-            loss, before = self._evaluate(closure)
+            loss, before = self._evaluate(closure, scaler=scaler)
             self.first_step()
             for _ in range(self.ascent_steps - 1):
-                if self._skipped:
+                if self.phase is not Phase.PERTURBED:
                     break
                 with self.perturbed_pass():
-                    self._evaluate(closure)
+                    self._evaluate(closure, scaler=scaler)
                 self._ascend()
-        if self._skipped:
-            self.second_step()
-            return loss
-        rows = None
-        if self.samples.needs_per_sample:
-            with torch.no_grad(), self.perturbed_pass():
-                after = closure.losses(None)
-            rows = self.samples.select(before, after)
-        with self.perturbed_pass():
-            self._evaluate(closure, rows)
-        self.second_step()
+        if self.phase is Phase.PERTURBED:
+            rows = None
+            if self.samples.needs_per_sample:
+                with torch.no_grad(), self.perturbed_pass():
+                    after = closure.losses(None)
+                rows = self.samples.select(before, after)
+            with self.perturbed_pass():
+                self._evaluate(closure, rows, scaler)
+        self._descend(scaler)
         return loss
 
-    @torch.no_grad()
-    def _single_step(self, closure: Callable[[], Any] | None) -> Any:
+    def _descend(self, scaler) -> None:
+        if scaler is None:
+            self.second_step()
+            return
+        # GradScaler.step checks the gradients for inf, hands found_inf/grad_scale to
+        # this optimizer and calls step() -> second_step(); a skipped ascent leaves its
+        # non-finite gradients in .grad, so the scale goes down as it should.
+        scaler.step(self)
+        scaler.update()
+
+    def _lagged_step(self, closure: Callable[[], Any] | None, scaler) -> Any:
         loss = None
         if closure is not None:
-            loss, _ = self._evaluate(closure)
-        params = self._params()
-        self._restore(params)
-        index = [i for i, p in enumerate(params) if p.grad is not None]
-        grads = [params[i].grad for i in index]
+            loss, _ = self._evaluate(closure, scaler=scaler)
+        if scaler is not None:
+            scaler.step(self)  # -> step() without closure: the descent below
+            scaler.update()
+            return loss
+        self._refresh_if_due()
+        self._restore()
+        params = [p for p in self._params() if p.grad is not None]
+        grads = [p.grad for p in params]
         if grads and self._descent_ready(grads):
             self.base.step()
-            # The gradient just used (taken at the perturbed point) is g_prev of the next step.
-            self._perturb(params, index, grads)
+            # the gradient just used (taken at the perturbed point) builds the next perturbation
+            self._perturb(params, self.source.direction(params, grads, self.base))
         self.steps += 1
         return loss
 
@@ -452,87 +550,101 @@ class SharpnessAware(torch.optim.Optimizer):
     @contextmanager
     def unperturbed(self) -> Iterator[None]:
         """Holds w (not w + eps) in the parameters inside the block, e.g. to evaluate a model
-        trained with a single-step method, whose weights carry the next perturbation between steps."""
+        trained with a single-pass method, whose weights carry the next perturbation between steps."""
         if not self._perturbed:
             yield
             return
-        params = self._params()
-        weights = [params[i] for i in self._perturbed]
+        weights = self._perturbed
         with torch.no_grad():
             held = [w.clone() for w in weights]
-            torch._foreach_copy_(weights, self._backups(params, self._perturbed))
+            torch._foreach_copy_(weights, self._backups(weights))
         try:
             yield
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(weights, held)
 
-    def update_mask(
-        self,
-        model: nn.Module,
-        data,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-    ) -> None:
-        """Recomputes a data-driven perturbation mask (SSAM-F's Fisher mask) from ``data``, an
-        iterable of ``(inputs, targets)`` batches. Call it when ``mask_due`` is True."""
-        refresh = getattr(self.coordinates, "refresh", None)
-        if refresh is None:
-            raise TypeError(f"the coordinate policy '{self.coordinates.name}' has no data-driven mask")
-        with self.unperturbed():
-            refresh(model, data, loss_fn)
-
-    @property
-    def mask_due(self) -> bool:
-        """True when a data-driven mask is to be refreshed before the coming step."""
-        due = getattr(self.coordinates, "due", None)
-        return bool(getattr(self.coordinates, "refresh", None)) and due is not None and due(self.steps)
-
     def state_dict(self) -> dict[str, Any]:
         params = self._params()
+        index = {p: i for i, p in enumerate(params)}
+        perturbed = set(self._perturbed)
+        per_param: dict[int, dict[str, Tensor]] = {}
+        for p, state in self.state.items():
+            # a backup is only meaningful while its tensor holds w + eps
+            kept = {k: v for k, v in state.items() if k != "backup" or p in perturbed}
+            if kept:
+                per_param[index[p]] = kept
         own: dict[str, Any] = {
             "steps": self.steps,
             "rho": self.rho,
-            "skipped": self._skipped,
+            "phase": self.phase.value,
+            "perturbed": [index[p] for p in self._perturbed],
             "generator": self.generator.get_state(),
+            "source": self.source.state_dict(),
             "coordinates": self.coordinates.state_dict(),
-            "perturbed": None,
+            "state": per_param,
         }
-        if self._perturbed is not None:
-            own["perturbed"] = list(self._perturbed)
-            own["backups"] = self._backups(params, self._perturbed)
         return {"base": self.base.state_dict(), "sharpness_aware": own}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "base" not in state_dict or "sharpness_aware" not in state_dict:
             raise ValueError("not a flatlab sharpness-aware state_dict (keys 'base' and 'sharpness_aware')")
+        own = state_dict["sharpness_aware"]
+        params = self._params()
+        saved = own.get("state", {})
+        if any(int(i) >= len(params) for i in saved) or any(int(i) >= len(params) for i in own["perturbed"]):
+            raise ValueError(f"the saved state is for more than the {len(params)} parameters of this optimizer")
+        for i, entry in saved.items():
+            p = params[int(i)]
+            for key, value in entry.items():
+                if value.shape != p.shape:
+                    raise ValueError(
+                        f"saved {key} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                    )
         self.base.load_state_dict(state_dict["base"])
         # Optimizer.load_state_dict rebuilds param_groups as new dicts: share them again, or an
         # LR scheduler would go on updating groups the base no longer reads.
         self.param_groups = self.base.param_groups
-        own = state_dict["sharpness_aware"]
-        params = self._params()
         self.steps = int(own["steps"])
         self.rho = float(own["rho"])
-        self._skipped = bool(own["skipped"])
         self.generator.set_state(own["generator"])
+        self.source.load_state_dict(own["source"])
         self.coordinates.load_state_dict(own["coordinates"])
-        self._perturbed = None
+        for i, entry in saved.items():
+            p = params[int(i)]
+            for key, value in entry.items():
+                # a mask stays boolean; a backup takes its parameter's dtype and device
+                dtype = torch.bool if value.dtype == torch.bool else p.dtype
+                self.state[p][key] = value.to(device=p.device, dtype=dtype)
+        self.phase = Phase(own["phase"])
+        self._perturbed = [params[int(i)] for i in own["perturbed"]]
         self._eps = None
-        if own["perturbed"] is not None:
-            index = [int(i) for i in own["perturbed"]]
-            for b, saved in zip(self._backups(params, index), own["backups"]):
-                b.copy_(saved)
-            self._perturbed = index
 
     def __repr__(self) -> str:
         parts = [f"rho={self.rho:g}", f"shape={self.shape.name}({self.shape.extra_repr()})"]
-        if self.coordinates.name != "all":
+        if not isinstance(self.source, BatchGradient):
+            parts.append(f"source={self.source.name}({self.source.extra_repr()})")
+        if not isinstance(self.coordinates, AllCoordinates):
             parts.append(f"coordinates={self.coordinates.name}({self.coordinates.extra_repr()})")
-        if self.samples.name != "all":
+        if not isinstance(self.samples, AllSamples):
             parts.append(f"samples={self.samples.name}({self.samples.extra_repr()})")
-        if self.single_step:
-            parts.append("single_step=True")
         if self.ascent_steps > 1:
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())
         return f"{type(self).__name__}({', '.join(parts)},\n    base={base})"
+
+
+def step_passes(optimizer: torch.optim.Optimizer) -> tuple[Pass, ...]:
+    """The passes one step of ``optimizer`` makes: its own account for a flatlab optimizer, one
+    full forward/backward for any other ``torch.optim`` optimizer.
+
+    Example::
+
+        >>> import torch, flatlab
+        >>> w = torch.zeros(2, requires_grad=True)
+        >>> len(step_passes(torch.optim.SGD([w], lr=0.1)))
+        1
+        >>> len(step_passes(flatlab.SAM(torch.optim.SGD([w], lr=0.1))))
+        2
+    """
+    return optimizer.passes() if isinstance(optimizer, SharpnessAware) else (Pass(),)

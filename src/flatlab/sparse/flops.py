@@ -3,7 +3,8 @@ counted the way the sparse-training papers (RigL, S2-SAM) and SSAM's FLOPs colum
 
 Per layer: the forward costs its dense forward FLOPs x its density; the backward costs twice the
 forward, one product for the input gradient and one for the weight gradient (the convention of
-:func:`flatlab.analysis.training_flops`, which does the counting). A step costs:
+:func:`flatlab.analysis.training_flops`, which does the counting). A step costs the passes its
+optimizer declares (:func:`flatlab.optim.step_passes`), e.g.:
 
 - SGD, AdamW, S2-SAM: one forward-backward pass (S2-SAM reuses the previous gradient);
 - SAM, ASAM, SSAM: 1 + ``ascent_steps`` passes (SSAM's sparse perturbation saves no product);
@@ -11,8 +12,10 @@ forward, one product for the input gradient and one for the weight gradient (the
   the tensors only (forward + input gradient + beta x weight gradient); with ``gamma < 1`` a forward
   at w + eps on the whole batch picks the samples, then the descent pass runs on a fraction
   ``gamma`` of the batch;
-- RigL adds, on the steps that update the mask, the dense weight gradient in place of the sparse
-  one: ``dense_gradient_fraction x (dense - sparse forward)`` per step, averaged over the run.
+
+so a newly registered optimizer is counted without a table of names. RigL adds, on the steps that
+update the mask, the dense weight gradient in place of the sparse one:
+``dense_gradient_fraction x (dense - sparse forward)`` per step, averaged over the run.
 
 Only conv/linear layers are counted (not BatchNorm, activations, pooling), as in the papers.
 """
@@ -24,68 +27,45 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from ..errors import check_number
+from ..optim.cost import Pass
 from .masking import WeightMasking
 
-__all__ = ["ONE_PASS", "TWO_PASS", "step_flops", "relative_flops", "masking_flops", "dense_gradient_fraction"]
-
-#: optimizer names (``flatlab.list_optimizers()``) whose step is one forward-backward pass
-ONE_PASS = ("sgd", "adamw", "adam", "s2sam")
-#: names whose step is an ascent pass plus a descent pass (more with ``ascent_steps``)
-TWO_PASS = ("sam", "sam-sign", "asam", "ssam-f", "ssam-d")
+__all__ = ["step_flops", "relative_flops", "masking_flops", "dense_gradient_fraction"]
 
 
 def step_flops(
     per_layer: Mapping[str, float],
     densities: Mapping[str, float] | None = None,
     *,
-    method: str = "sgd",
-    ascent_steps: int = 1,
-    beta: float = 0.6,
-    gamma: float = 0.5,
+    passes: Sequence[Pass] = (Pass(),),
     dense_gradient_fraction: float = 0.0,
 ) -> float:
-    """Training FLOPs per sample of one step of ``method`` (an optimizer name of the registry).
+    """Training FLOPs per sample of one step made of ``passes`` (default: one forward-backward,
+    i.e. SGD; ``step_passes(optimizer)`` gives an optimizer's).
 
     ``per_layer``: dense forward FLOPs per layer (``forward_flops(model, shape).per_layer``);
-    ``densities``: layer -> fraction of live weights (missing layers are dense); ``beta``,
-    ``gamma``: ESAM's; ``dense_gradient_fraction``: fraction of steps that compute the dense
-    weight gradient (RigL: about ``end_fraction / update_interval``).
+    ``densities``: layer -> fraction of live weights (missing layers are dense);
+    ``dense_gradient_fraction``: fraction of steps that compute the dense weight gradient (RigL:
+    about ``end_fraction / update_interval``).
 
-    Example: one layer of 100 forward FLOPs at density 0.1; SAM costs 2 x 3 x 10 = 60::
+    Example: one layer of 100 forward FLOPs at density 0.1; SAM's two passes cost 2 x 3 x 10 = 60::
 
-        >>> step_flops({"fc": 100}, {"fc": 0.1}, method="sam")
+        >>> from flatlab.optim import Pass
+        >>> step_flops({"fc": 100}, {"fc": 0.1}, passes=(Pass(), Pass()))
         60.0
     """
-    if int(ascent_steps) != ascent_steps or ascent_steps < 1:
-        raise ValueError(f"ascent_steps must be an integer >= 1, got ascent_steps={ascent_steps}")
-    if not 0.0 < beta <= 1.0:
-        raise ValueError(f"beta must be in (0, 1], got beta={beta}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got gamma={gamma}")
-    if not 0.0 <= dense_gradient_fraction <= 1.0:
-        raise ValueError(f"dense_gradient_fraction must be in [0, 1], got {dense_gradient_fraction}")
-
+    check_number("dense_gradient_fraction", dense_gradient_fraction, low=0.0, high=1.0)
     # Imported here: flatlab.optim imports this package (for topk), and analysis may come to
     # import flatlab.optim; a module-level import would then be circular.
     from ..analysis.flops import training_flops
 
-    def cost(passes: float, backward_factor: float = 2.0, dense: bool = False) -> float:
-        return training_flops(per_layer, None if dense else densities, passes, backward_factor=backward_factor)
+    def cost(rate: float, backward_factor: float = 2.0, dense: bool = False) -> float:
+        return training_flops(per_layer, None if dense else densities, rate, backward_factor=backward_factor)
 
-    if method in ONE_PASS:
-        total = cost(1.0)
-    elif method in TWO_PASS:
-        total = cost(1.0 + ascent_steps)
-    elif method == "esam":
-        total = cost(1.0, backward_factor=1.0 + beta) + cost(gamma)
-        if gamma < 1.0:
-            total += cost(1.0, backward_factor=0.0)
-    else:
-        known = ", ".join(ONE_PASS + TWO_PASS + ("esam",))
-        raise ValueError(f"unknown method {method!r} for the FLOPs count; choose from {known}")
+    total = sum(cost(p.rate * p.batch, (1.0 + p.weight_grads) if p.backward else 0.0) for p in passes)
     if dense_gradient_fraction:
-        extra = cost(dense_gradient_fraction, 0.0, dense=True) - cost(dense_gradient_fraction, 0.0)
-        total += extra
+        total += cost(dense_gradient_fraction, 0.0, dense=True) - cost(dense_gradient_fraction, 0.0)
     return float(total)
 
 
@@ -94,9 +74,10 @@ def relative_flops(per_layer: Mapping[str, float], densities: Mapping[str, float
 
     Example: 90% sparse SGD costs 0.1 of dense SGD, dense SAM 2::
 
+        >>> from flatlab.optim import Pass
         >>> relative_flops({"a": 100, "b": 300}, {"a": 0.1, "b": 0.1})
         0.1
-        >>> relative_flops({"a": 100, "b": 300}, method="sam")
+        >>> relative_flops({"a": 100, "b": 300}, passes=(Pass(), Pass()))
         2.0
     """
     return step_flops(per_layer, densities, **kwargs) / step_flops(per_layer)
@@ -106,7 +87,7 @@ def masking_flops(
     masking: WeightMasking,
     input_shape: Sequence[int],
     *,
-    method: str = "sgd",
+    passes: Sequence[Pass] = (Pass(),),
     model: nn.Module | None = None,
     **kwargs,
 ) -> float:
@@ -118,7 +99,7 @@ def masking_flops(
 
     Example::
 
-        masking_flops(masking, (3, 32, 32), method="s2sam")   # e.g. 0.1 for 90% uniform sparsity
+        masking_flops(masking, (3, 32, 32), passes=step_passes(opt))   # e.g. 0.1 for 90% S2-SAM
     """
     from ..analysis.flops import forward_flops
 
@@ -128,7 +109,7 @@ def masking_flops(
     densities = {m: density_of[f"{m}.weight"] for m in per_layer if f"{m}.weight" in density_of}
     if masking.method == "rigl" and "dense_gradient_fraction" not in kwargs:
         kwargs["dense_gradient_fraction"] = dense_gradient_fraction(masking)
-    return relative_flops(per_layer, densities, method=method, **kwargs)
+    return relative_flops(per_layer, densities, passes=passes, **kwargs)
 
 
 def dense_gradient_fraction(masking: WeightMasking) -> float:

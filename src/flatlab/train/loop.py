@@ -30,11 +30,9 @@ def _autocast(device: torch.device, amp: str):
 class StepRunner:
     """Takes one optimisation step on a batch, the way each kind of optimizer needs it:
 
-    * a plain optimizer or a single-step method (S2-SAM): forward, backward, ``step()``;
+    * a plain optimizer or a single-pass method (S2-SAM): forward, backward, ``step()``;
     * a two-pass method: ``step(per_sample(closure))`` (the closure serves every variant, and
-      ESAM's data selection needs per-sample losses);
-    * a two-pass method with fp16 and a GradScaler: the two-phase API, since GradScaler does not
-      take closures.
+      ESAM's data selection needs per-sample losses), with ``scaler=`` under fp16.
 
     Returns the mean loss and the number of correct top-1 predictions of the pass at w.
     """
@@ -53,19 +51,13 @@ class StepRunner:
         self.amp = amp
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.label_smoothing = label_smoothing
-        self.two_pass = isinstance(optimizer, SharpnessAware) and not optimizer.single_step
-        if self.two_pass and amp == "fp16" and optimizer.ascent_steps > 1:
-            raise ValueError("fp16 with several ascent steps is not supported; use --amp bf16")
+        self.two_pass = isinstance(optimizer, SharpnessAware) and optimizer.needs_closure
 
     def losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs.float(), targets, reduction="none", label_smoothing=self.label_smoothing)
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.two_pass:
-            return self._one_pass(x, y)
-        if self.amp == "fp16":
-            return self._two_phase_scaled(x, y)
-        return self._closure(x, y)
+        return self._closure(x, y) if self.two_pass else self._one_pass(x, y)
 
     def _one_pass(self, x, y):
         self.opt.zero_grad(set_to_none=True)
@@ -88,31 +80,9 @@ class StepRunner:
                 first["out"] = out.detach()
             return self.losses(out, yb)
 
-        loss = self.opt.step(per_sample(losses))
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        loss = self.opt.step(per_sample(losses), scaler=scaler)
         return loss.detach(), (first["out"].argmax(1) == y).sum()
-
-    def _two_phase_scaled(self, x, y):
-        opt, scaler = self.opt, self.scaler
-        opt.zero_grad(set_to_none=True)
-        with opt.ascent_pass():
-            with _autocast(self.device, self.amp):
-                out = self.model(x)
-            before = self.losses(out, y)
-            scaler.scale(before.mean()).backward()
-            opt.first_step(zero_grad=True)
-        rows = None
-        if opt.is_perturbed and opt.samples.needs_per_sample:
-            with torch.no_grad(), opt.perturbed_pass(), _autocast(self.device, self.amp):
-                after = self.losses(self.model(x), y)
-            rows = opt.samples.select(before, after)
-        xb, yb = (x, y) if rows is None else (x[rows], y[rows])
-        with opt.perturbed_pass(), _autocast(self.device, self.amp):
-            out2 = self.model(xb)
-        scaler.scale(self.losses(out2, yb).mean()).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        return before.mean().detach(), (out.argmax(1) == y).sum()
 
     def state_dict(self) -> dict:
         return {"scaler": self.scaler.state_dict()}

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..models import count_parameters, create_model
-from ..optim import SharpnessAware, create_optimizer
+from ..optim import SharpnessAware, base_of, base_options, create_optimizer, is_base_optimizer, step_passes
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_data
@@ -100,18 +100,14 @@ def load_trained(
         config.resolved_model(), num_classes=data.num_classes, in_channels=data.in_channels, width=config.width,
         **config.model_args,
     ).to(device)
-    if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
-        # a perturbed single-step optimizer keeps w in its state: prefer it over the model's w + eps
-        own = state["optimizer"].get("sharpness_aware", {})
-        if own.get("perturbed"):
-            params = dict(model.named_parameters())
-            names = list(params)
-            model.load_state_dict(state["model"])
-            with torch.no_grad():
-                for i, w in zip(own["perturbed"], own["backups"]):
-                    params[names[i]].copy_(w)
-            return model.eval(), data, config
     model.load_state_dict(state["model"])
+    if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
+        # A single-pass method stopped between steps leaves w + eps in the model and w in its
+        # state: rebuild the run's optimizer over this model and let it put w back.
+        optimizer = build_optimizer(config, model)
+        optimizer.load_state_dict(state["optimizer"])
+        if isinstance(optimizer, SharpnessAware):
+            optimizer.restore_weights()
     return model.eval(), data, config
 
 
@@ -129,11 +125,11 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | None = None) -> torch.optim.Optimizer:
     """The optimizer a config asks for (hyper-parameters validated by the optimizer itself)."""
     c = config
-    base = "adamw" if c.optimizer == "adamw" else c.base
-    kwargs: dict[str, Any] = dict(lr=c.lr, weight_decay=c.weight_decay)
-    if base == "sgd":
-        kwargs.update(momentum=c.momentum, nesterov=c.nesterov)
-    if c.optimizer not in ("sgd", "adamw"):
+    base = base_of(c.optimizer, c.base)
+    shared = dict(lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov)
+    accepted = base_options(base)
+    kwargs: dict[str, Any] = {k: v for k, v in shared.items() if k in accepted}
+    if not is_base_optimizer(c.optimizer):
         kwargs.update(c.optimizer_kwargs())
         kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
         if c.optimizer == "ssam-d" and total_steps is not None:
@@ -399,9 +395,7 @@ def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
     if run.masking is not None:
         from ..sparse import masking_flops
 
-        c = run.config
         summary["sparsity"] = run.masking.report()
         shape = (run.data.in_channels, *run.data.image_size)
-        options = {k: v for k, v in c.optimizer_kwargs().items() if k in ("ascent_steps", "beta", "gamma")}
-        summary["training_flops_vs_dense_sgd"] = masking_flops(run.masking, shape, method=c.optimizer, **options)
+        summary["training_flops_vs_dense_sgd"] = masking_flops(run.masking, shape, passes=step_passes(run.optimizer))
     return summary

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flatlab.sparse.topk import (
+from flatlab.optim.topk import (
     count_for_density,
     drop_grow,
     drop_grow_per_tensor,
