@@ -288,7 +288,7 @@ def test_esam_always_perturbs_at_least_one_tensor():
         moved = []
         w = [p.detach().clone() for p in model.parameters()]
 
-        def closure():
+        def closure(moved=moved, w=w):
             opt.zero_grad()
             if opt.is_perturbed:
                 moved.append([bool((p != w0).any()) for p, w0 in zip(model.parameters(), w)])
@@ -309,8 +309,9 @@ def test_esam_draw_is_deterministic_under_the_seed():
         torch.manual_seed(0)
         model = TwoTensors()
         opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.1), beta=0.3, gamma=1.0, seed=11)
+        x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
         for _ in range(50):
-            run_step(opt, model, torch.randn(4, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0]))
+            run_step(opt, model, x, torch.tensor([0, 1, 2, 0]))
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
