@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..sparse.topk import drop_grow, random_mask, topk_mask
 from .fisher import empirical_fisher
+from .topk import drop_grow, random_mask, topk_mask
 
 __all__ = ["Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask"]
 

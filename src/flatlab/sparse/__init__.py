@@ -2,7 +2,7 @@
 magnitude, SNIP, GraSP) or moved during training (SET, RigL), enforced through every optimizer of
 the SAM family; layer-wise budgets (uniform, ERK); FLOPs relative to dense SGD.
 
-The mask arithmetic in ``topk`` is shared with SSAM's perturbation masks.
+The mask arithmetic (``flatlab.optim.topk``) is shared with SSAM's perturbation masks and re-exported here.
 
 Example::
 
@@ -12,12 +12,7 @@ Example::
     ...  # after every opt.step(): masking.after_step()
 """
 
-from .allocation import DISTRIBUTIONS, erk_densities, layer_counts, layer_densities, uniform_densities
-from .flops import dense_gradient_fraction, masking_flops, relative_flops, step_flops
-from .masking import DYNAMIC_METHODS, STATIC_METHODS, WeightMasking
-from .prunable import PRUNABLE_TYPES, prunable_parameters
-from .registry import create_masking, list_sparse_methods
-from .topk import (
+from ..optim.topk import (
     count_for_density,
     drop_grow,
     drop_grow_per_tensor,
@@ -26,6 +21,11 @@ from .topk import (
     topk_mask,
     topk_mask_per_tensor,
 )
+from .allocation import DISTRIBUTIONS, erk_densities, layer_counts, layer_densities, uniform_densities
+from .flops import dense_gradient_fraction, masking_flops, relative_flops, step_flops
+from .masking import DYNAMIC_METHODS, STATIC_METHODS, WeightMasking
+from .prunable import PRUNABLE_TYPES, prunable_parameters
+from .registry import create_masking, list_sparse_methods
 
 __all__ = [
     "WeightMasking", "create_masking", "list_sparse_methods", "STATIC_METHODS", "DYNAMIC_METHODS",

@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..optim.topk import drop_grow_per_tensor, random_mask, random_mask_per_tensor, topk_mask, topk_mask_per_tensor
 from .allocation import DISTRIBUTIONS, layer_counts
 from .prunable import prunable_parameters
-from .topk import drop_grow_per_tensor, random_mask, random_mask_per_tensor, topk_mask, topk_mask_per_tensor
 
 __all__ = ["WeightMasking", "STATIC_METHODS", "DYNAMIC_METHODS"]
 
