@@ -1,5 +1,6 @@
 """Analysis tools for sharpness-aware training: curvature, landscapes, gradient statistics,
-corruption robustness and FLOPs, following the SSAM, ESAM and S2-SAM papers' figures.
+corruption robustness and FLOPs (re-exported from :mod:`flatlab.models.flops`), following the SSAM,
+ESAM and S2-SAM papers' figures.
 
 Every function takes the model, the data (an iterable of ``(inputs, targets)`` batches, read once)
 and the loss (``loss_fn(outputs, targets) -> scalar``, default cross-entropy) explicitly, and leaves
@@ -7,8 +8,8 @@ the model's parameters, buffers and train/eval mode as it found them. The plot w
 matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
+from ..models.flops import FlopCount, forward_flops, training_flops, training_step_flops
 from .corruptions import CIFAR10C_PARAMS, corrupt, evaluate_corruptions, jpeg_compress, list_corruptions
-from .flops import FlopCount, forward_flops, training_flops, training_step_flops
 from .gradstats import (
     RelativeGradientDifference,
     SDSStatistics,

@@ -3,7 +3,7 @@ counted the way the sparse-training papers (RigL, S2-SAM) and SSAM's FLOPs colum
 
 Per layer: the forward costs its dense forward FLOPs x its density; the backward costs twice the
 forward, one product for the input gradient and one for the weight gradient (the convention of
-:func:`flatlab.analysis.training_flops`, which does the counting). A step costs:
+:func:`flatlab.models.training_flops`, which does the counting). A step costs:
 
 - SGD, AdamW, S2-SAM: one forward-backward pass (S2-SAM reuses the previous gradient);
 - SAM, ASAM, SSAM: 1 + ``ascent_steps`` passes (SSAM's sparse perturbation saves no product);
@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from ..models.flops import forward_flops, training_flops
 from .masking import WeightMasking
 
 __all__ = ["ONE_PASS", "TWO_PASS", "step_flops", "relative_flops", "masking_flops", "dense_gradient_fraction"]
@@ -64,10 +65,6 @@ def step_flops(
         raise ValueError(f"gamma must be in (0, 1], got gamma={gamma}")
     if not 0.0 <= dense_gradient_fraction <= 1.0:
         raise ValueError(f"dense_gradient_fraction must be in [0, 1], got {dense_gradient_fraction}")
-
-    # Imported here: flatlab.optim imports this package (for topk), and analysis may come to
-    # import flatlab.optim; a module-level import would then be circular.
-    from ..analysis.flops import training_flops
 
     def cost(passes: float, backward_factor: float = 2.0, dense: bool = False) -> float:
         return training_flops(per_layer, None if dense else densities, passes, backward_factor=backward_factor)
@@ -120,8 +117,6 @@ def masking_flops(
 
         masking_flops(masking, (3, 32, 32), method="s2sam")   # e.g. 0.1 for 90% uniform sparsity
     """
-    from ..analysis.flops import forward_flops
-
     model = masking.model if model is None else model
     per_layer = forward_flops(model, input_shape).per_layer
     density_of = masking.densities()
