@@ -231,7 +231,7 @@ def write_result(
 ) -> dict:
     """Write one analysis result as JSON, atomically, and return what was written."""
     from .. import __version__
-    from ..train.checkpoint import atomic_write_json
+    from ..fileio import atomic_write_json
 
     record = {
         "analysis": analysis,
@@ -261,9 +261,9 @@ def _no_progress(_desc: str) -> Iterator[None]:
 
 
 def progress_bars(enabled: bool | None = None) -> ProgressFactory:
-    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.train.progress.Progress`
+    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`
     (on a terminal only, unless ``enabled``)."""
-    from ..train.progress import Progress
+    from ..progress import Progress
 
     @contextlib.contextmanager
     def factory(desc: str) -> Iterator[Callable[[int, int], None]]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..optim import SharpnessAware, per_sample
-from .progress import Progress
+from ..progress import Progress
 
 __all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged"]
 

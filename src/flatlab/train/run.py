@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models import count_parameters, create_model
 from ..optim import SharpnessAware, create_optimizer
-from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_data
 from .distributed import Distributed, setup_distributed

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from .checkpoint import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from .compare import load_run, plot_runs
 from .config import TrainConfig, load_config_file
 from .run import check_optimizer, load_trained, resume, train
