@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..analysis import top_eigenvalues
 from ..fileio import atomic_write_json, atomic_write_text
 from .compare import load_run, plot_runs
 from .config import TrainConfig, load_config_file
@@ -127,8 +128,6 @@ def _top_eigenvalue(run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
         cached = json.loads(cache.read_text())
         if cached.get("options") == options:
             return cached
-    from ..analysis import top_eigenvalues
-
     model, data, _ = load_trained(run_dir)
     budget = int(options.get("batches", 4))
     batches = []

@@ -30,11 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import corruptions as _corruptions
-from . import gradstats as _gradstats
-from . import hessian as _hessian
-from . import landscape as _landscape
-from . import plots as _plots
+from .. import __version__
+from ..analysis import corruptions as _corruptions
+from ..analysis import gradstats as _gradstats
+from ..analysis import hessian as _hessian
+from ..analysis import landscape as _landscape
+from ..analysis import plots as _plots
+from ..data import normalize
+from ..fileio import atomic_write_json
+from ..progress import Progress
+from ..train import load_trained, resolve_device
 
 __all__ = [
     "add_analysis_commands",
@@ -81,9 +86,6 @@ def load_run(
     a directory that is not a run, and an unfinished run (``checkpoint="checkpoint.pt"`` analyses
     its last completed epoch instead). ``run`` may also be a ``.pt`` file written by ``flatlab train``.
     ``data_root`` points at the dataset where it lives now, if not where the run was trained."""
-    from ..train import load_trained
-    from ..train.run import _device
-
     path = Path(run)
     if not path.exists():
         raise FileNotFoundError(f"no such run directory: {path}")
@@ -97,7 +99,7 @@ def load_run(
                     "or analyse its last completed epoch with --checkpoint checkpoint.pt"
                 )
             raise ValueError(f"run {path} has no {checkpoint} (has it trained for an epoch yet?)")
-    device = _device(str(device))
+    device = resolve_device(device)
     overrides = {"data_root": str(data_root)} if data_root else None
     model, data, config = load_trained(path, device, checkpoint, overrides=overrides)
     label = path.name if path.is_dir() else path.parent.name
@@ -131,8 +133,6 @@ def select_batches(
     if batches is not None:
         _check_positive("batches", batches)
     _check_positive("batch_size", batch_size)
-    from ..data import normalize
-
     data = run.data
     if data.arrays is None:
         if raw:
@@ -230,9 +230,6 @@ def write_result(
     figures: Sequence[Path] = (),
 ) -> dict:
     """Write one analysis result as JSON, atomically, and return what was written."""
-    from .. import __version__
-    from ..fileio import atomic_write_json
-
     record = {
         "analysis": analysis,
         "run": str(run.path) if run is not None else None,
@@ -263,8 +260,6 @@ def _no_progress(_desc: str) -> Iterator[None]:
 def progress_bars(enabled: bool | None = None) -> ProgressFactory:
     """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`
     (on a terminal only, unless ``enabled``)."""
-    from ..progress import Progress
-
     @contextlib.contextmanager
     def factory(desc: str) -> Iterator[Callable[[int, int], None]]:
         bar = Progress(0, desc, enabled=enabled)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.analysis.commands import load_run, output_dirs, select_batches
 from flatlab.cli import main
+from flatlab.cli.analysis import load_run, output_dirs, select_batches
 from flatlab.train import TrainConfig, evaluate, train
 
 
