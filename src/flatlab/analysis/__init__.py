@@ -9,6 +9,7 @@ matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
 from ..models.flops import FlopCount, forward_flops, training_flops, training_step_flops
+from ._common import Evaluation, evaluate
 from .corruptions import CIFAR10C_PARAMS, corrupt, evaluate_corruptions, jpeg_compress, list_corruptions
 from .gradstats import (
     RelativeGradientDifference,
@@ -70,6 +71,8 @@ __all__ = [
     "CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions",
     # flops
     "FlopCount", "forward_flops", "training_step_flops", "training_flops",
+    # evaluation (shared with training)
+    "Evaluation", "evaluate",
     # plots
     "plot_curves_1d", "plot_surface_2d", "plot_eigen_density", "plot_relative_gradient_histogram",
     "plot_corruption_table",
