@@ -1,15 +1,16 @@
-"""Atomic file writes shared by the data cache and training checkpoints."""
+"""Atomic file writes shared by the data cache, training checkpoints, run files and analysis results."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
 
 
 @contextlib.contextmanager
@@ -40,3 +41,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        f.write(text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` as indented JSON with a final newline, through :func:`atomic_write`."""
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")

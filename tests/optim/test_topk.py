@@ -66,3 +66,11 @@ def test_drop_grow_per_tensor_keeps_each_count():
     grow = [torch.tensor([0.0, 0.0, 0.3, 0.9]), torch.tensor([0.0, 0.5, 0.6])]
     a, b = drop_grow_per_tensor(masks, drop, grow, [1, 1])
     assert a.tolist() == [False, True, False, True] and b.tolist() == [False, False, True]
+
+
+def test_docstring_examples():
+    import doctest
+
+    import flatlab.optim.topk
+
+    assert doctest.testmod(flatlab.optim.topk, extraglobs={"torch": torch}, verbose=False).failed == 0

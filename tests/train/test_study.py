@@ -124,7 +124,7 @@ def test_table_pairs_seeds_against_sgd_and_one_seed_shows_no_spread(tmp_path):
     assert math.isnan(sgd["test_top1_std"])  # one seed: no spread, not a spread of zero
     assert s2sam["vs_sgd_paired_mean"] == pytest.approx(s2sam["test_top1_mean"] - sgd["test_top1_mean"])
     text = (study.out / "results.md").read_text()
-    assert "(reference)" in text and "±" not in text
+    assert "(reference)" in text and "±" not in text and "(n=1)" in text
     json.loads((study.out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     # with two seeds the paired difference is per seed, then averaged
     rows = [{"method": "sgd", "changes": {"optimizer": "sgd"}, "is_reference": True,

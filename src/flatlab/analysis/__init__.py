@@ -1,5 +1,6 @@
 """Analysis tools for sharpness-aware training: curvature, landscapes, gradient statistics,
-corruption robustness and FLOPs, following the SSAM, ESAM and S2-SAM papers' figures.
+corruption robustness and FLOPs (re-exported from :mod:`flatlab.models.flops`), following the SSAM,
+ESAM and S2-SAM papers' figures.
 
 Every function takes the model, the data (an iterable of ``(inputs, targets)`` batches, read once)
 and the loss (``loss_fn(outputs, targets) -> scalar``, default cross-entropy) explicitly, and leaves
@@ -7,8 +8,9 @@ the model's parameters, buffers and train/eval mode as it found them. The plot w
 matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
 """
 
+from ..models.flops import FlopCount, forward_flops, training_flops, training_step_flops
+from ._common import Evaluation, evaluate
 from .corruptions import CIFAR10C_PARAMS, corrupt, evaluate_corruptions, jpeg_compress, list_corruptions
-from .flops import FlopCount, forward_flops, training_flops, training_step_flops
 from .gradstats import (
     RelativeGradientDifference,
     SDSStatistics,
@@ -69,6 +71,8 @@ __all__ = [
     "CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions",
     # flops
     "FlopCount", "forward_flops", "training_step_flops", "training_flops",
+    # evaluation (shared with training)
+    "Evaluation", "evaluate",
     # plots
     "plot_curves_1d", "plot_surface_2d", "plot_eigen_density", "plot_relative_gradient_histogram",
     "plot_corruption_table",

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import Batch
 from ..optim.functional import global_norm as _global_norm
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-Batch = tuple[Tensor, Tensor]
 # ``progress(done, total)``: called after each unit of work of a long loop (a grid point, a Lanczos
 # step, a Hutchinson sample, a batch), e.g. to drive a progress bar; ``None`` reports nothing.
 ProgressFn = Callable[[int, int], None]
@@ -96,26 +97,51 @@ def grads_or_zeros(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> li
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
 
 
-def correct_count(outputs: Tensor, targets: Tensor) -> float:
-    """Top-1 hits when the outputs look like class scores for integer labels, else NaN."""
-    if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
-        return float((outputs.argmax(dim=1) == targets).sum())
-    return float("nan")
+class Evaluation(NamedTuple):
+    loss: float  # sample-weighted mean of the (mean-reduced) loss over the batches
+    top1: float  # top-1 accuracy; NaN unless the outputs are class scores for integer labels
+    topk: float  # top-k accuracy, k = min(k, number of classes); NaN likewise
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn) -> tuple[float, float]:
-    """Sample-weighted mean loss and top-1 accuracy over ``batches`` (the model's mode is the caller's)."""
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    loss_fn: LossFn | None = None,
+    *,
+    k: int = 5,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> Evaluation:
+    """Sample-weighted mean loss, top-1 and top-``k`` accuracy over ``batches``, read once.
+
+    The model's mode is the caller's; batches are moved to the model's device; ``autocast`` (a
+    context-manager factory, e.g. mixed precision) wraps each forward. The sums stay on the device in
+    float64, so there is one host synchronisation at the end, not one per batch. Training's
+    ``flatlab.train.evaluate`` is this function in eval mode with cross-entropy.
+    """
+    loss_fn = resolve_loss(loss_fn)
     device = model_device(model)
-    total_loss, total_correct, total = 0.0, 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    hits1 = torch.zeros((), dtype=torch.int64, device=device)
+    hitsk = torch.zeros((), dtype=torch.int64, device=device)
+    total, classified = 0, True
     for batch in batches:
         x, y = to_device(batch, device)
-        out = model(x)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out = model(x)
         n = batch_size(batch)
-        total_loss += float(loss_fn(out, y)) * n
-        total_correct += correct_count(out, y)
+        total_loss += loss_fn(out, y).double() * n
+        if out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+            hits1 += (out.argmax(dim=1) == y).sum()
+            hitsk += (out.topk(min(k, out.shape[1]), dim=1).indices == y[:, None]).any(1).sum()
+        else:
+            classified = False
         total += n
-    return total_loss / total, total_correct / total
+    if total == 0:
+        raise ValueError("batches is empty")
+    nan = float("nan")
+    return Evaluation(float(total_loss) / total, float(hits1) / total if classified else nan,
+                      float(hitsk) / total if classified else nan)
 
 
 def mean_gradient(

@@ -287,7 +287,7 @@ def _surface(
             for a, d in zip(point, directions):
                 if a != 0.0:
                     torch._foreach_add_(params, d, alpha=float(a))
-            loss, acc = evaluate(model, batches, loss_fn)
+            loss, acc, _ = evaluate(model, batches, loss_fn, k=1)
             losses.append(loss)
             accs.append(acc)
             report(progress, i + 1, len(coords))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .gradstats import RelativeGradientDifference
+
 __all__ = [
     "plot_curves_1d",
     "plot_surface_2d",
@@ -187,8 +189,6 @@ def plot_relative_gradient_histogram(
         rgd = relative_gradient_difference(model, batches, rho=0.1)
         plot_relative_gradient_histogram({"ResNet-18": rgd}, "runs/grad_diff.png")
     """
-    from .gradstats import RelativeGradientDifference
-
     if not runs:
         raise ValueError("runs is empty")
     fig = _figure(5.5, 3.6)

@@ -23,13 +23,14 @@ from .embedded import load_digits, stratified_split
 from .errors import DatasetFormatError
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .imagefolder import ImageFolderDataset, load_image_folder
-from .loader import BatchLoader
+from .loader import Batch, BatchLoader
 from .registry import DEFAULT_DATASET, list_datasets, load_dataset, register_dataset, unregister_dataset
 from .transforms import random_resized_crop, resize_center_crop
 
 __all__ = [
     "DEFAULT_DATASET",
     "AugmentDraws",
+    "Batch",
     "BatchLoader",
     "DatasetFormatError",
     "ImageArrays",

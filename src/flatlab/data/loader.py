@@ -9,6 +9,10 @@ import torch
 
 from .augment import PAD_MODES, AugmentDraws, crop, cutout, draw_augment, hflip, normalize
 
+#: One batch, ``(inputs, targets)``: what ``BatchLoader`` yields and what sparse-training criteria and
+#: the analyses read.
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 def _seeded(*words: int) -> torch.Generator:
     # SeedSequence mixes (seed, epoch, stream) into a well-spread 64-bit seed; `seed * K + epoch`
@@ -198,7 +202,7 @@ class BatchLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=memory_format)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         # Not a generator function itself: the epoch is claimed when iter() is called, not at the
         # first next(), so set_epoch() between the two cannot be silently half-applied.
         epoch = self.epoch

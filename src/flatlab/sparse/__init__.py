@@ -2,7 +2,7 @@
 magnitude, SNIP, GraSP) or moved during training (SET, RigL), enforced through every optimizer of
 the SAM family; layer-wise budgets (uniform, ERK); FLOPs relative to dense SGD.
 
-The mask arithmetic in ``topk`` is shared with SSAM's perturbation masks.
+The mask arithmetic (``flatlab.optim.topk``) is shared with SSAM's perturbation masks and re-exported here.
 
 Example::
 

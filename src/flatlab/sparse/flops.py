@@ -3,7 +3,7 @@ counted the way the sparse-training papers (RigL, S2-SAM) and SSAM's FLOPs colum
 
 Per layer: the forward costs its dense forward FLOPs x its density; the backward costs twice the
 forward, one product for the input gradient and one for the weight gradient (the convention of
-:func:`flatlab.analysis.training_flops`, which does the counting). A step costs the passes its
+:func:`flatlab.models.training_flops`, which does the counting). A step costs the passes its
 optimizer declares (:func:`flatlab.optim.step_passes`), e.g.:
 
 - SGD, AdamW, S2-SAM: one forward-backward pass (S2-SAM reuses the previous gradient);
@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from ..errors import check_number
+from ..models.flops import forward_flops, training_flops
 from ..optim.cost import Pass
 from .masking import WeightMasking
 
@@ -56,9 +57,6 @@ def step_flops(
         60.0
     """
     check_number("dense_gradient_fraction", dense_gradient_fraction, low=0.0, high=1.0)
-    # Imported here: flatlab.optim imports this package (for topk), and analysis may come to
-    # import flatlab.optim; a module-level import would then be circular.
-    from ..analysis.flops import training_flops
 
     def cost(rate: float, backward_factor: float = 2.0, dense: bool = False) -> float:
         return training_flops(per_layer, None if dense else densities, rate, backward_factor=backward_factor)
@@ -101,8 +99,6 @@ def masking_flops(
 
         masking_flops(masking, (3, 32, 32), passes=step_passes(opt))   # e.g. 0.1 for 90% S2-SAM
     """
-    from ..analysis.flops import forward_flops
-
     model = masking.model if model is None else model
     per_layer = forward_flops(model, input_shape).per_layer
     density_of = masking.densities()

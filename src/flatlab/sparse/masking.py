@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import Batch
 from ..optim.topk import drop_grow_per_tensor, random_mask, random_mask_per_tensor, topk_mask, topk_mask_per_tensor
 from .allocation import DISTRIBUTIONS, layer_counts
 from .prunable import prunable_parameters
@@ -31,7 +32,6 @@ __all__ = ["WeightMasking", "STATIC_METHODS", "DYNAMIC_METHODS"]
 STATIC_METHODS = ("random", "magnitude", "snip", "grasp")
 DYNAMIC_METHODS = ("set", "rigl")
 
-Batch = tuple[Tensor, Tensor]
 
 
 class WeightMasking:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..analysis.flops import LAYER_TYPES
+from ..models.flops import LAYER_TYPES
 
 __all__ = ["PRUNABLE_TYPES", "prunable_parameters"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -10,18 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
+# atomic_write_text/json are re-exported for existing callers; they live in flatlab.fileio
+from ..fileio import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as f:
-        f.write(text.encode())
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_runs", "format_table", "plot_runs", "load_run"]
+__all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table"]
 
 _IGNORED = {"seed", "name", "out", "progress", "threads"}  # do not define the experiment
 
@@ -35,11 +35,36 @@ def _label(config: dict[str, Any], varying: list[str]) -> str:
     return " ".join(f"{k}={config[k]}" for k in varying)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the values that are not NaN.
+
+    The standard deviation of a single value is NaN, not 0: the spread of one sample (one seed) is
+    undefined, and 0 would claim a perfectly reproducible result. Tables then show ``n=1`` (see
+    :func:`format_mean_std`). No values at all give ``(nan, nan)``.
+    """
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def format_mean_std(mean: float, std: float, fmt: str = ".2f", std_fmt: str | None = None) -> str:
+    """``mean ± std``; ``mean (n=1)`` where the std is undefined (one value, see :func:`mean_std`)."""
+    text = format(mean, fmt)
+    if math.isnan(mean):
+        return text
+    return f"{text} (n=1)" if math.isnan(std) else f"{text} ± {format(std, std_fmt or fmt.lstrip('+'))}"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    """A Markdown table, one line per row. ``align``: ``l`` or ``r`` per column (default: the first
+    column left, the others right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or any(len(r) != len(headers) for r in rows):
+        raise ValueError("markdown_table: every row and align need one entry per header")
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
@@ -54,10 +79,10 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     sgd_speed = None
     rows = []
     for key, members in zip(keys, groups.values()):
-        top1 = _mean_std([r["summary"]["final_test_top1"] for r in members])
-        best = _mean_std([r["summary"]["best_test_top1"] for r in members])
-        speed = _mean_std([r["summary"]["images_per_s"] for r in members])
-        wall = _mean_std([r["summary"]["wall_time_s"] for r in members])
+        top1 = mean_std([r["summary"]["final_test_top1"] for r in members])
+        best = mean_std([r["summary"]["best_test_top1"] for r in members])
+        speed = mean_std([r["summary"]["images_per_s"] for r in members])
+        wall = mean_std([r["summary"]["wall_time_s"] for r in members])
         row = {
             "label": _label(key, varying),
             "optimizer": key["optimizer"],
@@ -77,15 +102,13 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = "| run | seeds | test top-1 (%) | best top-1 (%) | images/s | x SGD speed | wall (s) |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['label']} | {len(r['seeds'])} | {100 * r['test_top1_mean']:.2f} ± {100 * r['test_top1_std']:.2f} "
-            f"| {100 * r['best_top1_mean']:.2f} ± {100 * r['best_top1_std']:.2f} | {r['images_per_s']:.0f} "
-            f"| {r['speed_vs_sgd']:.2f} | {r['wall_time_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    """The rows of :func:`compare_runs` as a Markdown table (one seed: ``n=1`` instead of a spread)."""
+    headers = ["run", "seeds", "test top-1 (%)", "best top-1 (%)", "images/s", "x SGD speed", "wall (s)"]
+    cells = [[r["label"], len(r["seeds"]),
+              format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]),
+              format_mean_std(100 * r["best_top1_mean"], 100 * r["best_top1_std"]),
+              f"{r['images_per_s']:.0f}", f"{r['speed_vs_sgd']:.2f}", f"{r['wall_time_s']:.0f}"] for r in rows]
+    return markdown_table(headers, cells)
 
 
 def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> Path:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..analysis import evaluate as evaluate_batches
 from ..optim import SharpnessAware, per_sample
-from .progress import Progress
+from ..progress import Progress
 
 __all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged"]
 
@@ -148,24 +149,17 @@ def train_one_epoch(
     return EpochStats(float(total_loss) / images, float(correct) / images, images, seconds)
 
 
-@torch.no_grad()
+def _float_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(outputs.float(), targets)
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy (top-k with k = min(5, classes)) on ``loader``."""
+    """Mean cross-entropy, top-1 and top-5 accuracy (top-k with k = min(5, classes)) on ``loader``:
+    :func:`flatlab.analysis.evaluate` in eval mode, under ``amp``, with the loss in float32."""
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    top1 = torch.zeros((), dtype=torch.int64, device=device)
-    top5 = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
-    for x, y in loader:
-        with _autocast(device, amp):
-            out = model(x)
-        out = out.float()
-        loss += F.cross_entropy(out, y, reduction="sum").double()
-        k = min(5, out.shape[1])
-        topk = out.topk(k, dim=1).indices
-        top1 += (topk[:, 0] == y).sum()
-        top5 += (topk == y[:, None]).any(1).sum()
-        n += y.shape[0]
-    model.train(was_training)
-    return {"test_loss": float(loss) / n, "test_top1": float(top1) / n, "test_top5": float(top5) / n}
+    try:
+        result = evaluate_batches(model, loader, _float_cross_entropy, k=5, autocast=lambda: _autocast(device, amp))
+    finally:
+        model.train(was_training)
+    return {"test_loss": result.loss, "test_top1": result.top1, "test_top5": result.topk}

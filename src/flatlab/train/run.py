@@ -26,16 +26,21 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models import count_parameters, create_model
 from ..optim import SharpnessAware, base_of, base_options, create_optimizer, is_base_optimizer, step_passes
-from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..sparse import create_masking, masking_flops
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_data
 from .distributed import Distributed, setup_distributed
 from .loop import StepRunner, TrainingDiverged, evaluate, train_one_epoch
 from .schedule import create_scheduler
 
-__all__ = ["train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer"]
+__all__ = [
+    "train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer",
+    "resolve_device",
+]  # fmt: skip
 
 
 @dataclass
@@ -44,7 +49,10 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; any other torch device name as is, with a readable
+    error when it names CUDA on a machine without it."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -184,8 +192,6 @@ class _Run:
     def _build_masking(self):
         if self.config.sparse is None:
             return None
-        from ..sparse import create_masking
-
         c = self.config
         masking = create_masking(
             c.sparse, self.raw_model, c.sparsity, distribution=c.sparse_distribution,
@@ -266,7 +272,7 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
     """Runs (or resumes) one training run and returns its directory and summary."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     dist = setup_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -393,8 +399,6 @@ def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
         "model": run.config.resolved_model(),
     }
     if run.masking is not None:
-        from ..sparse import masking_flops
-
         summary["sparsity"] = run.masking.report()
         shape = (run.data.in_channels, *run.data.image_size)
         summary["training_flops_vs_dense_sgd"] = masking_flops(run.masking, shape, passes=step_passes(run.optimizer))

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from .checkpoint import atomic_write_json, atomic_write_text
-from .compare import load_run, plot_runs
+from ..analysis import top_eigenvalues
+from ..fileio import atomic_write_json, atomic_write_text
+from .compare import format_mean_std, load_run, markdown_table, mean_std, plot_runs
 from .config import TrainConfig, load_config_file
 from .run import check_optimizer, load_trained, resume, train
 
@@ -127,8 +127,6 @@ def _top_eigenvalue(run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
         cached = json.loads(cache.read_text())
         if cached.get("options") == options:
             return cached
-    from ..analysis import top_eigenvalues
-
     model, data, _ = load_trained(run_dir)
     budget = int(options.get("batches", 4))
     batches = []
@@ -144,13 +142,6 @@ def _top_eigenvalue(run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
 def _nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -159,12 +150,6 @@ def _nan_to_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
     return value
-
-
-def _pm(mean: float, std: float, fmt: str = ".2f", std_fmt: str | None = None) -> str:
-    """``mean ± std``, or the mean alone where one seed gives no spread."""
-    text = format(mean, fmt)
-    return text if math.isnan(std) else f"{text} ± {format(std, std_fmt or fmt.lstrip('+'))}"
 
 
 def _run_one(study: Study, method: str, seed: int, log=print, progress: bool | None = None) -> None:
@@ -224,9 +209,9 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
     rows = []
     for method in study.methods:
         runs = [load_run(study.run_dir(method, s)) for s in study.seeds]
-        top1 = _mean_std([r["summary"]["final_test_top1"] for r in runs])
-        speed = _mean_std([r["summary"]["images_per_s"] for r in runs])
-        wall = _mean_std([r["summary"]["wall_time_s"] for r in runs])
+        top1 = mean_std([r["summary"]["final_test_top1"] for r in runs])
+        speed = mean_std([r["summary"]["images_per_s"] for r in runs])
+        wall = mean_std([r["summary"]["wall_time_s"] for r in runs])
         row: dict[str, Any] = {
             "method": method,
             "changes": study.methods[method],
@@ -237,11 +222,11 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
             "images_per_s": speed[0],
             "images_per_s_std": speed[1],
             "wall_time_s_mean": wall[0],
-            "train_loss_mean": _mean_std([r["summary"]["final_train_loss"] for r in runs])[0],
+            "train_loss_mean": mean_std([r["summary"]["final_train_loss"] for r in runs])[0],
         }
         if study.hessian:
             eig = [_top_eigenvalue(study.run_dir(method, s), dict(study.hessian)) for s in study.seeds]
-            row["lambda1_mean"], row["lambda1_std"] = _mean_std([e["lambda1"] for e in eig])
+            row["lambda1_mean"], row["lambda1_std"] = mean_std([e["lambda1"] for e in eig])
         rows.append(row)
     # the reference: the first method that trains with the base optimizer alone
     sgd = next((r for r in rows if r["changes"].get("optimizer") == "sgd"), None)
@@ -251,7 +236,7 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
         # a seed fixes the initialisation, the data order and the training subset for every method, so
         # the per-seed difference to SGD is far less noisy than the two means apart
         diffs = [a - b for a, b in zip(row["test_top1_per_seed"], sgd["test_top1_per_seed"])] if sgd else []
-        row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = _mean_std(diffs)
+        row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = mean_std(diffs)
     result = {
         "study": study.name,
         "source": study.source,
@@ -323,21 +308,20 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def format_study(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: accuracy (mean ± std and per seed), final training loss, cost, flatness."""
     has_eig = any("lambda1_mean" in r for r in rows)
-    head = ("| method | test top-1 (%) | per seed | vs SGD, paired (points) | final train loss | images/s "
-            "| x SGD speed | wall time (s) |" + (" lambda1 |" if has_eig else ""))
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if has_eig else "")]
+    headers = ["method", "test top-1 (%)", "per seed", "vs SGD, paired (points)", "final train loss", "images/s",
+               "x SGD speed", "wall time (s)"] + (["lambda1"] if has_eig else [])
+    cells = []
     for r in rows:
         seeds = ", ".join(f"{100 * a:.2f}" for a in r["test_top1_per_seed"])
         if r.get("is_reference"):
             paired = "(reference)"
         else:
             diff, spread = r.get("vs_sgd_paired_mean", math.nan), r.get("vs_sgd_paired_std", math.nan)
-            paired = _pm(100 * diff, 100 * spread, "+.2f")
-        line = (f"| {r['method']} | {_pm(100 * r['test_top1_mean'], 100 * r['test_top1_std'])} | {seeds} | "
-                f"{paired} | "
-                f"{r.get('train_loss_mean', math.nan):.3g} | "
-                f"{r['images_per_s']:.0f} | {r['speed_vs_sgd']:.2f} | {r['wall_time_s_mean']:.0f} |")
+            paired = format_mean_std(100 * diff, 100 * spread, "+.2f")
+        line = [r["method"], format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]), seeds, paired,
+                f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}", f"{r['speed_vs_sgd']:.2f}",
+                f"{r['wall_time_s_mean']:.0f}"]
         if has_eig:
-            line += f" {_pm(r.get('lambda1_mean', math.nan), r.get('lambda1_std', math.nan), '.3g', '.2g')} |"
-        lines.append(line)
-    return "\n".join(lines)
+            line.append(format_mean_std(r.get("lambda1_mean", math.nan), r.get("lambda1_std", math.nan), ".3g", ".2g"))
+        cells.append(line)
+    return markdown_table(headers, cells, "lrlrrrrr" + ("r" if has_eig else ""))

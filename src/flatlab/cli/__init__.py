@@ -11,6 +11,15 @@ import types
 import typing
 from pathlib import Path
 
+from ..data import list_datasets
+from ..models import list_models
+from ..optim import list_optimizers
+from ..sparse import list_sparse_methods
+from ..train import TrainConfig, load_config_file, resume, train
+from ..train.compare import compare_runs, format_table, plot_runs
+from ..train.study import load_study, run_study
+from .analysis import add_analysis_commands
+
 __all__ = ["main", "build_parser"]
 
 _HELP = {
@@ -43,8 +52,6 @@ def _base_type(annotation):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from .train.config import TrainConfig
-
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -87,16 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
-    from .analysis.commands import add_analysis_commands
-
     add_analysis_commands(sub)
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, load_config_file, resume, train
-    from .train.compare import compare_runs, format_table
-
     explicit = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     if args.resume is not None:
         if explicit or args.config:
@@ -118,10 +120,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import json
-
-    from .train.compare import compare_runs, format_table, plot_runs
-
     table = compare_runs(args.runs)
     print(format_table(table))
     if args.json:
@@ -133,26 +131,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .train.study import load_study, run_study
-
     run_study(load_study(args.file), progress=args.progress, jobs=args.jobs)
     return 0
 
 
 def _list(_: argparse.Namespace) -> int:
-    from .data import list_datasets
-    from .models import list_models
-    from .optim import list_optimizers
-
     print("optimizers:", ", ".join(list_optimizers()))
     print("models:    ", ", ".join(list_models()))
     print("datasets:  ", ", ".join(list_datasets()))
-    try:
-        from .sparse import list_sparse_methods
-
-        print("sparse:    ", ", ".join(list_sparse_methods()))
-    except ImportError:
-        pass
+    print("sparse:    ", ", ".join(list_sparse_methods()))
     return 0
 
 

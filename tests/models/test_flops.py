@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from flatlab.analysis import forward_flops, training_flops, training_step_flops
+import flatlab.analysis
+import flatlab.models.flops
+from flatlab.models import forward_flops, training_flops, training_step_flops
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,8 @@ def test_training_step_flops_sam_doubles_sgd():
     sgd = training_step_flops(model, (3, 8, 8))
     assert sgd == 3 * forward_flops(model, (3, 8, 8)).total
     assert training_step_flops(model, (3, 8, 8), passes=2) == 2 * sgd
+
+
+def test_flatlab_analysis_re_exports_the_flop_counters():
+    for name in flatlab.models.flops.__all__:
+        assert getattr(flatlab.analysis, name) is getattr(flatlab.models.flops, name)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.analysis.commands import load_run, output_dirs, select_batches
 from flatlab.cli import main
+from flatlab.cli.analysis import open_run, output_dirs, select_batches
 from flatlab.train import TrainConfig, evaluate, train
 
 
@@ -51,7 +51,7 @@ def test_landscape_1d_two_runs_on_one_figure_centre_is_the_test_loss(runs, capsy
         assert res["alphas"] == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
         assert len(res["loss"]) == len(res["accuracy"]) == 5
         # independent: flatlab.train.evaluate on the same batches
-        run = load_run(runs[name])
+        run = open_run(runs[name])
         expected = evaluate(run.model, select_batches(run, 2, 64), run.device)
         assert res["center_loss"] == pytest.approx(expected["test_loss"], rel=1e-5)
         assert res["center_accuracy"] == pytest.approx(expected["test_top1"])
@@ -68,7 +68,7 @@ def test_landscape_directions_and_dims(runs, tmp_path, directions, dims):
     res = record["results"]
     shape = (3,) if dims == 1 else (3, 3)
     assert torch.tensor(res["loss"]).shape == shape
-    run = load_run(runs["sam"])
+    run = open_run(runs["sam"])
     expected = evaluate(run.model, select_batches(run, 1, 128), run.device)["test_loss"]
     assert res["center_loss"] == pytest.approx(expected, rel=1e-5)
     assert res["directions_averaged"] == (2 if directions == "gaussian" else 1)
@@ -92,7 +92,7 @@ def test_hessian_eigenvalues_trace_and_density(runs, tmp_path, capsys):
         assert record["time_s"] == pytest.approx(sum(record["time_s_parts"].values()))
         # independent: the Rayleigh quotient of a random vector lies below lambda1 and the density
         # integrates to one
-        run = load_run(runs[name])
+        run = open_run(runs[name])
         batch = select_batches(run, 1, 128)
         params = [p for p in run.model.parameters()]
         loss = torch.nn.functional.cross_entropy(run.model(batch[0][0]), batch[0][1])
@@ -111,7 +111,7 @@ def test_gradstats(runs, capsys):
     record = result(runs["sgd"] / "analysis" / "gradstats.json")
     res = record["results"]
     assert record["options"]["rho"] == 0.05 and record["options"]["gamma"] == 0.25
-    n_params = sum(p.numel() for p in load_run(runs["sgd"]).model.parameters())
+    n_params = sum(p.numel() for p in open_run(runs["sgd"]).model.parameters())
     rg = res["relative_gradient"]
     assert sum(rg["histogram_counts"]) == 2 * n_params  # every coordinate of both batches is binned
     assert 0.0 < rg["fraction_log_ratio_below_0"] < 1.0
@@ -143,7 +143,7 @@ def test_robustness_on_a_budget_matches_evaluate_on_the_same_subset(runs, tmp_pa
     assert cli("robustness", runs["sam"], "--corruptions", "jpeg", "--severities", 2, "--batches", 2,
                "--batch-size", 50, "--seed", 3, "--out", tmp_path) == 0
     res = result(tmp_path / "robustness.json")["results"]
-    run = load_run(runs["sam"])
+    run = open_run(runs["sam"])
     expected = evaluate(run.model, select_batches(run, 2, 50, seed=3), run.device)["test_top1"]
     assert res["clean_accuracy"] == pytest.approx(expected, abs=1e-12)
 
@@ -206,3 +206,18 @@ def test_progress_bar_draws_on_request(runs, capsys):
     assert cli("landscape", runs["sgd"], "--grid", 3, "--batches", 1, "--progress", "--out", runs["sgd"] / "p") == 0
     err = capsys.readouterr().err
     assert "sgd: landscape 1-D" in err and "3/3" in err
+
+
+def test_flag_defaults_are_the_library_defaults():
+    import inspect
+
+    from flatlab.cli import build_parser
+    from flatlab.cli.analysis import COMMANDS
+
+    parser = build_parser()
+    for command in COMMANDS:
+        args = parser.parse_args([command.name, "RUN"])
+        signature = inspect.signature(command.analyse).parameters
+        for name in ("batches", "batch_size", "split", "seed", "out", *(f for f, _, _ in command.flags)):
+            assert getattr(args, name) == signature[name].default, (command.name, name)
+        assert args.device == inspect.signature(open_run).parameters["device"].default

@@ -8,7 +8,7 @@ used, the seconds each part took and the flatlab version) and PNG figures into `
 With several runs, figures that compare them go into ``--out`` (default: the first run's
 ``analysis/`` folder).
 
-The glue is plain functions -- :func:`load_run`, :func:`select_batches`, :func:`output_dirs`,
+The glue is plain functions -- :func:`open_run`, :func:`select_batches`, :func:`output_dirs`,
 :func:`write_result` -- and one ``analyse_*`` function per command, so that everything the commands
 do can be called (and tested) without the command line. No analysis is computed here: this module
 only chooses the data, calls the library and writes what it returns.
@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,16 +31,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import corruptions as _corruptions
-from . import gradstats as _gradstats
-from . import hessian as _hessian
-from . import landscape as _landscape
-from . import plots as _plots
+from .. import __version__
+from ..analysis import corruptions as _corruptions
+from ..analysis import gradstats as _gradstats
+from ..analysis import hessian as _hessian
+from ..analysis import landscape as _landscape
+from ..analysis import plots as _plots
+from ..data import Batch, normalize
+from ..fileio import atomic_write_json
+from ..progress import Progress
+from ..train import load_trained, resolve_device
+from ..train.compare import markdown_table
 
 __all__ = [
     "add_analysis_commands",
     "LoadedRun",
-    "load_run",
+    "open_run",
     "select_batches",
     "output_dirs",
     "write_result",
@@ -49,7 +56,6 @@ __all__ = [
     "analyse_robustness",
 ]
 
-Batch = tuple[Tensor, Tensor]
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager]
 
 DIRECTIONS = ("random", "gaussian", "adversarial")
@@ -70,7 +76,7 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(
+def open_run(
     run: str | Path,
     device: str | torch.device = "cpu",
     *,
@@ -81,9 +87,6 @@ def load_run(
     a directory that is not a run, and an unfinished run (``checkpoint="checkpoint.pt"`` analyses
     its last completed epoch instead). ``run`` may also be a ``.pt`` file written by ``flatlab train``.
     ``data_root`` points at the dataset where it lives now, if not where the run was trained."""
-    from ..train import load_trained
-    from ..train.run import _device
-
     path = Path(run)
     if not path.exists():
         raise FileNotFoundError(f"no such run directory: {path}")
@@ -97,7 +100,7 @@ def load_run(
                     "or analyse its last completed epoch with --checkpoint checkpoint.pt"
                 )
             raise ValueError(f"run {path} has no {checkpoint} (has it trained for an epoch yet?)")
-    device = _device(str(device))
+    device = resolve_device(device)
     overrides = {"data_root": str(data_root)} if data_root else None
     model, data, config = load_trained(path, device, checkpoint, overrides=overrides)
     label = path.name if path.is_dir() else path.parent.name
@@ -131,8 +134,6 @@ def select_batches(
     if batches is not None:
         _check_positive("batches", batches)
     _check_positive("batch_size", batch_size)
-    from ..data import normalize
-
     data = run.data
     if data.arrays is None:
         if raw:
@@ -230,9 +231,6 @@ def write_result(
     figures: Sequence[Path] = (),
 ) -> dict:
     """Write one analysis result as JSON, atomically, and return what was written."""
-    from .. import __version__
-    from ..train.checkpoint import atomic_write_json
-
     record = {
         "analysis": analysis,
         "run": str(run.path) if run is not None else None,
@@ -261,10 +259,8 @@ def _no_progress(_desc: str) -> Iterator[None]:
 
 
 def progress_bars(enabled: bool | None = None) -> ProgressFactory:
-    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.train.progress.Progress`
+    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`
     (on a terminal only, unless ``enabled``)."""
-    from ..train.progress import Progress
-
     @contextlib.contextmanager
     def factory(desc: str) -> Iterator[Callable[[int, int], None]]:
         bar = Progress(0, desc, enabled=enabled)
@@ -301,12 +297,49 @@ class _Timer:
 def _loaded(runs: Sequence[str | Path | LoadedRun], load: dict) -> Iterator[LoadedRun]:
     """The runs, loaded one at a time, labelled uniquely (``sam``, ``sam-2``) for figures and tables."""
     for run, label in zip(runs, _unique_labels(_paths(runs))):
-        run = run if isinstance(run, LoadedRun) else load_run(run, **load)
+        run = run if isinstance(run, LoadedRun) else open_run(run, **load)
         yield dataclasses.replace(run, label=label)
 
 
 def _paths(runs: Sequence[str | Path | LoadedRun]) -> list[Path]:
     return [r.path if isinstance(r, LoadedRun) else Path(r) for r in runs]
+
+
+# what one analysis computes for one run: (file stem, options, results, figures), given the run, its
+# batches, its output folder and a timer to time the parts with
+Compute = Callable[[LoadedRun, list[Batch], Path, "_Timer"], tuple[str, dict, dict, list[Path]]]
+
+
+def _per_run(
+    analysis: str,
+    compute: Compute,
+    runs: Sequence[str | Path | LoadedRun],
+    *,
+    batches: int | None,
+    batch_size: int,
+    split: str,
+    seed: int,
+    out: str | Path | None,
+    load: dict | None,
+    raw: bool = False,
+) -> tuple[list[dict], Path]:
+    """The loop every analysis shares: load each run in turn, select its batches, ``compute``, write
+    ``<folder>/<stem>.json``. Returns the records written (each with its ``path``) and the folder
+    for the figures comparing the runs."""
+    per_run_dirs, shared = output_dirs(_paths(runs), out)
+    records = []
+    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
+        data = select_batches(run, batches, batch_size, split=split, seed=seed, raw=raw)
+        timer = _Timer()
+        stem, options, results, figures = compute(run, data, folder, timer)
+        options = {**options, "checkpoint": (load or {}).get("checkpoint", "model.pt")}
+        path = folder / f"{stem}.json"
+        record = write_result(path, analysis, run, options=options,
+                              data=_batches_info(data, split, batch_size, seed, batches),
+                              time_s=timer.total, time_parts=timer.parts, results=results, figures=figures)
+        record["path"] = str(path)
+        records.append(record)
+    return records, shared
 
 
 # -- landscape ------------------------------------------------------------------------------------
@@ -363,16 +396,12 @@ def analyse_landscape(
     if not (math.isfinite(span) and span > 0):
         raise ValueError(f"--span must be > 0, got {span!r}")
     options = dict(directions=directions, dims=dims, grid=grid, span=span,
-                   groups=groups if directions == "gaussian" else None, log=log,
-                   checkpoint=(load or {}).get("checkpoint", "model.pt"))
-    select_batches_args = dict(batch_size=batch_size, split=split, seed=seed)
-    per_run_dirs, shared = output_dirs(_paths(runs), out)
+                   groups=groups if directions == "gaussian" else None, log=log)
     axis = torch.linspace(-span, span, grid, dtype=torch.float64)
     stem = f"landscape_{directions}_{dims}d"
-    records, curves_loss, curves_acc = [], {}, {}
-    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
-        data = select_batches(run, batches, **select_batches_args)
-        timer = _Timer()
+    curves_loss, curves_acc = {}, {}
+
+    def compute(run: LoadedRun, data: list[Batch], folder: Path, timer: _Timer):
         with timer.part("directions"):
             dirs = _landscape_directions(run, data, directions, dims, groups, seed)
         with timer.part("surface"), progress(f"{run.label}: landscape {dims}-D") as bar:
@@ -414,10 +443,10 @@ def analyse_landscape(
             "directions_averaged": len(dirs),
             **results,
         }
-        info = _batches_info(data, split, batch_size, seed, batches)
-        records.append(write_result(folder / f"{stem}.json", "landscape", run, options=options, data=info,
-                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
-        records[-1]["path"] = str(folder / f"{stem}.json")
+        return stem, options, results, figures
+
+    records, shared = _per_run("landscape", compute, runs, batches=batches, batch_size=batch_size, split=split,
+                               seed=seed, out=out, load=load)
     if dims == 1 and len(records) > 1:
         _mark_compare(records, _plots.plot_curves_1d(curves_loss, shared / f"{stem}_compare.png",
                                                      xlabel=_axis_label(directions), logy=log,
@@ -462,13 +491,10 @@ def analyse_hessian(
         _check_positive("trace_samples", trace_samples, 2)
     _check_positive("density", density, 0)
     _check_positive("density_iters", density_iters, 2)
-    options = dict(k=k, iters=iters, trace_samples=trace_samples, density=density, density_iters=density_iters,
-                   checkpoint=(load or {}).get("checkpoint", "model.pt"))
-    per_run_dirs, shared = output_dirs(_paths(runs), out)
-    records, densities, tops = [], {}, {}
-    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
-        data = select_batches(run, batches, batch_size, split=split, seed=seed)
-        timer = _Timer()
+    options = dict(k=k, iters=iters, trace_samples=trace_samples, density=density, density_iters=density_iters)
+    densities, tops = {}, {}
+
+    def compute(run: LoadedRun, data: list[Batch], folder: Path, timer: _Timer):
         with timer.part("eigenvalues"), progress(f"{run.label}: Lanczos top-{k}") as bar:
             eig = _hessian.top_eigenvalues(run.model, data, k=k, iters=iters, seed=seed, progress=bar)
         evals = [float(v) for v in eig.eigenvalues]
@@ -495,10 +521,10 @@ def analyse_hessian(
             figures.append(_plots.plot_eigen_density({run.label: (sd.grid, sd.density)}, folder / "hessian_density.png",
                                                      eigenvalues={run.label: evals},
                                                      title=f"{run.label}: Hessian eigenvalue density"))
-        info = _batches_info(data, split, batch_size, seed, batches)
-        records.append(write_result(folder / "hessian.json", "hessian", run, options=options, data=info,
-                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
-        records[-1]["path"] = str(folder / "hessian.json")
+        return "hessian", options, results, figures
+
+    records, shared = _per_run("hessian", compute, runs, batches=batches, batch_size=batch_size, split=split,
+                               seed=seed, out=out, load=load)
     if len(densities) > 1:
         _mark_compare(records, _plots.plot_eigen_density(densities, shared / "hessian_density_compare.png",
                                                          eigenvalues=tops, title="Hessian eigenvalue density"))
@@ -532,13 +558,11 @@ def analyse_gradstats(
         raise ValueError(f"--gamma must be in (0, 1), got {gamma!r}")
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"--beta must be in (0, 1], got {beta!r}")
-    per_run_dirs, shared = output_dirs(_paths(runs), out)
-    records, hists = [], {}
-    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
-        data = select_batches(run, batches, batch_size, split=split, seed=seed)
+    hists = {}
+
+    def compute(run: LoadedRun, data: list[Batch], folder: Path, timer: _Timer):
         run_rho = rho if rho is not None else (run.config.rho if run.config.rho is not None else 0.05)
-        options = dict(rho=run_rho, gamma=gamma, beta=beta, checkpoint=(load or {}).get("checkpoint", "model.pt"))
-        timer = _Timer()
+        options = dict(rho=run_rho, gamma=gamma, beta=beta)
         with timer.part("relative_gradient"), progress(f"{run.label}: SAM vs SGD gradients") as bar:
             rgd = _gradstats.relative_gradient_difference(run.model, data, rho=run_rho, seed=seed, progress=bar)
         with timer.part("sds"), progress(f"{run.label}: SDS B+/B-") as bar:
@@ -563,10 +587,10 @@ def analyse_gradstats(
         hists[run.label] = rgd
         figures = [_plots.plot_relative_gradient_histogram({run.label: rgd}, folder / "gradstats_relative_gradient.png",
                                                            title=f"{run.label}: SAM vs SGD gradient (rho {run_rho:g})")]
-        info = _batches_info(data, split, batch_size, seed, batches)
-        records.append(write_result(folder / "gradstats.json", "gradstats", run, options=options, data=info,
-                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
-        records[-1]["path"] = str(folder / "gradstats.json")
+        return "gradstats", options, results, figures
+
+    records, shared = _per_run("gradstats", compute, runs, batches=batches, batch_size=batch_size, split=split,
+                               seed=seed, out=out, load=load)
     if len(hists) > 1:
         _mark_compare(records, _plots.plot_relative_gradient_histogram(
             hists, shared / "gradstats_relative_gradient_compare.png", title="SAM vs SGD relative gradient difference"
@@ -625,12 +649,10 @@ def analyse_robustness(
     ``robustness.json`` and ``robustness.png`` per run (and a comparison bar chart)."""
     names = _parse_corruptions(corruptions)
     sevs = _parse_severities(severities)
-    options = dict(corruptions=names, severities=sevs, checkpoint=(load or {}).get("checkpoint", "model.pt"))
-    per_run_dirs, shared = output_dirs(_paths(runs), out)
-    records, bars = [], {}
-    for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
-        data = select_batches(run, batches, batch_size, split=split, seed=seed, raw=True)
-        timer = _Timer()
+    options = dict(corruptions=names, severities=sevs)
+    bars = {}
+
+    def compute(run: LoadedRun, data: list[Batch], folder: Path, timer: _Timer):
         with timer.part("corruptions"), progress(f"{run.label}: corrupted test sets") as bar:
             table = _corruptions.evaluate_corruptions(run.model, data, names, sevs, seed=seed,
                                                       transform=_normalizer(run), progress=bar)
@@ -651,10 +673,10 @@ def analyse_robustness(
         figures = [_plots.plot_corruption_table({run.label: bars[run.label]}, folder / "robustness.png",
                                                 ylabel=f"accuracy (mean over severities {','.join(map(str, sevs))})",
                                                 title=f"{run.label}: corrupted {split} set")]
-        info = _batches_info(data, split, batch_size, seed, batches)
-        records.append(write_result(folder / "robustness.json", "robustness", run, options=options, data=info,
-                                    time_s=timer.total, time_parts=timer.parts, results=results, figures=figures))
-        records[-1]["path"] = str(folder / "robustness.json")
+        return "robustness", options, results, figures
+
+    records, shared = _per_run("robustness", compute, runs, batches=batches, batch_size=batch_size, split=split,
+                               seed=seed, out=out, load=load, raw=True)
     if len(bars) > 1:
         _mark_compare(records, _plots.plot_corruption_table(
             bars, shared / "robustness_compare.png",
@@ -663,7 +685,7 @@ def analyse_robustness(
     return records
 
 
-# -- command line -----------------------------------------------------------------------------------
+# -- command line: each flag's default is read from the signature of the function it feeds ---------
 
 
 def _budget(text: str) -> int | None:
@@ -678,22 +700,43 @@ def _budget(text: str) -> int | None:
     return value
 
 
-def _common_flags(parser: argparse.ArgumentParser, *, batches: str, batch_size: int, several: str) -> None:
+def _shown(value) -> str:
+    """A default as the help text shows it: ``None`` (a budget, a list of corruptions) is "all"."""
+    if value is None:
+        return "all"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _flag(parser: argparse.ArgumentParser, fn: Callable, name: str, help: str, **kwargs) -> None:
+    """``--name`` with the default of ``fn``'s keyword ``name``, so that the command line and the
+    library cannot drift apart; ``{default}`` in ``help`` shows it."""
+    default = inspect.signature(fn).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{fn.__name__} has no default for {name}")
+    if kwargs.get("action") == "store_true" and default is not False:
+        raise TypeError(f"--{name}: a store_true flag needs the default False in {fn.__name__}")
+    parser.add_argument("--" + name.replace("_", "-"), default=default, help=help.format(default=_shown(default)),
+                        **kwargs)
+
+
+def _common_flags(parser: argparse.ArgumentParser, analyse: Callable, several: str) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                         help=f"run directories (or their model.pt / checkpoint.pt files); {several}")
-    parser.add_argument("--batches", type=_budget, default=_budget(batches), metavar="N",
-                        help=f"evaluation budget: N batches (a seeded random subset), or 'all' (default {batches})")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"samples per batch (default {batch_size})")
-    parser.add_argument("--split", choices=("test", "train"), default="test",
-                        help="evaluate on the test set (default) or the un-augmented training set")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the batch subset, directions, noise (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    _flag(parser, analyse, "batches", "evaluation budget: N batches (a seeded random subset), or 'all' "
+          "(default {default})", type=_budget, metavar="N")
+    _flag(parser, analyse, "batch_size", "samples per batch (default {default})", type=int)
+    _flag(parser, analyse, "split", "evaluate on the test set or the un-augmented training set (default {default})",
+          choices=("test", "train"))
+    _flag(parser, analyse, "seed", "seed of the batch subset, directions, noise (default {default})", type=int)
+    _flag(parser, open_run, "device", "cpu, cuda, cuda:N or auto (default {default})")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--checkpoint", default="model.pt",
-                        help="weights file in the run directory (checkpoint.pt: last epoch of an unfinished run)")
-    parser.add_argument("--data-root", default=None, help="where the run's dataset lives now, if it moved")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: RUN/analysis/; comparison figures: the first run's)")
+    _flag(parser, open_run, "checkpoint",
+          "weights file in the run directory (default {default}; checkpoint.pt: last epoch of an unfinished run)")
+    _flag(parser, open_run, "data_root", "where the run's dataset lives now, if it moved")
+    _flag(parser, analyse, "out", "output folder (default: RUN/analysis/; comparison figures: the first run's)",
+          type=Path)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: on a terminal only)")
 
@@ -716,13 +759,6 @@ def _fmt(value, spec: str = ".4g") -> str:
     return format(value, spec)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def _done(records: Sequence[dict]) -> None:
     folders = sorted({str(Path(r["path"]).parent) for r in records})
     print("results -> " + ", ".join(folders))
@@ -736,33 +772,24 @@ def _mark_compare(records: list[dict], path: Path) -> None:
         r["compare_figure"] = str(path)
 
 
-def _landscape_cmd(args: argparse.Namespace) -> int:
-    records = analyse_landscape(args.runs, directions=args.directions, dims=args.dims, grid=args.grid,
-                                span=args.span, groups=args.groups, log=args.log, **_setup(args))
+def _landscape_table(records: list[dict]) -> str:
     rows = [[r["label"], _fmt(r["results"]["center_loss"]), _fmt(r["results"]["center_accuracy"]),
              _fmt(r["results"]["max_loss"]), _fmt(r["results"]["max_loss_increase"]), f"{r['time_s']:.1f}"]
             for r in records]
-    print(format_table(["run", "loss(0)", "acc(0)", "max loss", "max increase", "time s"], rows))
-    _done(records)
-    return 0
+    return markdown_table(["run", "loss(0)", "acc(0)", "max loss", "max increase", "time s"], rows)
 
 
-def _hessian_cmd(args: argparse.Namespace) -> int:
-    records = analyse_hessian(args.runs, k=args.k, iters=args.iters, trace_samples=args.trace_samples,
-                              density=args.density, density_iters=args.density_iters, **_setup(args))
+def _hessian_table(records: list[dict]) -> str:
     rows = []
     for r in records:
         res = r["results"]
         trace = f"{_fmt(res.get('trace'))} ± {_fmt(res.get('trace_stderr'), '.2g')}" if "trace" in res else "-"
         rows.append([r["label"], _fmt(res["lambda1"]), _fmt(res["lambda5"]), _fmt(res["lambda1_over_lambda5"]),
                      trace, f"{r['time_s']:.1f}"])
-    print(format_table(["run", "lambda1", "lambda5", "lambda1/lambda5", "trace", "time s"], rows))
-    _done(records)
-    return 0
+    return markdown_table(["run", "lambda1", "lambda5", "lambda1/lambda5", "trace", "time s"], rows)
 
 
-def _gradstats_cmd(args: argparse.Namespace) -> int:
-    records = analyse_gradstats(args.runs, rho=args.rho, gamma=args.gamma, beta=args.beta, **_setup(args))
+def _gradstats_table(records: list[dict]) -> str:
     rows = []
     for r in records:
         res, sds = r["results"], r["results"]["sds_mean"]
@@ -771,13 +798,11 @@ def _gradstats_cmd(args: argparse.Namespace) -> int:
                      f"{_fmt(sds['cos_plus'], '.3f')}/{_fmt(sds['cos_minus'], '.3f')}/{_fmt(sds['cos_rand'], '.3f')}",
                      f"{_fmt(sds['sharpness_plus'], '.3g')}/{_fmt(sds['sharpness_minus'], '.3g')}",
                      _fmt(res["linearity_mean"], ".3g"), f"{r['time_s']:.1f}"])
-    print(format_table(["run", "rho", "log r < 0", "cos B+/B-/rand", "sharpness B+/B-", "linearity", "time s"], rows))
-    _done(records)
-    return 0
+    return markdown_table(["run", "rho", "log r < 0", "cos B+/B-/rand", "sharpness B+/B-", "linearity", "time s"],
+                          rows)
 
 
-def _robustness_cmd(args: argparse.Namespace) -> int:
-    records = analyse_robustness(args.runs, corruptions=args.corruptions, severities=args.severities, **_setup(args))
+def _robustness_table(records: list[dict]) -> str:
     names = records[0]["options"]["corruptions"]
     headers = ["corruption"] + [r["label"] for r in records]
     rows = [["clean"] + [f"{100 * r['results']['clean_accuracy']:.2f}" for r in records]]
@@ -786,10 +811,63 @@ def _robustness_cmd(args: argparse.Namespace) -> int:
     rows.append(["mean"] + [f"{100 * r['results']['mean_accuracy']:.2f}" for r in records])
     rows.append(["time s"] + [f"{r['time_s']:.1f}" for r in records])
     sevs = ",".join(str(s) for s in records[0]["options"]["severities"])
-    print(f"accuracy (%), mean over severities {sevs}")
-    print(format_table(headers, rows))
-    _done(records)
-    return 0
+    return f"accuracy (%), mean over severities {sevs}\n" + markdown_table(headers, rows)
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One analysis subcommand: the library function it calls, its own flags as
+    ``(keyword, help, argparse options)`` (defaults from ``analyse``'s signature) and its summary table."""
+
+    name: str
+    help: str
+    analyse: Callable[..., list[dict]]
+    several: str
+    flags: tuple[tuple[str, str, dict], ...]
+    table: Callable[[list[dict]], str]
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        options = {name: getattr(args, name) for name, _, _ in self.flags}
+        records = self.analyse(args.runs, **options, **_setup(args))
+        print(self.table(records))
+        _done(records)
+        return 0
+
+
+COMMANDS = (
+    _Command("landscape", "1-D/2-D loss and accuracy surfaces around trained weights", analyse_landscape,
+             "several runs share one 1-D figure", (
+                 ("directions", "random: filter-normalised Gaussian (Li et al. 2018); gaussian: ESAM's average over "
+                  "--groups orthogonal pairs; adversarial: the loss gradient (1-D), ESAM A.5's batch-half "
+                  "gradients (2-D) (default {default})", dict(choices=DIRECTIONS)),
+                 ("dims", "1-D curve or 2-D surface (default {default})", dict(type=int, choices=(1, 2))),
+                 ("grid", "points per axis (default {default}; odd includes 0)", dict(type=int)),
+                 ("span", "axes run over [-span, span] (default {default})", dict(type=float)),
+                 ("groups", "--directions gaussian: pairs averaged (default {default})", dict(type=int)),
+                 ("log", "draw the loss on a log scale (2-D: log10 loss)", dict(action="store_true")),
+             ), _landscape_table),
+    _Command("hessian", "top Hessian eigenvalues, trace and eigenvalue density", analyse_hessian,
+             "each is analysed in turn", (
+                 ("k", "top eigenvalues by Lanczos (default {default}: lambda1/lambda5)", dict(type=int)),
+                 ("iters", "Lanczos steps for the top-k (default max(3k, 30))", dict(type=int)),
+                 ("trace_samples", "Hutchinson samples for the trace (default {default}; 0: skip)", dict(type=int)),
+                 ("density", "stochastic Lanczos quadrature runs for the density plot (default {default}; 0: skip)",
+                  dict(type=int, metavar="RUNS")),
+                 ("density_iters", "Lanczos steps per density run (default {default})", dict(type=int)),
+             ), _hessian_table),
+    _Command("gradstats", "SAM-vs-SGD gradient difference, SDS B+/B- statistics, linearity", analyse_gradstats,
+             "each is analysed in turn", (
+                 ("rho", "SAM radius (default: the run's rho, else 0.05)", dict(type=float)),
+                 ("gamma", "SDS: fraction of the batch in B+ (default {default})", dict(type=float)),
+                 ("beta", "ESAM SWP keep probability (default {default}; 1: plain SAM)", dict(type=float)),
+             ), _gradstats_table),
+    _Command("robustness", "accuracy on corrupted copies of the test set", analyse_robustness,
+             "each is analysed in turn", (
+                 ("corruptions", f"comma-separated, from {', '.join(_corruptions.list_corruptions())} "
+                  "(default {default})", dict(metavar="A,B")),
+                 ("severities", "severities 1..5 (default {default})", dict(metavar="1,2,3")),
+             ), _robustness_table),
+)
 
 
 def _describe(fn) -> str:
@@ -798,43 +876,9 @@ def _describe(fn) -> str:
 
 def add_analysis_commands(subparsers) -> None:
     """Register ``landscape``, ``hessian``, ``gradstats`` and ``robustness`` on a subparsers object."""
-    p = subparsers.add_parser("landscape", help="1-D/2-D loss and accuracy surfaces around trained weights",
-                              description=_describe(analyse_landscape))
-    _common_flags(p, batches="4", batch_size=128, several="several runs share one 1-D figure")
-    p.add_argument("--directions", choices=DIRECTIONS, default="random",
-                   help="random: filter-normalised Gaussian (Li et al. 2018); gaussian: ESAM's average over "
-                        "--groups orthogonal pairs; adversarial: the loss gradient (1-D), ESAM A.5's batch-half "
-                        "gradients (2-D)")
-    p.add_argument("--dims", type=int, choices=(1, 2), default=1, help="1-D curve or 2-D surface (default 1)")
-    p.add_argument("--grid", type=int, default=21, help="points per axis (default 21; odd includes 0)")
-    p.add_argument("--span", type=float, default=1.0, help="axes run over [-span, span] (default 1)")
-    p.add_argument("--groups", type=int, default=10, help="--directions gaussian: pairs averaged (default 10)")
-    p.add_argument("--log", action="store_true", help="draw the loss on a log scale (2-D: log10 loss)")
-    p.set_defaults(handler=_landscape_cmd)
-
-    p = subparsers.add_parser("hessian", help="top Hessian eigenvalues, trace and eigenvalue density",
-                              description=_describe(analyse_hessian))
-    _common_flags(p, batches="4", batch_size=128, several="each is analysed in turn")
-    p.add_argument("--k", type=int, default=5, help="top eigenvalues by Lanczos (default 5: lambda1/lambda5)")
-    p.add_argument("--iters", type=int, default=None, help="Lanczos steps for the top-k (default max(3k, 30))")
-    p.add_argument("--trace-samples", type=int, default=20, help="Hutchinson samples for the trace (0: skip)")
-    p.add_argument("--density", type=int, default=1, metavar="RUNS",
-                   help="stochastic Lanczos quadrature runs for the density plot (default 1; 0: skip)")
-    p.add_argument("--density-iters", type=int, default=40, help="Lanczos steps per density run (default 40)")
-    p.set_defaults(handler=_hessian_cmd)
-
-    p = subparsers.add_parser("gradstats", help="SAM-vs-SGD gradient difference, SDS B+/B- statistics, linearity",
-                              description=_describe(analyse_gradstats))
-    _common_flags(p, batches="8", batch_size=128, several="each is analysed in turn")
-    p.add_argument("--rho", type=float, default=None, help="SAM radius (default: the run's rho, else 0.05)")
-    p.add_argument("--gamma", type=float, default=0.5, help="SDS: fraction of the batch in B+ (default 0.5)")
-    p.add_argument("--beta", type=float, default=1.0, help="ESAM SWP keep probability (default 1: plain SAM)")
-    p.set_defaults(handler=_gradstats_cmd)
-
-    p = subparsers.add_parser("robustness", help="accuracy on corrupted copies of the test set",
-                              description=_describe(analyse_robustness))
-    _common_flags(p, batches="all", batch_size=256, several="each is analysed in turn")
-    p.add_argument("--corruptions", default="all", metavar="A,B",
-                   help=f"comma-separated, from {', '.join(_corruptions.list_corruptions())} (default all)")
-    p.add_argument("--severities", default="1,2,3,4,5", metavar="1,2,3", help="severities 1..5 (default all)")
-    p.set_defaults(handler=_robustness_cmd)
+    for command in COMMANDS:
+        p = subparsers.add_parser(command.name, help=command.help, description=_describe(command.analyse))
+        _common_flags(p, command.analyse, command.several)
+        for name, help_text, options in command.flags:
+            _flag(p, command.analyse, name, help_text, **options)
+        p.set_defaults(handler=command)

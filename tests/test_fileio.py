@@ -1,0 +1,20 @@
+"""flatlab.fileio: atomic writes of bytes, text and JSON."""
+
+import doctest
+import json
+
+import flatlab.fileio
+from flatlab.fileio import atomic_write_json, atomic_write_text
+
+
+def test_text_and_json_replace_the_file_and_leave_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    atomic_write_json(path, {"x": [1, 2]})
+    assert json.loads(path.read_text()) == {"x": [1, 2]} and path.read_text().endswith("\n")
+    atomic_write_text(path, "replaced")
+    assert path.read_text() == "replaced"
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+def test_docstring_examples():
+    assert doctest.testmod(flatlab.fileio, verbose=False).failed == 0
