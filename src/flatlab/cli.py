@@ -94,13 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .train import TrainConfig, load_config_file, resume, train
     from .train.compare import compare_runs, format_table
 
     explicit = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     if args.resume is not None:
         if explicit or args.config:
-            raise SystemExit("flatlab train: --resume continues a run with its saved config; drop the other flags")
+            raise UsageError("--resume continues a run with its saved config; drop the other flags")
         resume(args.resume, progress=args.progress)
         return 0
     values = load_config_file(args.config) if args.config else {}
@@ -157,21 +158,30 @@ def _list(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. A mistake in the input (:class:`~flatlab.errors.UsageError`) prints one
+    ``error:`` line and returns 2; any other exception propagates with its traceback (a bug, or a
+    real failure such as running out of memory)."""
+    from .errors import UsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _train, "compare": _compare, "study": _study, "list": _list}
     handler = handlers.get(args.command) or args.handler
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except UsageError as err:
         print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # e.g. TrainingDiverged
-        print(f"flatlab {args.command}: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"flatlab {args.command}: interrupted; completed epochs are checkpointed", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        from .train.loop import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"flatlab {args.command}: {err}", file=sys.stderr)  # the message says what to do next
+        return 1
 
 
 if __name__ == "__main__":

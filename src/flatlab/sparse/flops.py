@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from ..errors import check_number
 from .masking import WeightMasking
 
 __all__ = ["ONE_PASS", "TWO_PASS", "step_flops", "relative_flops", "masking_flops", "dense_gradient_fraction"]
@@ -56,14 +57,10 @@ def step_flops(
         >>> step_flops({"fc": 100}, {"fc": 0.1}, method="sam")
         60.0
     """
-    if int(ascent_steps) != ascent_steps or ascent_steps < 1:
-        raise ValueError(f"ascent_steps must be an integer >= 1, got ascent_steps={ascent_steps}")
-    if not 0.0 < beta <= 1.0:
-        raise ValueError(f"beta must be in (0, 1], got beta={beta}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got gamma={gamma}")
-    if not 0.0 <= dense_gradient_fraction <= 1.0:
-        raise ValueError(f"dense_gradient_fraction must be in [0, 1], got {dense_gradient_fraction}")
+    check_number("ascent_steps", ascent_steps, low=1, integer=True)
+    check_number("beta", beta, low=0, low_open=True, high=1)
+    check_number("gamma", gamma, low=0, low_open=True, high=1)
+    check_number("dense_gradient_fraction", dense_gradient_fraction, low=0, high=1)
 
     # Imported here: flatlab.optim imports this package (for topk), and analysis may come to
     # import flatlab.optim; a module-level import would then be circular.

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
+
 __all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS"]
 
 # Config fields that are hyper-parameters of the SAM-family optimizers (passed only where accepted).
@@ -96,32 +98,41 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Raises :class:`~flatlab.errors.UsageError` naming the first field out of range. The
+        optimizer's hyper-parameters are checked by the optimizer (``check_optimizer``)."""
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise ValueError(what)
+                raise UsageError(what)
 
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.width > 0, f"width must be > 0, got {self.width}")
+        for name in ("epochs", "batch_size", "eval_every", "sparse_interval"):
+            check_number(name, getattr(self, name), low=1, integer=True)
+        for name in ("train_subset", "test_subset", "threads"):
+            check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        check_number("workers", self.workers, low=0, integer=True)
+        check_number("cutout", self.cutout, low=0, integer=True)
+        check_number("crop_padding", self.crop_padding, low=0, integer=True, optional=True)
+        check_number("seed", self.seed, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        need(math.isfinite(self.lr), f"lr must be finite, got lr={self.lr}")
+        check_number("momentum", self.momentum, low=0)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        check_number("width", self.width, low=0, low_open=True, high=math.inf, high_open=True)
+        check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True, optional=True)
         need(self.lr_schedule in ("cosine", "step", "constant"),
              f"lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
-        need(0 <= self.warmup_epochs < self.epochs,
-             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        need(all(0 < m < 1 for m in self.milestones),
+        check_number("warmup_epochs", self.warmup_epochs, low=0, high=self.epochs, high_open=True)
+        need(isinstance(self.milestones, list) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in self.milestones),
              f"milestones are fractions of training in (0, 1), got {self.milestones}")
+        check_number("lr_decay", self.lr_decay, low=0, low_open=True)
         need(self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}")
-        need(self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}")
-        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        need(0 <= self.sparsity < 1, f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_number("sparsity", self.sparsity, low=0, high=1, high_open=True)
         need(self.sparse is not None or self.sparsity == 0,
              f"sparsity={self.sparsity} needs a sparse-training method (--sparse)")
-        for name in ("train_subset", "test_subset"):
-            value = getattr(self, name)
-            need(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+        check_number("sparse_fraction", self.sparse_fraction, low=0, high=1)
+        check_number("sparse_end", self.sparse_end, low=0, low_open=True, high=1)
+        need(isinstance(self.model_args, dict), f"model_args must be a mapping, got {self.model_args!r}")
 
     # ------------------------------------------------------------------------------------------
 
@@ -133,7 +144,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise UsageError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,22 +172,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Reads a YAML (needs PyYAML) or JSON config file into a dict of config fields."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise UserFileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as err:
-            raise ImportError(f"reading {path} needs PyYAML: pip install pyyaml (or flatlab[yaml])") from err
+            raise MissingDependencyError(f"reading {path} needs PyYAML: pip install pyyaml (or flatlab[yaml])") from err
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from err
+            raise UsageError(f"{path} is not valid YAML: {err}") from err
     else:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            raise UsageError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
+        raise UsageError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
     return values

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..optim import SharpnessAware, per_sample
 from .progress import Progress
 
@@ -55,7 +56,7 @@ class StepRunner:
         self.label_smoothing = label_smoothing
         self.two_pass = isinstance(optimizer, SharpnessAware) and not optimizer.single_step
         if self.two_pass and amp == "fp16" and optimizer.ascent_steps > 1:
-            raise ValueError("fp16 with several ascent steps is not supported; use --amp bf16")
+            raise UsageError("fp16 with several ascent steps is not supported; use --amp bf16")
 
     def losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs.float(), targets, reduction="none", label_smoothing=self.label_smoothing)
@@ -174,7 +175,7 @@ def train_one_epoch(
     seconds = time.perf_counter() - start
     bar.close()
     if images == 0:
-        raise ValueError("the training loader gave no batch: batch_size is larger than the training set")
+        raise UsageError("the training loader gave no batch: batch_size is larger than the training set")
     return EpochStats(float(total_loss) / images, float(correct) / images, images, seconds)
 
 
