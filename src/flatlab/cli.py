@@ -13,29 +13,8 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-_HELP = {
-    "dataset": "digits (embedded, default), cifar10, cifar100, fashion-mnist, mnist, imagefolder",
-    "data_root": "folder (or .tar.gz for imagefolder) holding the dataset files",
-    "model": "model name (see `flatlab list`); default cnn for digits, resnet18 otherwise",
-    "width": "channel multiplier of the model, for CPU-scale runs",
-    "optimizer": "sgd, adamw, sam, sam-sign, asam, esam, ssam-f, ssam-d, s2sam",
-    "base": "base optimizer of a SAM-family method: sgd or adamw",
-    "mask_sparsity": "SSAM: fraction of coordinates NOT perturbed",
-    "fisher_samples": "SSAM-F: samples for the Fisher information",
-    "mask_interval": "SSAM: steps between mask refreshes",
-    "sparse": "sparse training: random, magnitude, snip, grasp, set, rigl",
-    "sparsity": "sparse training: fraction of prunable weights removed",
-    "milestones": "step schedule: comma-separated fractions of training, e.g. 0.5,0.75",
-    "train_subset": "train on this many (seeded random) training samples",
-    "amp": "mixed precision: none, bf16, fp16",
-    "name": "run directory name under --out (default: derived from the config)",
-}
-
-
 def _base_type(annotation):
-    """The scalar type behind ``int | None``-style annotations (strings under PEP 563)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"list": list, "dict": dict, "Any": typing.Any}, {})  # builtins only
+    """The scalar type behind an ``int | None``-style annotation."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0]
@@ -46,10 +25,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from .train.config import TrainConfig
 
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
+    hints = typing.get_type_hints(TrainConfig)  # the annotations are strings (PEP 563)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(f.type)
-        help_text = _HELP.get(f.name, "")
+        kind = _base_type(hints[f.name])
+        help_text = f.metadata["help"]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(kind) is dict:

@@ -1,7 +1,9 @@
 """The command-line contract: a user's mistake is one ``error:`` line on stderr and exit code 2; any
-other exception (a bug, a real failure) keeps its traceback."""
+other exception (a bug, a real failure) keeps its traceback. And every ``flatlab train`` flag has help."""
 
+import dataclasses
 import math
+import re
 import subprocess
 import sys
 
@@ -105,6 +107,51 @@ def test_divergence_and_interrupt_stay_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop.StepRunner, "__call__", interrupted)
     assert main([*argv, "--name", "stop"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def option_help(text: str) -> dict[str, str]:
+    """``{"--flag": "its help text"}`` from an argparse help screen (help on the flag's line or on the
+    indented lines below it)."""
+    helps: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        option = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if option:
+            current = [option.group(2) or ""]
+            for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", option.group(1)):
+                helps[flag] = current
+        elif current is not None and line.startswith("      ") and line.strip():
+            current.append(line.strip())
+        else:
+            current = None
+    return {flag: " ".join(p for p in parts if p) for flag, parts in helps.items()}
+
+
+def test_every_config_field_has_a_flag_with_help(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    helps = option_help(capsys.readouterr().out)
+    assert helps["--config"] == "YAML or JSON file of config keys"  # the parser of the parser
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata.get("help", "")
+        assert text.strip(), f"{f.name} has no help"
+        assert helps.get(flag), f"{flag} shows no help"
+        assert " ".join(helps[flag].split()) == " ".join(text.split()), flag
+        if f.type.startswith("bool"):
+            assert helps.get("--no-" + flag[2:]) == helps[flag]
+
+
+def test_flags_parse_to_their_field_types(tmp_path):
+    from flatlab.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--train-subset", "7", "--p", "inf", "--milestones", "0.3,0.6",
+                                      "--model-args", '{"alpha": 5}', "--no-flip", "--width", "0.5"])
+    assert args.train_subset == 7 and isinstance(args.train_subset, int)
+    assert args.p == math.inf and args.milestones == [0.3, 0.6] and args.model_args == {"alpha": 5}
+    assert args.flip is False and args.width == 0.5
 
 
 def test_check_optimizer_turns_the_optimizers_argument_errors_into_usage_errors():
