@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..data import BatchLoader, ImageArrays, ImageFolderDataset, load_dataset, normalize
-from ..errors import UsageError
+from ..data.imagefolder import TEST_SPLITS
+from ..errors import UsageError, UserFileNotFoundError
 from .config import TrainConfig
 
 __all__ = ["RunData", "build_data"]
@@ -79,9 +80,16 @@ def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: 
     if config.stream:
         if config.dataset != "imagefolder" or not config.data_root:
             raise UsageError("--stream reads an image folder: use --dataset imagefolder --data-root DIR")
-        root = Path(config.data_root)
-        train_set = ImageFolderDataset(root, train=True)
-        test_set = ImageFolderDataset(root, train=False)
+        root = Path(config.data_root).expanduser()
+        test_dir = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+        if not (root / "train").is_dir() or test_dir is None:
+            raise UserFileNotFoundError(
+                f"--stream reads {root}/train/<class>/ and {root}/test/<class>/ (or val/<class>/); not found"
+            )
+        train_set = ImageFolderDataset(root / "train", train=True)
+        test_set = ImageFolderDataset(test_dir, train=False)
+        if test_set.classes != train_set.classes:
+            raise UsageError(f"{test_dir} has classes {test_set.classes}, {root / 'train'} has {train_set.classes}")
         per_rank = config.batch_size // world
         common = dict(workers=config.workers, rank=rank, world=world, seed=config.seed, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, device=device, channels_last=config.channels_last)
