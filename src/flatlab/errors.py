@@ -11,11 +11,25 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["UsageError", "check_number"]
+__all__ = ["UsageError", "UserFileNotFoundError", "UserFileExistsError", "MissingDependencyError", "check_number"]
 
 
 class UsageError(ValueError):
     """A mistake in what the user asked for; the message says what and how to fix it."""
+
+
+class UserFileNotFoundError(UsageError, FileNotFoundError):
+    """A file or folder the user named (run directory, data root, config file) is missing or is
+    not what it should be; still a ``FileNotFoundError`` for callers that catch that."""
+
+
+class UserFileExistsError(UsageError, FileExistsError):
+    """The user asked to create something (a run directory) that already exists."""
+
+
+class MissingDependencyError(UsageError, ImportError):
+    """An optional dependency (PyYAML, Pillow, matplotlib) that the request needs is not installed;
+    the message says what to ``pip install``."""
 
 
 def check_number(

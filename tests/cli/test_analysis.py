@@ -105,22 +105,80 @@ def test_hessian_eigenvalues_trace_and_density(runs, tmp_path, capsys):
         assert float(torch.trapezoid(density, grid)) == pytest.approx(1.0, abs=0.05)
 
 
+def reference_gradstats(model, batches, rho, gamma, seed=0):
+    """SSAM's relative gradient difference, ESAM's SDS statistics and linearity with plain torch
+    (eval mode, mean cross-entropy, eps = rho g / ||g||), per batch."""
+    params = list(model.parameters())
+    w = [p.detach().clone() for p in params]
+
+    def grad(x, y, at):
+        with torch.no_grad():
+            for p, v in zip(params, at):
+                p.copy_(v)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        return loss.detach(), torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
+    def per_sample(x, y, at):
+        with torch.no_grad():
+            for p, v in zip(params, at):
+                p.copy_(v)
+            return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+
+    generator = torch.Generator().manual_seed(seed)
+    out = {k: [] for k in ("ratio", "linearity", "cos_plus", "cos_minus", "cos_rand", "cos_plus_minus",
+                           "sharpness_plus", "sharpness_minus")}
+    for x, y in batches:
+        loss, g = grad(x, y, w)
+        scale = rho / (g.norm() + 1e-12)
+        sizes = [p.numel() for p in params]
+        w_eps = [v + scale * t.view_as(v) for v, t in zip(w, g.split(sizes))]
+        loss_eps, g_eps = grad(x, y, w_eps)
+        out["ratio"].append((g_eps - g).abs() / (g.abs() + 1e-12))
+        out["linearity"].append(abs(float(loss_eps - loss - scale * g @ g)))
+        rise = per_sample(x, y, w_eps) - per_sample(x, y, w)
+        k = min(max(round(gamma * len(y)), 1), len(y) - 1)
+        order = torch.argsort(rise, descending=True, stable=True)
+        plus, minus = order[:k], order[k:]
+        rand = torch.randperm(len(y), generator=generator)[:k]
+        g_plus, g_minus, g_rand = (grad(x[i], y[i], w_eps)[1] for i in (plus, minus, rand))
+        out["cos_plus"].append(cos(g_plus, g_eps))
+        out["cos_minus"].append(cos(g_minus, g_eps))
+        out["cos_rand"].append(cos(g_rand, g_eps))
+        out["cos_plus_minus"].append(cos(g_plus, g_minus))
+        out["sharpness_plus"].append(float(rise[plus].mean()))
+        out["sharpness_minus"].append(float(rise[minus].mean()))
+    with torch.no_grad():
+        for p, v in zip(params, w):
+            p.copy_(v)
+    return out
+
+
 def test_gradstats(runs, capsys):
     assert cli("gradstats", runs["sgd"], "--batches", 2, "--batch-size", 64, "--gamma", 0.25) == 0
     assert "linearity" in capsys.readouterr().out
     record = result(runs["sgd"] / "analysis" / "gradstats.json")
     res = record["results"]
     assert record["options"]["rho"] == 0.05 and record["options"]["gamma"] == 0.25
-    n_params = sum(p.numel() for p in open_run(runs["sgd"]).model.parameters())
+    run = open_run(runs["sgd"])
+    n_params = sum(p.numel() for p in run.model.parameters())
     rg = res["relative_gradient"]
     assert sum(rg["histogram_counts"]) == 2 * n_params  # every coordinate of both batches is binned
-    assert 0.0 < rg["fraction_log_ratio_below_0"] < 1.0
-    for key in ("cos_plus", "cos_minus", "cos_rand", "cos_plus_minus"):
-        assert len(res["sds_per_batch"][key]) == 2
-        assert -1.0 <= res["sds_mean"][key] <= 1.0
+    # independent: the same quantities recomputed with plain torch on the same model and batches
+    ref = reference_gradstats(run.model, select_batches(run, 2, 64), rho=0.05, gamma=0.25)
+    ratio = torch.cat(ref["ratio"])
+    assert rg["fraction_log_ratio_below_0"] == pytest.approx(float((ratio < 1).float().mean()), abs=2 / ratio.numel())
+    assert rg["median_log10_ratio"] == pytest.approx(float(ratio.log10().median()), abs=1e-3)
+    for key in ("cos_plus", "cos_minus", "cos_rand", "cos_plus_minus", "sharpness_plus", "sharpness_minus"):
+        if key.startswith("cos"):
+            assert res["sds_per_batch"][key] == pytest.approx(ref[key], abs=1e-4), key
+        assert res["sds_mean"][key] == pytest.approx(sum(ref[key]) / 2, rel=1e-3, abs=1e-5), key
     # B+ holds the samples whose loss rises most under the perturbation
     assert res["sds_mean"]["sharpness_plus"] >= res["sds_mean"]["sharpness_minus"]
-    assert len(res["linearity_per_batch"]) == 2 and res["linearity_mean"] >= 0
+    assert res["linearity_per_batch"] == pytest.approx(ref["linearity"], rel=1e-3)
+    assert res["linearity_mean"] == pytest.approx(sum(ref["linearity"]) / 2, rel=1e-3)
 
 
 def test_robustness_clean_equals_the_run_and_error_grows_with_severity(runs, capsys):

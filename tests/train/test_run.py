@@ -185,5 +185,20 @@ def test_streaming_image_folder_trains(tmp_path):
                  "--optimizer", "s2sam", "--out", str(tmp_path / "runs"), "--name", "stream"])
     assert code == 0
     summary = json.loads((tmp_path / "runs" / "stream" / "summary.json").read_text())
-    assert 0.0 <= summary["final_test_top1"] <= 1.0
     assert metrics(tmp_path / "runs" / "stream")[0]["images_per_s"] > 0
+    # independent: the saved weights, evaluated by a plain loop on the val/ images (the test split)
+    from flatlab.data import ImageFolderDataset
+    from flatlab.models import create_model
+
+    model = create_model("cnn", num_classes=2, in_channels=3)
+    model.load_state_dict(torch.load(tmp_path / "runs" / "stream" / "model.pt")["model"])
+    model.eval()
+    test = ImageFolderDataset(tmp_path / "folder" / "val", train=False)
+    assert test.classes == ["ant", "bee"] and len(test) == 8
+    x = torch.stack([test[i][0] for i in range(len(test))]).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    y = torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        logits = model(x)
+    assert summary["final_test_top1"] == pytest.approx(float((logits.argmax(1) == y).float().mean()), abs=1e-12)
+    assert summary["final_test_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-4)

@@ -84,7 +84,7 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
         assert a["test_top1_per_seed"] == b["test_top1_per_seed"]  # a run is the same in its own process
     result = json.loads((parallel.out / "results.json").read_text())
     assert result["jobs"] == 2 and result["machine"]["cpu_count"] >= 1
-    with pytest.raises(ValueError, match="jobs must be >= 1"):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         run_study(parallel, jobs=0)
 
 

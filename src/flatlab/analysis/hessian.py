@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError, check_number
 from ._common import (
     Batch,
     LossFn,
@@ -246,13 +247,12 @@ def lanczos(
         res = lanczos(lambda v: A @ v, 3, k=2, iters=3)
         res.eigenvalues            # tensor([5., 3.], dtype=torch.float64)
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_number("k", k, low=1, integer=True)
     if n_params < k:
-        raise ValueError(f"k={k} exceeds n_params={n_params}")
+        raise UsageError(f"k={k} exceeds n_params={n_params}")
     iters = _default_iters(n_params, k) if iters is None else min(int(iters), n_params)
     if iters < k:
-        raise ValueError(f"iters={iters} must be >= k={k}")
+        raise UsageError(f"iters={iters} must be >= k={k}")
     dtype = dtype or getattr(hvp, "dtype", torch.float64)
     device = device or getattr(hvp, "device", "cpu")
     generator = torch.Generator().manual_seed(seed)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingDependencyError
 from .gradstats import RelativeGradientDifference
 
 __all__ = [
@@ -30,7 +31,7 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "flatlab.analysis.plots needs matplotlib; install it with `pip install flatlab[plot]`"
         ) from e
     fig = Figure(figsize=(width, height), dpi=100)

@@ -12,39 +12,20 @@ import typing
 from pathlib import Path
 
 from ..data import list_datasets
+from ..errors import UsageError
 from ..models import list_models
 from ..optim import list_optimizers
 from ..sparse import list_sparse_methods
-from ..train import TrainConfig, load_config_file, resume, train
+from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
 from ..train.study import load_study, run_study
 from .analysis import add_analysis_commands
 
 __all__ = ["main", "build_parser"]
 
-_HELP = {
-    "dataset": "digits (embedded, default), cifar10, cifar100, fashion-mnist, mnist, imagefolder",
-    "data_root": "folder (or .tar.gz for imagefolder) holding the dataset files",
-    "model": "model name (see `flatlab list`); default cnn for digits, resnet18 otherwise",
-    "width": "channel multiplier of the model, for CPU-scale runs",
-    "optimizer": "sgd, adamw, sam, sam-sign, asam, esam, ssam-f, ssam-d, s2sam",
-    "base": "base optimizer of a SAM-family method: sgd or adamw",
-    "mask_sparsity": "SSAM: fraction of coordinates NOT perturbed",
-    "fisher_samples": "SSAM-F: samples for the Fisher information",
-    "mask_interval": "SSAM: steps between mask refreshes",
-    "sparse": "sparse training: random, magnitude, snip, grasp, set, rigl",
-    "sparsity": "sparse training: fraction of prunable weights removed",
-    "milestones": "step schedule: comma-separated fractions of training, e.g. 0.5,0.75",
-    "train_subset": "train on this many (seeded random) training samples",
-    "amp": "mixed precision: none, bf16, fp16",
-    "name": "run directory name under --out (default: derived from the config)",
-}
-
 
 def _base_type(annotation):
-    """The scalar type behind ``int | None``-style annotations (strings under PEP 563)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"list": list, "dict": dict, "Any": typing.Any}, {})  # builtins only
+    """The scalar type behind an ``int | None``-style annotation."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0]
@@ -53,10 +34,11 @@ def _base_type(annotation):
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
+    hints = typing.get_type_hints(TrainConfig)  # the annotations are strings (PEP 563)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(f.type)
-        help_text = _HELP.get(f.name, "")
+        kind = _base_type(hints[f.name])
+        help_text = f.metadata["help"]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(kind) is dict:
@@ -102,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     explicit = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     if args.resume is not None:
         if explicit or args.config:
-            raise SystemExit("flatlab train: --resume continues a run with its saved config; drop the other flags")
+            raise UsageError("--resume continues a run with its saved config; drop the other flags")
         resume(args.resume, progress=args.progress)
         return 0
     values = load_config_file(args.config) if args.config else {}
@@ -144,21 +126,24 @@ def _list(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. A mistake in the input (:class:`~flatlab.errors.UsageError`) prints one
+    ``error:`` line and returns 2; any other exception propagates with its traceback (a bug, or a
+    real failure such as running out of memory)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _train, "compare": _compare, "study": _study, "list": _list}
     handler = handlers.get(args.command) or args.handler
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except UsageError as err:
         print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # e.g. TrainingDiverged
-        print(f"flatlab {args.command}: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"flatlab {args.command}: interrupted; completed epochs are checkpointed", file=sys.stderr)
         return 130
+    except TrainingDiverged as err:
+        print(f"flatlab {args.command}: {err}", file=sys.stderr)  # the message says what to do next
+        return 1
 
 
 if __name__ == "__main__":

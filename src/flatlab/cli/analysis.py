@@ -38,6 +38,7 @@ from ..analysis import hessian as _hessian
 from ..analysis import landscape as _landscape
 from ..analysis import plots as _plots
 from ..data import Batch, normalize
+from ..errors import UsageError, UserFileNotFoundError
 from ..fileio import atomic_write_json
 from ..progress import Progress
 from ..train import load_trained, resolve_device
@@ -89,17 +90,17 @@ def open_run(
     ``data_root`` points at the dataset where it lives now, if not where the run was trained."""
     path = Path(run)
     if not path.exists():
-        raise FileNotFoundError(f"no such run directory: {path}")
+        raise UserFileNotFoundError(f"no such run directory: {path}")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a flatlab run directory (no config.json)")
+            raise UserFileNotFoundError(f"{path} is not a flatlab run directory (no config.json)")
         if not (path / checkpoint).is_file():
             if checkpoint == "model.pt" and (path / "checkpoint.pt").is_file():
-                raise ValueError(
+                raise UsageError(
                     f"run {path} is unfinished (no model.pt yet): finish it with `flatlab train --resume {path}`, "
                     "or analyse its last completed epoch with --checkpoint checkpoint.pt"
                 )
-            raise ValueError(f"run {path} has no {checkpoint} (has it trained for an epoch yet?)")
+            raise UsageError(f"run {path} has no {checkpoint} (has it trained for an epoch yet?)")
     device = resolve_device(device)
     overrides = {"data_root": str(data_root)} if data_root else None
     model, data, config = load_trained(path, device, checkpoint, overrides=overrides)
@@ -109,7 +110,7 @@ def open_run(
 
 def _check_positive(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
 
 
 def select_batches(
@@ -130,14 +131,14 @@ def select_batches(
     from disk (``--stream``) give the first ``batches`` batches of the run's own loader instead.
     """
     if split not in ("test", "train"):
-        raise ValueError(f"--split must be test or train, got {split!r}")
+        raise UsageError(f"--split must be test or train, got {split!r}")
     if batches is not None:
         _check_positive("batches", batches)
     _check_positive("batch_size", batch_size)
     data = run.data
     if data.arrays is None:
         if raw:
-            raise ValueError("this analysis corrupts raw images and needs an in-memory dataset (not --stream)")
+            raise UsageError("this analysis corrupts raw images and needs an in-memory dataset (not --stream)")
         out = []
         for x, y in data.test if split == "test" else data.train:
             out.append((x, y))
@@ -388,13 +389,13 @@ def analyse_landscape(
     ``dims=1`` one figure with all their curves.
     """
     if directions not in DIRECTIONS:
-        raise ValueError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+        raise UsageError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
     if dims not in (1, 2):
-        raise ValueError(f"--dims must be 1 or 2, got {dims!r}")
+        raise UsageError(f"--dims must be 1 or 2, got {dims!r}")
     _check_positive("grid", grid, 2)
     _check_positive("groups", groups)
     if not (math.isfinite(span) and span > 0):
-        raise ValueError(f"--span must be > 0, got {span!r}")
+        raise UsageError(f"--span must be > 0, got {span!r}")
     options = dict(directions=directions, dims=dims, grid=grid, span=span,
                    groups=groups if directions == "gaussian" else None, log=log)
     axis = torch.linspace(-span, span, grid, dtype=torch.float64)
@@ -553,11 +554,11 @@ def analyse_gradstats(
     run's rho, else 0.05), over the same batches. Writes ``gradstats.json`` and
     ``gradstats_relative_gradient.png`` per run (and a comparison histogram)."""
     if rho is not None and not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"--rho must be > 0, got {rho!r}")
+        raise UsageError(f"--rho must be > 0, got {rho!r}")
     if not 0.0 < gamma < 1.0:
-        raise ValueError(f"--gamma must be in (0, 1), got {gamma!r}")
+        raise UsageError(f"--gamma must be in (0, 1), got {gamma!r}")
     if not 0.0 < beta <= 1.0:
-        raise ValueError(f"--beta must be in (0, 1], got {beta!r}")
+        raise UsageError(f"--beta must be in (0, 1], got {beta!r}")
     hists = {}
 
     def compute(run: LoadedRun, data: list[Batch], folder: Path, timer: _Timer):
@@ -609,7 +610,7 @@ def _parse_corruptions(text: str | Sequence[str] | None) -> list[str]:
     unknown = [c for c in chosen if c not in names]
     if unknown or not chosen:
         given = ", ".join(unknown) or "(none given)"
-        raise ValueError(f"unknown corruption(s) {given}; choose from {', '.join(names)}")
+        raise UsageError(f"unknown corruption(s) {given}; choose from {', '.join(names)}")
     return chosen
 
 
@@ -617,9 +618,9 @@ def _parse_severities(text: str | Sequence[int]) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [int(v) for v in text]
     except ValueError:
-        raise ValueError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}") from None
+        raise UsageError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}") from None
     if not values or any(not 1 <= v <= 5 for v in values):
-        raise ValueError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}")
+        raise UsageError(f"--severities must be integers in 1..5 such as 1,3,5, got {text!r}")
     return sorted(set(values))
 
 
@@ -744,7 +745,7 @@ def _common_flags(parser: argparse.ArgumentParser, analyse: Callable, several: s
 def _setup(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return dict(
         batches=args.batches, batch_size=args.batch_size, split=args.split, seed=args.seed, out=args.out,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserFileNotFoundError
 from .arrays import ImageArrays
 from .cache import data_dir
 from .download import download_verified, safe_extract
@@ -157,7 +158,7 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download:
         folder = root / spec.folder
         missing = _missing(folder, spec)
     if missing:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{spec.name}: missing {', '.join(missing)} in {folder}. Expected the python-pickle files "
             f"{', '.join(spec.all_files)} in {folder}/. Download {spec.url} (md5 {spec.md5}) and extract it "
             f"into {folder.parent}, or pass download=True."

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+from ..errors import MissingDependencyError, UsageError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(UsageError):
     """A dataset file exists but cannot be read: truncated, corrupt or not in the expected format.
+    A :class:`~flatlab.errors.UsageError` (so a ``ValueError``): the user named the data, and the
+    command line reports it in one line.
 
     The message always names the offending file, because "unpickling stack underflow" alone does not
     tell a user which of sixty thousand files to replace.
@@ -42,7 +46,7 @@ def require_pillow():
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - exercised only without Pillow installed
-        raise ImportError(
+        raise MissingDependencyError(
             "Reading image folders needs Pillow, which is not installed: "
             "`pip install pillow` (or `pip install flatlab[images]`)."
         ) from exc

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserFileNotFoundError
 from .arrays import ImageArrays
 from .cache import data_dir
 from .download import download_verified
@@ -176,7 +177,7 @@ def load_idx_dataset(
         located = _locate(spec, root)
     if located is None:
         searched = ", ".join(str(f) for f in (root, *(root / f for f in spec.folders)))
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{spec.name}: idx files not found. Put {', '.join(s + '(.gz)' for s in _FILES.values())} in "
             f"one of: {searched}. They can be downloaded from {spec.mirrors[0]}, or pass download=True."
         )

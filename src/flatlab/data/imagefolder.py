@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from ..errors import UserFileNotFoundError
 from .arrays import ImageArrays
 from .cache import atomic_write, cache_dir
 from .errors import DatasetFormatError, require_pillow
@@ -156,7 +157,7 @@ def _open_source(root: Path) -> _DirSource | _TarSource:
         if not tarfile.is_tarfile(root):
             raise DatasetFormatError(root, f"not a folder or a tar archive ({', '.join(_TAR_SUFFIXES)})")
         return _TarSource(root)
-    raise FileNotFoundError(f"image folder {root} does not exist (expected a folder or a .tar.gz)")
+    raise UserFileNotFoundError(f"image folder {root} does not exist (expected a folder or a .tar.gz)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def _decode_folder(source, root: Path, size, channels) -> dict[str, object]:
         raise DatasetFormatError(root, f"split folders found under several prefixes: {shown}")
     test_split = next((s for s in TEST_SPLITS if records[s]), None)
     if not records["train"] or test_split is None:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{root}: expected images in train/<class>/ and test/<class>/ (or val/<class>/); found "
             + ", ".join(f"{len(records[s])} in {s}/" for s in _SPLITS)
         )
@@ -349,7 +350,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {ratio}")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise UserFileNotFoundError(f"image folder {self.root} does not exist")
         self.train, self.size, self.resize, self.scale, self.ratio, self.flip = (
             train,
             size,
@@ -376,12 +377,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                         paths.append(os.path.join(rel, filename))
                         found += 1
             if not found:
-                raise FileNotFoundError(
+                raise UserFileNotFoundError(
                     f"class folder {self.root / cls} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
                 )
             labels.extend([label] * found)
         if not paths:
-            raise FileNotFoundError(f"no class folders with images under {self.root}")
+            raise UserFileNotFoundError(f"no class folders with images under {self.root}")
         self.paths = np.array(paths)
         self.targets = np.array(labels, dtype=np.int64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from ..errors import UsageError
 from .arrays import ImageArrays
 from .cifar import load_cifar10, load_cifar100
 from .embedded import load_digits
@@ -82,12 +83,12 @@ def load_dataset(
         >>> load_dataset("nope")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown dataset 'nope'; available: cifar10, cifar100, digits, fashion-mnist, ...
+        flatlab.errors.UsageError: unknown dataset 'nope'; available: cifar10, cifar100, digits, fashion-mnist, ...
     """
     key = _canonical(name)
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+        raise UsageError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
     return _REGISTRY[key](root=root, download=download, **kw)
 
 
@@ -119,9 +120,9 @@ def _mnist(root=None, download=False) -> ImageArrays:
 @register_dataset("imagefolder")
 def _imagefolder(root=None, download=False, **kw) -> ImageArrays:
     if root is None:
-        raise ValueError(
+        raise UsageError(
             "the imagefolder dataset needs root= (a folder with train/ and test/, or its .tar.gz)"
         )
     if download:
-        raise ValueError("the imagefolder dataset has no download; pass root= pointing at the files")
+        raise UsageError("the imagefolder dataset has no download; pass root= pointing at the files")
     return load_image_folder(root, **kw)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError, check_number
 from ._layers import init_weights, scaled
 from .registry import register_model
 
@@ -53,10 +54,10 @@ class PyramidNet(nn.Module):
         width: float = 1.0,
     ):
         super().__init__()
+        check_number("depth", depth, integer=True)
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6n + 2 with n >= 1 (basic blocks), got depth={depth}")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got alpha={alpha}")
+            raise UsageError(f"depth must be 6n + 2 with n >= 1 (basic blocks), got depth={depth}")
+        check_number("alpha", alpha, low=0)
         n = (depth - 2) // 6
         add_rate = alpha / (3 * n)
         in_planes = scaled(16, width)

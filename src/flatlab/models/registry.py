@@ -7,10 +7,13 @@ channel multiplier so that the published architectures can be shrunk for CPU-sca
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
 from torch import nn
+
+from ..errors import UsageError, check_number
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -50,14 +53,18 @@ def create_model(
         **kwargs: model-specific options (see each builder's docstring).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
-    is_number = isinstance(width, (int, float)) and not isinstance(width, bool)
-    if not is_number or not (width > 0 and math.isfinite(width)):
-        raise ValueError(f"width must be a positive finite number, got width={width!r}")
-    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {arg}={value!r}")
-    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, width=float(width), **kwargs)
+        raise UsageError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    check_number("width", width, low=0, low_open=True, high=math.inf, high_open=True)
+    check_number("num_classes", num_classes, low=1, integer=True)
+    check_number("in_channels", in_channels, low=1, integer=True)
+    params = inspect.signature(_REGISTRY[name]).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = [p for p in params if p not in ("num_classes", "in_channels", "width")]
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            raise UsageError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(options) or '(none)'}")
+    return _REGISTRY[name](num_classes=int(num_classes), in_channels=int(in_channels), width=float(width), **kwargs)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ._layers import init_weights, scaled
 from .registry import register_model
 
@@ -117,9 +118,9 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         if stem not in _STEMS:
-            raise ValueError(f"stem must be one of {_STEMS}, got stem={stem!r}")
+            raise UsageError(f"stem must be one of {_STEMS}, got stem={stem!r}")
         if shortcut not in _SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {_SHORTCUTS}, got shortcut={shortcut!r}")
+            raise UsageError(f"shortcut must be one of {_SHORTCUTS}, got shortcut={shortcut!r}")
         planes = [scaled(p, width) for p in stage_planes]
         in_planes = planes[0]
         if stem == "cifar":

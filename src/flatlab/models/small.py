@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import check_number
 from ._layers import init_weights, scaled
 from .registry import register_model
 
@@ -30,8 +31,7 @@ class MLP(nn.Module):
         pool_size: int = 8,
     ):
         super().__init__()
-        if pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1, got pool_size={pool_size}")
+        check_number("pool_size", pool_size, low=1, integer=True)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
         features = in_channels * pool_size * pool_size
         layers: OrderedDict[str, nn.Module] = OrderedDict()

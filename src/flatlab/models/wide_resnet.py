@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError, check_number
 from ._layers import init_weights, scaled
 from .registry import register_model
 
@@ -48,12 +49,11 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_number("depth", depth, integer=True)
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"depth must be 6n + 4 with n >= 1, got depth={depth}")
-        if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got widen_factor={widen_factor}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+            raise UsageError(f"depth must be 6n + 4 with n >= 1, got depth={depth}")
+        check_number("widen_factor", widen_factor, low=1)
+        check_number("dropout", dropout, low=0, high=1, high_open=True)
         n = (depth - 4) // 6
         stem = scaled(16, width)
         planes = [scaled(c * widen_factor, width) for c in (16, 32, 64)]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ..errors import UsageError, check_number
+
 __all__ = ["DISTRIBUTIONS", "uniform_densities", "erk_densities", "layer_densities", "layer_counts"]
 
 #: layer-wise allocations; "global" (one budget ranked across layers) is handled by the masking
@@ -27,8 +29,7 @@ Shape = Sequence[int]
 
 
 def _check_sparsity(sparsity: float) -> float:
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got sparsity={sparsity}")
+    check_number("sparsity", sparsity, low=0, high=1, high_open=True)
     return float(sparsity)
 
 
@@ -81,7 +82,7 @@ def layer_densities(shapes: Sequence[Shape], sparsity: float, distribution: str 
         return uniform_densities(shapes, sparsity)
     if distribution == "erk":
         return erk_densities(shapes, sparsity)
-    raise ValueError(f"unknown distribution {distribution!r}; choose from {', '.join(DISTRIBUTIONS)}")
+    raise UsageError(f"unknown distribution {distribution!r}; choose from {', '.join(DISTRIBUTIONS)}")
 
 
 def layer_counts(shapes: Sequence[Shape], sparsity: float, distribution: str = "erk") -> list[int]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch
+from ..errors import UsageError, check_number
 from ..optim.topk import drop_grow_per_tensor, random_mask, random_mask_per_tensor, topk_mask, topk_mask_per_tensor
 from .allocation import DISTRIBUTIONS, layer_counts
 from .prunable import prunable_parameters
@@ -90,27 +91,21 @@ class WeightMasking:
         keep_last: bool = False,
         grasp_temperature: float = 200.0,
     ):
-        if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got sparsity={sparsity}")
+        check_number("sparsity", sparsity, low=0, high=1, high_open=True)
         if method not in STATIC_METHODS + DYNAMIC_METHODS:
             methods = ", ".join(STATIC_METHODS + DYNAMIC_METHODS)
-            raise ValueError(f"unknown sparse method {method!r}; choose from {methods}")
+            raise UsageError(f"unknown sparse method {method!r}; choose from {methods}")
         if distribution not in DISTRIBUTIONS + ("global",):
             choices = ", ".join(DISTRIBUTIONS + ("global",))
-            raise ValueError(f"unknown distribution {distribution!r}; choose from {choices}")
-        if int(update_interval) != update_interval or update_interval < 1:
-            raise ValueError(f"update_interval must be an integer >= 1, got update_interval={update_interval}")
-        if not 0.0 <= update_fraction <= 1.0:
-            raise ValueError(f"update_fraction must be in [0, 1], got update_fraction={update_fraction}")
-        if not 0.0 < end_fraction <= 1.0:
-            raise ValueError(f"end_fraction must be in (0, 1], got end_fraction={end_fraction}")
-        if total_steps is not None and (int(total_steps) != total_steps or total_steps < 1):
-            raise ValueError(f"total_steps must be an integer >= 1 or None, got total_steps={total_steps}")
-        if not grasp_temperature > 0.0:
-            raise ValueError(f"grasp_temperature must be > 0, got grasp_temperature={grasp_temperature}")
+            raise UsageError(f"unknown distribution {distribution!r}; choose from {choices}")
+        check_number("update_interval", update_interval, low=1, integer=True)
+        check_number("update_fraction", update_fraction, low=0, high=1)
+        check_number("end_fraction", end_fraction, low=0, low_open=True, high=1)
+        check_number("total_steps", total_steps, low=1, integer=True, optional=True)
+        check_number("grasp_temperature", grasp_temperature, low=0, low_open=True)
         named = prunable_parameters(model, keep_first=keep_first, keep_last=keep_last)
         if not named:
-            raise ValueError("the model has no prunable (conv or linear) weights")
+            raise UsageError("the model has no prunable (conv or linear) weights")
 
         self.model = model
         self.sparsity = float(sparsity)

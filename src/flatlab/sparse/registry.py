@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UsageError
 from .masking import WeightMasking
 
 __all__ = ["create_masking", "list_sparse_methods"]
@@ -38,7 +39,7 @@ def create_masking(name: str, model: nn.Module, sparsity: float, **kwargs: Any) 
         masking = create_masking("snip", model, 0.95, distribution="global").init(data=batches[:4])
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown sparse method {name!r}; choose from {', '.join(list_sparse_methods())}")
+        raise UsageError(f"unknown sparse method {name!r}; choose from {', '.join(list_sparse_methods())}")
     if "method" in kwargs:
         raise ValueError(f"create_masking({name!r}, ...) names the method; do not pass method={kwargs['method']!r}")
     return WeightMasking(model, sparsity, method=name, **kwargs)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UsageError, UserFileNotFoundError
+
 # atomic_write_text/json are re-exported for existing callers; they live in flatlab.fileio
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
 
@@ -24,12 +26,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise UserFileNotFoundError(f"no checkpoint at {path}")
     try:
         # weights_only=False: the state holds RNG states and numpy arrays written by flatlab itself
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
 
 
 def rng_state() -> dict[str, Any]:

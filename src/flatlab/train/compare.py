@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError, UserFileNotFoundError
+
 __all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table"]
 
 _IGNORED = {"seed", "name", "out", "progress", "threads"}  # do not define the experiment
@@ -17,9 +19,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     config_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
+        raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
     if not summary_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json); resume it first")
+        raise UserFileNotFoundError(f"{run_dir} has not finished (no summary.json); resume it first")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
         "dir": run_dir,
@@ -116,8 +118,11 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | 
 
     Runs are grouped by their configs but for the seed, labelled by what differs; ``labels`` (one per
     run directory) names the groups instead."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise MissingDependencyError("plotting runs needs matplotlib: pip install flatlab[plot]") from err
 
     runs = [load_run(d) for d in run_dirs]
     colour = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
+
 __all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS"]
 
 # Config fields that are hyper-parameters of the SAM-family optimizers (passed only where accepted).
@@ -33,95 +35,134 @@ class TrainConfig:
     should be ``seed``; ``compare`` groups runs whose configs are equal but for it."""
 
     # data
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    stream: bool = False  # image folders too large for memory (ImageNet): decode per batch with workers
-    workers: int = 4
-    train_subset: int | None = None  # first N (seeded random) training samples, for CPU-scale studies
-    test_subset: int | None = None
-    crop_padding: int | None = None  # None: 4 for images >= 28 px, 1 below
-    flip: bool | None = None  # None: on for 3-channel images (not for digits/Fashion-MNIST)
-    cutout: int = 0
+    dataset: str = field(default="digits", metadata={
+        "help": "digits (embedded, no files), cifar10, cifar100, fashion-mnist, mnist or imagefolder"})
+    data_root: str | None = field(default=None, metadata={
+        "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache)"})
+    download: bool = field(default=False, metadata={
+        "help": "download missing official dataset files (CIFAR, MNIST, Fashion-MNIST)"})
+    stream: bool = field(default=False, metadata={
+        "help": "decode an image folder too large for memory (ImageNet) per batch, with --workers"})
+    workers: int = field(default=4, metadata={"help": "data-loading processes for --stream"})
+    train_subset: int | None = field(default=None, metadata={
+        "help": "train on this many (seeded random) training samples, for CPU-scale studies"})
+    test_subset: int | None = field(default=None, metadata={
+        "help": "evaluate on this many (fixed random) test samples"})
+    crop_padding: int | None = field(default=None, metadata={
+        "help": "padding in pixels of the random crop (default: 4 for images >= 28 px, 1 below)"})
+    flip: bool | None = field(default=None, metadata={
+        "help": "random horizontal flips (default: on for 3-channel images, off for grey ones)"})
+    cutout: int = field(default=0, metadata={"help": "side in pixels of the square erased per training image (0: off)"})
     # model
-    model: str | None = None  # None: "cnn" for the embedded digits, "resnet18" otherwise
-    width: float = 1.0
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra model options, e.g. {alpha: 270}
+    model: str | None = field(default=None, metadata={
+        "help": "model name (see `flatlab list`); default cnn for digits, resnet18 otherwise"})
+    width: float = field(default=1.0, metadata={
+        "help": "channel multiplier of the model, for CPU-scale runs (1.0: the published one)"})
+    model_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "extra model options as JSON, e.g. '{\"alpha\": 270}'"})
     # optimizer
-    optimizer: str = "sam"
-    base: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    rho: float | None = None  # None: the method's default
-    p: float | None = None
-    ascent_steps: int | None = None
-    eta: float | None = None
-    beta: float | None = None
-    gamma: float | None = None
-    mask_sparsity: float | None = None
-    fisher_samples: int | None = None
-    mask_interval: int | None = None
-    drop_rate: float | None = None
-    sync_first_pass: bool | None = None
-    max_grad_norm: float | None = None
-    label_smoothing: float = 0.0
+    optimizer: str = field(default="sam", metadata={
+        "help": "sgd, adamw, sam, sam-sign, asam, esam, ssam-f, ssam-d or s2sam (see `flatlab list`)"})
+    base: str = field(default="sgd", metadata={"help": "base optimizer of a SAM-family method: sgd or adamw"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD base optimizer"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for the SGD base optimizer"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (coupled for SGD, decoupled for AdamW)"})
+    rho: float | None = field(default=None, metadata={
+        "help": "SAM family: radius of the perturbation (default: the method's)"})
+    p: float | None = field(default=None, metadata={
+        "help": "SAM: norm of the perturbation, 2 (default) or inf (the sign perturbation)"})
+    ascent_steps: int | None = field(default=None, metadata={
+        "help": "SAM family: gradient-ascent steps per update (default 1)"})
+    eta: float | None = field(default=None, metadata={"help": "ASAM: offset eta of the adaptive scale |w| + eta"})
+    beta: float | None = field(default=None, metadata={"help": "ESAM: probability that a weight tensor is perturbed"})
+    gamma: float | None = field(default=None, metadata={
+        "help": "ESAM: fraction of the batch (its sharpest samples) in the descent step"})
+    mask_sparsity: float | None = field(default=None, metadata={"help": "SSAM: fraction of coordinates NOT perturbed"})
+    fisher_samples: int | None = field(default=None, metadata={
+        "help": "SSAM-F: training samples for the Fisher information of the mask"})
+    mask_interval: int | None = field(default=None, metadata={"help": "SSAM: steps between mask refreshes"})
+    drop_rate: float | None = field(default=None, metadata={
+        "help": "SSAM-D: fraction of the mask dropped and regrown at each refresh"})
+    sync_first_pass: bool | None = field(default=None, metadata={
+        "help": "SAM family under DDP: all-reduce the ascent gradient too"})
+    max_grad_norm: float | None = field(default=None, metadata={
+        "help": "SAM family: clip the descent gradient to this global norm"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})
     # schedule
-    epochs: int = 10
-    batch_size: int = 128
-    lr_schedule: str = "cosine"  # cosine | step | constant
-    warmup_epochs: float = 0.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training (step)
-    lr_decay: float = 0.1
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "training batch size (over all processes)"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, step or constant"})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "linear learning-rate warm-up over this many (possibly fractional) epochs"})
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75], metadata={
+        "help": "step schedule: comma-separated fractions of training, e.g. 0.5,0.75"})
+    lr_decay: float = field(default=0.1, metadata={"help": "step schedule: learning-rate factor at each milestone"})
     # sparse training
-    sparse: str | None = None  # random | magnitude | snip | grasp | set | rigl
-    sparsity: float = 0.0
-    sparse_distribution: str = "erk"
-    sparse_interval: int = 100
-    sparse_fraction: float = 0.3
-    sparse_end: float = 0.75
+    sparse: str | None = field(default=None, metadata={
+        "help": "sparse training: random, magnitude, snip, grasp, set or rigl (default: dense)"})
+    sparsity: float = field(default=0.0, metadata={"help": "sparse training: fraction of prunable weights removed"})
+    sparse_distribution: str = field(default="erk", metadata={
+        "help": "sparse training: sparsity per layer, erk, uniform or global"})
+    sparse_interval: int = field(default=100, metadata={
+        "help": "sparse training (set, rigl): steps between mask updates"})
+    sparse_fraction: float = field(default=0.3, metadata={
+        "help": "sparse training (set, rigl): fraction of live weights regrown per update"})
+    sparse_end: float = field(default=0.75, metadata={
+        "help": "sparse training (set, rigl): fraction of training after which masks stay fixed"})
     # run
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16
-    compile: bool = False
-    channels_last: bool = False
-    threads: int | None = None
-    eval_every: int = 1
-    out: str = "runs"
-    name: str | None = None  # run directory name under ``out``; None: derived from the config
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation, the data order and the augmentation"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
+    amp: str = field(default="none", metadata={"help": "mixed precision: none, bf16 or fp16"})
+    compile: bool = field(default=False, metadata={"help": "compile the model with torch.compile"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory format (faster convolutions on recent GPUs)"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    eval_every: int = field(default=1, metadata={
+        "help": "evaluate on the test set every N epochs (and after the last)"})
+    out: str = field(default="runs", metadata={"help": "folder that holds the run directories"})
+    name: str | None = field(default=None, metadata={
+        "help": "run directory name under --out (default: derived from the config)"})
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        """Raises :class:`~flatlab.errors.UsageError` naming the first field out of range. The
+        optimizer's hyper-parameters are checked by the optimizer (``check_optimizer``)."""
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise ValueError(what)
+                raise UsageError(what)
 
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.width > 0, f"width must be > 0, got {self.width}")
+        for name in ("epochs", "batch_size", "eval_every", "sparse_interval"):
+            check_number(name, getattr(self, name), low=1, integer=True)
+        for name in ("train_subset", "test_subset", "threads"):
+            check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        check_number("workers", self.workers, low=0, integer=True)
+        check_number("cutout", self.cutout, low=0, integer=True)
+        check_number("crop_padding", self.crop_padding, low=0, integer=True, optional=True)
+        check_number("seed", self.seed, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        need(math.isfinite(self.lr), f"lr must be finite, got lr={self.lr}")
+        check_number("momentum", self.momentum, low=0)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        check_number("width", self.width, low=0, low_open=True, high=math.inf, high_open=True)
+        check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True, optional=True)
         need(self.lr_schedule in ("cosine", "step", "constant"),
              f"lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
-        need(0 <= self.warmup_epochs < self.epochs,
-             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        need(all(0 < m < 1 for m in self.milestones),
+        check_number("warmup_epochs", self.warmup_epochs, low=0, high=self.epochs, high_open=True)
+        need(isinstance(self.milestones, list) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in self.milestones),
              f"milestones are fractions of training in (0, 1), got {self.milestones}")
+        check_number("lr_decay", self.lr_decay, low=0, low_open=True)
         need(self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}")
-        need(self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}")
-        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        need(0 <= self.sparsity < 1, f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_number("sparsity", self.sparsity, low=0, high=1, high_open=True)
         need(self.sparse is not None or self.sparsity == 0,
              f"sparsity={self.sparsity} needs a sparse-training method (--sparse)")
-        for name in ("train_subset", "test_subset"):
-            value = getattr(self, name)
-            need(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+        check_number("sparse_fraction", self.sparse_fraction, low=0, high=1)
+        check_number("sparse_end", self.sparse_end, low=0, low_open=True, high=1)
+        need(isinstance(self.model_args, dict), f"model_args must be a mapping, got {self.model_args!r}")
 
     # ------------------------------------------------------------------------------------------
 
@@ -133,7 +174,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise UsageError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,22 +202,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Reads a YAML (needs PyYAML) or JSON config file into a dict of config fields."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise UserFileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as err:
-            raise ImportError(f"reading {path} needs PyYAML: pip install pyyaml (or flatlab[yaml])") from err
+            raise MissingDependencyError(f"reading {path} needs PyYAML: pip install pyyaml (or flatlab[yaml])") from err
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from err
+            raise UsageError(f"{path} is not valid YAML: {err}") from err
     else:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            raise UsageError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
+        raise UsageError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
     return values

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from ..data import BatchLoader, ImageArrays, ImageFolderDataset, load_dataset, normalize
+from ..data.imagefolder import TEST_SPLITS
+from ..errors import UsageError, UserFileNotFoundError
 from .config import TrainConfig
 
 __all__ = ["RunData", "build_data"]
@@ -33,7 +35,7 @@ class RunData:
         """``num_samples`` un-augmented training samples, drawn from (seed, step) alone so that a
         resumed run and every DDP rank draw the same ones."""
         if self.arrays is None:
-            raise ValueError("SSAM-F's Fisher mask needs an in-memory dataset (not --stream)")
+            raise UsageError("SSAM-F's Fisher mask needs an in-memory dataset (not --stream)")
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randperm(self.arrays.num_train, generator=g)[:num_samples]
         x = normalize(self.arrays.train_images[idx].to(device), self.mean, self.std)
@@ -77,10 +79,17 @@ class _Streaming:
 def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
     if config.stream:
         if config.dataset != "imagefolder" or not config.data_root:
-            raise ValueError("--stream reads an image folder: use --dataset imagefolder --data-root DIR")
-        root = Path(config.data_root)
-        train_set = ImageFolderDataset(root, train=True)
-        test_set = ImageFolderDataset(root, train=False)
+            raise UsageError("--stream reads an image folder: use --dataset imagefolder --data-root DIR")
+        root = Path(config.data_root).expanduser()
+        test_dir = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+        if not (root / "train").is_dir() or test_dir is None:
+            raise UserFileNotFoundError(
+                f"--stream reads {root}/train/<class>/ and {root}/test/<class>/ (or val/<class>/); not found"
+            )
+        train_set = ImageFolderDataset(root / "train", train=True)
+        test_set = ImageFolderDataset(test_dir, train=False)
+        if test_set.classes != train_set.classes:
+            raise UsageError(f"{test_dir} has classes {test_set.classes}, {root / 'train'} has {train_set.classes}")
         per_rank = config.batch_size // world
         common = dict(workers=config.workers, rank=rank, world=world, seed=config.seed, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, device=device, channels_last=config.channels_last)
@@ -99,7 +108,7 @@ def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: 
     padding = config.crop_padding if config.crop_padding is not None else (4 if min(height, width) >= 28 else 1)
     flip = config.flip if config.flip is not None else channels == 3
     if config.batch_size % world:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world} processes")
+        raise UsageError(f"batch_size={config.batch_size} must be divisible by the {world} processes")
     per_rank = config.batch_size // world
     train = BatchLoader(
         train_x, train_y, per_rank, shuffle=True, drop_last=True, crop_padding=padding, flip=flip,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..analysis import evaluate as evaluate_batches
+from ..errors import UsageError
 from ..optim import SharpnessAware, per_sample
 from ..progress import Progress
 
@@ -145,7 +146,7 @@ def train_one_epoch(
     seconds = time.perf_counter() - start
     bar.close()
     if images == 0:
-        raise ValueError("the training loader gave no batch: batch_size is larger than the training set")
+        raise UsageError("the training loader gave no batch: batch_size is larger than the training set")
     return EpochStats(float(total_loss) / images, float(correct) / images, images, seconds)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..errors import UsageError, UserFileExistsError, UserFileNotFoundError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import count_parameters, create_model
 from ..optim import SharpnessAware, base_of, base_options, create_optimizer, is_base_optimizer, step_passes
@@ -55,16 +56,19 @@ def resolve_device(name: str | torch.device) -> torch.device:
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # torch's message for a malformed name
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        raise UsageError(f"device {name!r} asked for, but CUDA is not available")
     return device
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
+        raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
     saved = json.loads(path.read_text())
     return TrainConfig.from_dict(saved["config"])
 
@@ -93,7 +97,7 @@ def load_trained(
         path = run_dir
         state = load_checkpoint(path, map_location=device)
         if not isinstance(state.get("config"), dict):
-            raise ValueError(f"{path} holds no run config; pass its run directory instead")
+            raise UsageError(f"{path} holds no run config; pass its run directory instead")
         config = TrainConfig.from_dict(state["config"])
     else:
         config = load_run_config(run_dir)
@@ -143,13 +147,19 @@ def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | Non
         if c.optimizer == "ssam-d" and total_steps is not None:
             kwargs.setdefault("total_steps", total_steps)
     elif c.max_grad_norm is not None:
-        raise ValueError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
+        raise UsageError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
     return create_optimizer(c.optimizer, params_or_model, base=base, **kwargs)
 
 
 def check_optimizer(config: TrainConfig) -> None:
-    """Raises the optimizer's own ValueError for a bad name or hyper-parameter, before any training."""
-    build_optimizer(config, [torch.zeros(1, requires_grad=True)])
+    """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
+    or hyper-parameter, before any training."""
+    try:
+        build_optimizer(config, [torch.zeros(1, requires_grad=True)])
+    except UsageError:
+        raise
+    except ValueError as err:  # on one dummy tensor, only the config's values can be wrong
+        raise UsageError(str(err)) from err
 
 
 class _Run:
@@ -172,7 +182,7 @@ class _Run:
         self.model = torch.compile(model) if config.compile else model
         self.steps_per_epoch = len(self.data.train)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise UsageError(
                 f"batch_size={config.batch_size} is larger than the {self.data.num_train} training samples"
             )
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -298,7 +308,7 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
     checkpoint_path = run_dir / "checkpoint.pt"
     if resume_dir is None and (checkpoint_path.exists() or (run_dir / "summary.json").exists()):
         if not overwrite:
-            raise FileExistsError(
+            raise UserFileExistsError(
                 f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
                 "or choose another --name / --out (or --overwrite)"
             )
@@ -310,7 +320,7 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
     history: list[dict[str, Any]] = []
     if resume_dir is not None:
         if not checkpoint_path.exists():
-            raise FileNotFoundError(f"no checkpoint to resume in {run_dir}")
+            raise UserFileNotFoundError(f"no checkpoint to resume in {run_dir}")
         run.load_state_dict(load_checkpoint(checkpoint_path, map_location=device))
         # metrics written after the last checkpoint belong to an epoch that will be redone
         history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)

@@ -37,6 +37,7 @@ import torch
 
 from .. import __version__
 from ..analysis import top_eigenvalues
+from ..errors import UsageError, check_number
 from ..fileio import atomic_write_json, atomic_write_text
 from .compare import format_mean_std, load_run, markdown_table, mean_std, plot_runs
 from .config import TrainConfig, load_config_file
@@ -52,9 +53,13 @@ class Study:
         unknown = sorted(set(spec) - _KEYS)
         if unknown:
             allowed = ", ".join(sorted(_KEYS))
-            raise ValueError(f"{source}: unknown study keys: {', '.join(unknown)} (allowed: {allowed})")
-        if not spec.get("methods"):
-            raise ValueError(f"{source}: a study needs a non-empty 'methods' mapping")
+            raise UsageError(f"{source}: unknown study keys: {', '.join(unknown)} (allowed: {allowed})")
+        if not isinstance(spec.get("methods"), dict) or not spec["methods"]:
+            raise UsageError(f"{source}: a study needs a non-empty 'methods' mapping")
+        seeds = spec.get("seeds", [0])
+        if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                for s in seeds):
+            raise UsageError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
         self.name = spec.get("name", "study")
         self.out = Path(spec.get("out", f"runs/{self.name}"))
         self.seeds = [int(s) for s in spec.get("seeds", [0])]
@@ -72,8 +77,8 @@ class Study:
             config = TrainConfig.from_dict(values)
             check_optimizer(config)
             return config
-        except ValueError as err:
-            raise ValueError(f"{self.source}: method {method!r}: {err}") from err
+        except UsageError as err:
+            raise UsageError(f"{self.source}: method {method!r}: {err}") from err
 
     def run_dir(self, method: str, seed: int) -> Path:
         return self.out / f"{method}-seed{seed}"
@@ -93,7 +98,7 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return spec
     parent_path = (path.parent / parent).resolve()
     if parent_path in seen or parent_path == path.resolve():
-        raise ValueError(f"{path}: 'extends' makes a cycle through {parent_path}")
+        raise UsageError(f"{path}: 'extends' makes a cycle through {parent_path}")
     merged = _resolve_extends(parent_path, seen + (path.resolve(),))
     base = {**merged.get("base", {}), **spec.pop("base", {})}
     merged.update(spec)
@@ -184,8 +189,7 @@ def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: in
 
     ``jobs > 1`` starts worker processes with ``spawn``: a script that calls this needs the usual
     ``if __name__ == "__main__":`` guard (the ``flatlab study`` command has it)."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_number("jobs", jobs, low=1, integer=True)
     study.out.mkdir(parents=True, exist_ok=True)
     # seed-major: a study cut short still has every method at its first seeds
     tasks = [(study, m, s) for s in study.seeds for m in study.methods]
