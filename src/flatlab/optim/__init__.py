@@ -22,6 +22,7 @@ from .registry import (
     create_optimizer,
     is_base_optimizer,
     list_optimizers,
+    method_options,
     param_groups,
     register_optimizer,
 )
@@ -33,7 +34,7 @@ from .sources import BatchGradient, GradientSource, PreviousGradient
 __all__ = [
     "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
-    "is_base_optimizer", "base_of", "base_options",
+    "is_base_optimizer", "base_of", "base_options", "method_options",
     "GradientSource", "BatchGradient", "PreviousGradient",
     "Shape", "LpBall", "Adaptive",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",

@@ -22,7 +22,7 @@ from .sharpness_aware import SharpnessAware
 
 __all__ = [
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
-    "is_base_optimizer", "base_of", "base_options",
+    "is_base_optimizer", "base_of", "base_options", "method_options",
 ]  # fmt: skip
 
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -81,6 +81,21 @@ def is_base_optimizer(name: str) -> bool:
 def base_of(name: str, default: str = "sgd") -> str:
     """The base optimizer the entry ``name`` is built on: its own (``adamw``) or ``default``."""
     return _entry(name).fixed.get("base", default)
+
+
+def method_options(name: str) -> set[str]:
+    """The keyword arguments the entry ``name`` reads besides the base optimizer's: its preset's
+    and :class:`SharpnessAware`'s (nothing for a base optimizer alone)."""
+    cls = _entry(name).cls
+    if cls is None:
+        return set()
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object or not issubclass(klass, SharpnessAware):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        found |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return found - {"base"}
 
 
 def base_options(base: str) -> set[str]:

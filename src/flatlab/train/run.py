@@ -29,7 +29,15 @@ from .. import __version__
 from ..errors import UsageError, UserFileExistsError, UserFileNotFoundError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import count_parameters, create_model
-from ..optim import SharpnessAware, base_of, base_options, create_optimizer, is_base_optimizer, step_passes
+from ..optim import (
+    SharpnessAware,
+    base_of,
+    base_options,
+    create_optimizer,
+    is_base_optimizer,
+    method_options,
+    step_passes,
+)
 from ..sparse import create_masking, masking_flops
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -144,8 +152,8 @@ def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | Non
     if not is_base_optimizer(c.optimizer):
         kwargs.update(c.optimizer_kwargs())
         kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
-        if c.optimizer == "ssam-d" and total_steps is not None:
-            kwargs.setdefault("total_steps", total_steps)
+        if total_steps is not None and "total_steps" in method_options(c.optimizer):
+            kwargs.setdefault("total_steps", total_steps)  # schedules over the run (SSAM-D's drop rate)
     elif c.max_grad_norm is not None:
         raise UsageError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
     return create_optimizer(c.optimizer, params_or_model, base=base, **kwargs)
