@@ -1,11 +1,18 @@
 """flatlab: Sharpness-Aware Minimization and the methods that make it cheaper and stronger."""
 
 from .optim import (
+    AESAM,
     ASAM,
     ESAM,
+    GSAM,
+    MSAM,
+    RST,
     S2SAM,
     SAM,
     SSAM,
+    WSAM,
+    FriendlySAM,
+    LookSAM,
     PerSampleClosure,
     SharpnessAware,
     create_optimizer,
@@ -19,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "SharpnessAware",
+    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
     "create_optimizer", "list_optimizers", "param_groups",
     "per_sample", "PerSampleClosure", "frozen_bn_stats",
 ]  # fmt: skip

@@ -34,6 +34,10 @@ def batches(n_batches=4, batch=8, seed=1, dtype=torch.float32):
     ]
 
 
+#: options that make every step of a scheduled method a sharpness-aware one (two passes)
+ALWAYS_SAM = {"looksam": {"k": 1}, "rst": {"sam_probability": 1.0}, "aesam": {"c_start": -1e9, "c_end": -1e9}}
+
+
 def make(name, model, **kwargs):
     """A family optimizer on SGD with momentum and small, quick-to-refresh masks."""
     options = dict(lr=0.1, momentum=0.9, seed=0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAMILY, batches, make, run_step, tiny_net
+from conftest import ALWAYS_SAM, FAMILY, batches, make, run_step, tiny_net
 
 import flatlab
 
@@ -261,12 +261,13 @@ def test_step_without_closure_is_an_error():
         opt.step()
 
 
-TWO_PASS = [n for n in FAMILY if n != "s2sam"]
+SINGLE_PASS = ["s2sam", "msam"]
+TWO_PASS = [n for n in FAMILY if n not in SINGLE_PASS]
 
 
-def _state_before_step(name, data):
+def _state_before_step(name, data, **options):
     model = tiny_net()
-    opt = make(name, model)
+    opt = make(name, model, **options)
     run_step(opt, model, *data[0])  # some momentum and a pending perturbation for S2SAM
     with opt.unperturbed():
         before = params_of(model)
@@ -283,7 +284,7 @@ def _assert_untouched(model, opt, before, momentum):
 @pytest.mark.parametrize("name", TWO_PASS)
 @pytest.mark.parametrize("where", ["ascent", "descent"])
 def test_nonfinite_gradient_leaves_weights_and_state_untouched(name, where, data):
-    model, opt, before, momentum = _state_before_step(name, data)
+    model, opt, before, momentum = _state_before_step(name, data, **ALWAYS_SAM.get(name, {}))
     x, y = data[1]
     calls = []
 
@@ -300,14 +301,24 @@ def test_nonfinite_gradient_leaves_weights_and_state_untouched(name, where, data
     _assert_untouched(model, opt, before, momentum)
 
 
-def test_nonfinite_gradient_of_a_single_pass_step_restores_w_and_skips(data):
-    model, opt, before, momentum = _state_before_step("s2sam", data)
+@pytest.mark.parametrize("name", SINGLE_PASS)
+def test_nonfinite_gradient_of_a_single_pass_step_restores_w_and_skips(name, data):
+    model, opt, before, momentum = _state_before_step(name, data)
     assert opt.is_perturbed  # the pass below runs at w + eps
     x, y = data[1]
     opt.zero_grad()
     (F.cross_entropy(model(x), y) * float("nan")).backward()
     opt.step()
     _assert_untouched(model, opt, before, momentum)
+
+
+@pytest.mark.parametrize("name, options", [("rst", {"sam_probability": 0.0}), ("looksam", {"k": 10**6})])
+def test_nonfinite_gradient_of_a_plain_step_leaves_weights_untouched(name, options, data):
+    model, opt, before, momentum = _state_before_step(name, data, **options)
+    x, y = data[1]
+    opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(model(x), y, reduction="none") * float("nan")))
+    _assert_untouched(model, opt, before, momentum)
+    assert opt.steps == 2 and opt.phase is flatlab.optim.Phase.AT_W
 
 
 def test_grad_scaler_skips_overflowing_steps_exactly(data):

@@ -16,6 +16,8 @@ def two_layers():
 
 def passes(name, **options):
     """The passes an optimizer of the registry declares for one step."""
+    if name == "msam":
+        options = {"momentum": 0.9, **options}  # it perturbs along the momentum
     return step_passes(flatlab.create_optimizer(name, [torch.zeros(2, requires_grad=True)], lr=0.1, **options))
 
 
@@ -54,9 +56,11 @@ def test_masking_flops_at_known_densities():
 
 
 def test_every_registered_optimizer_declares_its_passes():
-    # dense: one forward 600, one forward-backward 1800; ESAM 600 * 2.6 + 600 + 1800 / 2
+    # dense: one forward 600, one forward-backward 1800; ESAM 600 * 2.6 + 600 + 1800 / 2;
+    # LookSAM k=5 1.2 passes; RST p=0.5 1.5; AE-SAM before any step: its paper's ~50%, 1.5
     expected = {"sgd": 1800, "adamw": 1800, "sam": 3600, "sam-sign": 3600, "asam": 3600, "esam": 3060,
-                "ssam-f": 3600, "ssam-d": 3600, "s2sam": 1800}
+                "ssam-f": 3600, "ssam-d": 3600, "s2sam": 1800, "looksam": 1.2 * 1800, "aesam": 1.5 * 1800,
+                "rst": 1.5 * 1800, "msam": 1800, "gsam": 3600, "wsam": 3600, "fsam": 3600}
     got = {name: step_flops(PER_LAYER, passes=passes(name)) for name in flatlab.list_optimizers()}
     assert got == pytest.approx(expected)
 

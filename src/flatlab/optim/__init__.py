@@ -13,8 +13,10 @@ from .coordinates import (
     draw_tensors,
 )
 from .cost import Pass
+from .descents import Descent, OrthogonalReuse, PerturbedGradient, SurrogateGap, WeightedSharpness
 from .fisher import empirical_fisher
-from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
+from .presets import AESAM, ASAM, ESAM, GSAM, MSAM, RST, S2SAM, SAM, SSAM, WSAM, FriendlySAM, LookSAM
+from .radius import LRProportional, RhoSchedule
 from .registry import (
     BASE_OPTIMIZERS,
     base_of,
@@ -27,15 +29,20 @@ from .registry import (
     register_optimizer,
 )
 from .samples import AllSamples, PerSampleClosure, Samples, SharpnessSensitive, per_sample
+from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
 from .shapes import Adaptive, LpBall, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
-from .sources import BatchGradient, GradientSource, PreviousGradient
+from .sources import BatchGradient, FriendlyGradient, GradientSource, MomentumDirection, PreviousGradient
 
 __all__ = [
     "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
+    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
     "is_base_optimizer", "base_of", "base_options", "method_options",
-    "GradientSource", "BatchGradient", "PreviousGradient",
+    "GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",
+    "Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch",
+    "Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse",
+    "RhoSchedule", "LRProportional",
     "Shape", "LpBall", "Adaptive",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",

@@ -1,16 +1,21 @@
-"""The published methods as presets of :class:`SharpnessAware`: each only chooses its policies."""
+"""The published methods as presets of :class:`SharpnessAware`: each only chooses its policies
+(``docs/methods.md`` lists them with their formulas, costs and defaults)."""
 
 from __future__ import annotations
 
 from torch.optim import Optimizer
 
+from ..errors import check_number
 from .coordinates import DynamicMask, FisherMask, RandomTensors
+from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
+from .radius import LRProportional
 from .samples import SharpnessSensitive
+from .schedules import AdaptiveSwitch, EveryK
 from .shapes import Adaptive, LpBall
 from .sharpness_aware import SharpnessAware
-from .sources import PreviousGradient
+from .sources import FriendlyGradient, MomentumDirection, PreviousGradient
 
-__all__ = ["SAM", "ASAM", "ESAM", "SSAM", "S2SAM"]
+__all__ = ["SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM"]
 
 
 class SAM(SharpnessAware):
@@ -124,3 +129,80 @@ class S2SAM(SharpnessAware):
 
     def __init__(self, base: Optimizer, rho: float = 0.05, **options):
         super().__init__(base, rho, source=PreviousGradient(), **options)
+
+
+class LookSAM(SharpnessAware):
+    """LookSAM (Liu et al. 2022): a SAM step every ``k`` steps, which also stores g_v, the part of
+    the SAM gradient orthogonal to the plain one; the steps between take one forward/backward and
+    descend along ``g + alpha * (||g|| / ||g_v||) * g_v``. 1 + 1/k passes per step.
+
+    Example::
+
+        opt = flatlab.LookSAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=5)
+        opt.step(closure)   # the closure runs once on the steps between SAM steps
+    """
+
+    def __init__(self, base: Optimizer, rho: float = 0.1, k: int = 5, alpha: float = 0.7, **options):
+        check_number("k", k, low=1, integer=True)
+        super().__init__(base, rho, schedule=EveryK(k), descent=OrthogonalReuse(alpha), **options)
+
+
+class AESAM(SharpnessAware):
+    """AE-SAM (Jiang et al. 2023): SAM only on steps whose squared gradient norm exceeds its moving
+    mean plus ``c_t`` moving standard deviations (:class:`~flatlab.optim.AdaptiveSwitch`); the
+    others are base steps with one pass. ``opt.sam_fraction`` reports the share of SAM steps."""
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, delta: float = 0.9, c_start: float = 1.0,
+                 c_end: float = -1.0, total_steps: int | None = None, **options):
+        schedule = AdaptiveSwitch(delta, c_start, c_end, total_steps)
+        super().__init__(base, rho, schedule=schedule, **options)
+
+
+class RST(SharpnessAware):
+    """Randomized switching (Zhao et al. 2022): each step is a SAM step with probability
+    ``sam_probability``, drawn from the optimizer's generator, else a base step with one pass;
+    ``every=k`` instead takes a SAM step every k-th step (MosaicML composer's interval)."""
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, sam_probability: float | None = 0.5, **options):
+        if options.get("every") is not None:
+            sam_probability = None  # the deterministic interval replaces the draw
+        super().__init__(base, rho, sam_probability=sam_probability, **options)
+
+
+class MSAM(SharpnessAware):
+    """Momentum-SAM (Becker et al. 2024): eps = -rho * v / ||v||, v the base optimizer's momentum
+    buffer, applied after each step so that the next (single) forward/backward runs there; no
+    closure needed. rho = 3, the official configs' value (SAM's is 0.05 - 0.2)."""
+
+    def __init__(self, base: Optimizer, rho: float = 3.0, **options):
+        super().__init__(base, rho, source=MomentumDirection(), **options)
+
+
+class GSAM(SharpnessAware):
+    """GSAM (Zhuang et al. 2022): descend along ``g_p - alpha * g_perp``, g_perp the part of the
+    gradient at w orthogonal to the one at w + eps, with rho following the learning rate from
+    ``rho`` (at the initial learning rate) down to ``rho_min`` (at learning rate 0; default
+    ``rho / 2``, the ratio of the paper's ResNet settings, 0.04 and 0.02)."""
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, rho_min: float | None = None, alpha: float = 0.4,
+                 **options):
+        check_number("rho", rho, low=0.0)
+        rho_min = rho / 2 if rho_min is None else rho_min
+        super().__init__(base, rho, descent=SurrogateGap(alpha), rho_schedule=LRProportional(rho_min), **options)
+
+
+class WSAM(SharpnessAware):
+    """WSAM (Yue et al. 2023): sharpness as a regulariser weighted by gamma / (1 - gamma); by
+    default decoupled (the base step uses the gradient at w, the sharpness term is applied after
+    it, scaled by the learning rate), as in the paper."""
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, gamma: float = 0.9, decoupled: bool = True, **options):
+        super().__init__(base, rho, descent=WeightedSharpness(gamma, decoupled), **options)
+
+
+class FriendlySAM(SharpnessAware):
+    """FriendlySAM (Li et al. 2024): the ascent follows the batch gradient minus ``sigma`` times
+    its exponential moving average (factor ``lmbda``), i.e. the batch-specific part of it."""
+
+    def __init__(self, base: Optimizer, rho: float = 0.1, sigma: float = 1.0, lmbda: float = 0.9, **options):
+        super().__init__(base, rho, source=FriendlyGradient(sigma, lmbda), **options)

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
 from ..errors import UsageError
-from .presets import ASAM, ESAM, S2SAM, SAM, SSAM
+from .presets import AESAM, ASAM, ESAM, GSAM, MSAM, RST, S2SAM, SAM, SSAM, WSAM, FriendlySAM, LookSAM
 from .sharpness_aware import SharpnessAware
 
 __all__ = [
@@ -60,6 +60,13 @@ register_optimizer("esam", ESAM, "efficient SAM: random tensors (beta) + data se
 register_optimizer("ssam-f", SSAM, "sparse SAM, Fisher mask", mask="fisher")
 register_optimizer("ssam-d", SSAM, "sparse SAM, dynamic mask", mask="dynamic")
 register_optimizer("s2sam", S2SAM, "single-step SAM (previous gradient)")
+register_optimizer("looksam", LookSAM, "SAM every k steps, its orthogonal part reused between")
+register_optimizer("aesam", AESAM, "SAM when the squared gradient norm is unusually large")
+register_optimizer("rst", RST, "SAM with probability p (or every k steps), else a base step")
+register_optimizer("msam", MSAM, "single-step, perturbed along the negative momentum")
+register_optimizer("gsam", GSAM, "SAM minus the orthogonal gradient (surrogate gap), rho following the lr")
+register_optimizer("wsam", WSAM, "sharpness as a weighted regulariser, decoupled")
+register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its moving average")
 
 
 def list_optimizers() -> list[str]:

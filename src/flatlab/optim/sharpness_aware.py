@@ -7,6 +7,7 @@ The named methods (SAM, ASAM, ESAM, SSAM, S2SAM) are presets of this class in ``
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -18,8 +19,11 @@ from ..errors import check_number
 from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates
 from .cost import Pass
+from .descents import Descent, PerturbedGradient
 from .functional import global_norm
+from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
+from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
 from .shapes import LpBall, Shape
 from .sources import BatchGradient, GradientSource
 
@@ -35,10 +39,12 @@ class Phase(enum.Enum):
     PERTURBED = "perturbed"
     #: the ascent gradient was not finite: w is in place and the coming descent is skipped
     SKIPPED = "skipped"
+    #: the schedule skipped the perturbation: ``.grad`` holds the gradient at w to descend with
+    PLAIN = "plain"
 
 
 class SharpnessAware(torch.optim.Optimizer):
-    """Sharpness-aware minimisation around any base optimizer instance.
+    """Sharpness-aware minimisation around any base optimizer instance, composed of policies.
 
     The wrapper shares the base optimizer's ``param_groups`` (LR schedulers, param-group tricks
     and ``isinstance(opt, torch.optim.Optimizer)`` keep working) and keeps its own per-parameter
@@ -53,6 +59,13 @@ class SharpnessAware(torch.optim.Optimizer):
         shape: how the ascent direction is shaped (default: L2 ball, i.e. SAM).
         coordinates: which coordinates are perturbed (default: all).
         samples: which samples drive the descent gradient (default: all).
+        descent: how the descent gradient combines the gradients at w and w + eps (default: the
+            one at w + eps; GSAM's, WSAM's and LookSAM's in ``flatlab.optim.descents``).
+        schedule: which steps take the sharpness-aware update; the others are plain steps with
+            one pass (default: every step; ``flatlab.optim.schedules``). Shortcuts: ``every=k``
+            (every k-th step) and ``sam_probability=p`` (a random fraction p of the steps, RST).
+        rho_schedule: the radius over training (default: constant ``rho``; GSAM's follows the
+            learning rate, :class:`~flatlab.optim.LRProportional`).
         ascent_steps: number of ascent steps; each step after the first re-evaluates the gradient
             at the perturbed point, adds a step of size ``ascent_step_size`` (default ``rho``) and
             projects back onto the rho-ball.
@@ -108,6 +121,11 @@ class SharpnessAware(torch.optim.Optimizer):
         shape: Shape | None = None,
         coordinates: Coordinates | None = None,
         samples: Samples | None = None,
+        descent: Descent | None = None,
+        schedule: Schedule | None = None,
+        every: int | None = None,
+        sam_probability: float | None = None,
+        rho_schedule: RhoSchedule | None = None,
         ascent_steps: int = 1,
         ascent_step_size: float | None = None,
         model: nn.Module | None = None,
@@ -130,6 +148,13 @@ class SharpnessAware(torch.optim.Optimizer):
         self.shape = shape or LpBall(2.0)
         self.coordinates = coordinates or AllCoordinates()
         self.samples = samples or AllSamples()
+        self.descent = descent or PerturbedGradient()
+        self.schedule = _schedule(schedule, every, sam_probability)
+        self.rho_schedule = rho_schedule
+        if self.source.lagged and not isinstance(self.schedule, EveryStep):
+            raise ValueError("a single-pass method perturbs on every step; a schedule has nothing to save there")
+        if self.source.lagged and not isinstance(self.descent, PerturbedGradient):
+            raise ValueError(f"the {self.descent.name} descent needs the gradient at w: it needs a two-pass source")
         if self.source.lagged and ascent_steps != 1:
             raise ValueError(f"a single-pass method takes no extra ascent steps, got ascent_steps={ascent_steps}")
         if self.source.lagged and self.samples.needs_per_sample:
@@ -155,8 +180,11 @@ class SharpnessAware(torch.optim.Optimizer):
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.steps = 0
+        self.sam_steps = 0  # steps that took the sharpness-aware update
         self.weight_masks: dict[Tensor, Tensor] = {}
         self.phase = Phase.AT_W
+        # the factor the gradients of the first pass carry: a GradScaler's scale inside step(scaler=)
+        self._loss_scale = 1.0
         self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
 
@@ -164,6 +192,11 @@ class SharpnessAware(torch.optim.Optimizer):
         self._num_params = len(params)
         self._adaptive = self._adaptive_flags(model)
         self.coordinates.bind(params, self.generator, self.state)
+        self.source.bind(self.state, base)
+        self.descent.bind(self.state)
+        self.schedule.bind(self.generator)
+        if self.rho_schedule is not None:
+            self.rho_schedule.bind(self, self.rho)
 
     # ----------------------------------------------------------------------------------------
     # bookkeeping
@@ -228,15 +261,29 @@ class SharpnessAware(torch.optim.Optimizer):
         """Whether ``step`` needs a closure (an ascent pass on the current batch)."""
         return not self.source.lagged
 
+    @property
+    def sam_fraction(self) -> float:
+        """Fraction of the steps so far that took the sharpness-aware update (NaN before any)."""
+        return self.sam_steps / self.steps if self.steps else math.nan
+
+    def radius(self) -> float:
+        """The perturbation radius of the coming step."""
+        return self.rho if self.rho_schedule is None else self.rho_schedule.radius(self)
+
     def passes(self) -> tuple[Pass, ...]:
-        """The forward/backward passes of one step, for cost accounting (FLOPs, benchmarks)."""
-        descent = Pass(batch=self.samples.descent_fraction)
+        """The forward/backward passes of one step on average, for cost accounting (FLOPs,
+        benchmarks): a sharpness-aware step's passes at the schedule's rate, plus the plain
+        steps' single pass."""
         if self.source.lagged:
-            return (descent,)
-        ascent = Pass(weight_grads=self.coordinates.ascent_weight_grads)
-        extra = tuple(Pass() for _ in range(self.ascent_steps - 1))
-        selection = (Pass(backward=False),) if self.samples.needs_per_sample else ()
-        return (ascent, *extra, *selection, descent)
+            return (Pass(),)
+        rate = self.schedule.expected_rate(self.sam_fraction if self.steps else None)
+        late = self.schedule.needs_gradient  # the first pass is taken before the decision
+        first = Pass(rate=1.0 if late else rate, weight_grads=1.0 if late else self.coordinates.ascent_weight_grads)
+        plain = () if late or rate == 1.0 else (Pass(rate=1.0 - rate),)
+        extra = tuple(Pass(rate=rate) for _ in range(self.ascent_steps - 1))
+        selection = (Pass(rate=rate, backward=False),) if self.samples.needs_per_sample else ()
+        descent = Pass(rate=rate, batch=self.samples.descent_fraction)
+        return tuple(p for p in (first, *plain, *extra, *selection, descent) if p.rate > 0)
 
     # ----------------------------------------------------------------------------------------
     # the data-driven mask
@@ -289,23 +336,25 @@ class SharpnessAware(torch.optim.Optimizer):
             found = found or bool(found_inf.item())
         return not found
 
-    def _descent_ready(self, grads: list[Tensor]) -> bool:
-        """Checks (and unscales) the descent gradient; False means: skip the base step."""
+    def _unscale_and_check(self, grads: list[Tensor], also: list[Tensor] = ()) -> bool:
+        """Unscales the descent gradient (and ``also``, gradients of the same step kept aside)
+        under a GradScaler and checks it; False means: skip the base step."""
         found_inf = getattr(self, "found_inf", None)  # set by GradScaler.step
         if found_inf is not None:
             if bool(found_inf.item()):
                 return False
             scale = getattr(self, "grad_scale", None)
             if scale is not None:
-                self._check_and_unscale(grads, scale.double().reciprocal().float())
-        elif self.skip_nonfinite and not self._check_and_unscale(grads, None):
-            return False
+                self._check_and_unscale([*grads, *also], scale.double().reciprocal().float())
+            return True
+        return not self.skip_nonfinite or self._check_and_unscale(grads, None)
+
+    def _clip(self, grads: list[Tensor]) -> None:
         if self.max_grad_norm is not None:
             total = global_norm(grads, 2.0, foreach=self.foreach)
             coef = self.max_grad_norm / (float(total) + 1e-6)
             if coef < 1.0:
                 torch._foreach_mul_(grads, coef)
-        return True
 
     # ----------------------------------------------------------------------------------------
     # the perturbation
@@ -314,7 +363,7 @@ class SharpnessAware(torch.optim.Optimizer):
         """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps."""
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
-        radius = self.rho * self.coordinates.scale
+        radius = self.radius() * self.coordinates.scale
         adaptive = [self._adaptive[p] for p in chosen]
         eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach)
         self._apply_masks(chosen, eps)
@@ -363,12 +412,13 @@ class SharpnessAware(torch.optim.Optimizer):
             return  # keep the last finite perturbation
         adaptive = [self._adaptive[p] for p in weights]
         scale = self.coordinates.scale
-        size = (self.ascent_step_size if self.ascent_step_size is not None else self.rho) * scale
+        rho = self.radius()
+        size = (self.ascent_step_size if self.ascent_step_size is not None else rho) * scale
         # the adaptive operator T is taken at w, not at the perturbed point
         delta = self.shape.perturbation(grads, backups, adaptive, size, self.foreach)
         self._apply_masks(weights, delta)
         eps = torch._foreach_add(self._eps, delta)
-        eps = self.shape.project(eps, backups, adaptive, self.rho * scale, self.foreach)
+        eps = self.shape.project(eps, backups, adaptive, rho * scale, self.foreach)
         torch._foreach_copy_(weights, backups)
         torch._foreach_add_(weights, eps)
         self._eps = eps
@@ -385,6 +435,9 @@ class SharpnessAware(torch.optim.Optimizer):
         """
         if self.source.lagged:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
+        self._first_step(None, zero_grad)
+
+    def _first_step(self, decided: bool | None, zero_grad: bool = False) -> None:
         if self.phase is not Phase.AT_W:
             raise RuntimeError("first_step() called twice; call second_step() (or step()) in between")
         self._refresh_if_due()
@@ -397,10 +450,27 @@ class SharpnessAware(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         if not self._check_and_unscale(grads, None):
             self.phase = Phase.SKIPPED
+        elif not self._takes_sam_step(decided, grads):
+            # a plain step: the gradient just computed is the one to descend with, keep it
+            self.phase = Phase.PLAIN
+            return
         else:
-            self._perturb(params, self.source.direction(params, grads, self.base))
+            if self.descent.needs_clean_gradient:
+                for p, g in zip(params, grads):
+                    self.state[p]["clean_grad"] = g.clone()
+            self._perturb(params, self.source.direction(params, grads, self.base, self._loss_scale))
         if zero_grad:
             self.zero_grad(set_to_none=True)
+
+    def _takes_sam_step(self, decided: bool | None, grads: list[Tensor]) -> bool:
+        if self.radius() == 0.0:
+            return False  # rho = 0 is the base optimizer, bit for bit and with one pass
+        if decided is not None:
+            return decided
+        if self.schedule.needs_gradient:
+            norm = float(global_norm(grads, 2.0, foreach=self.foreach)) / self._loss_scale
+            return self.schedule.decide(self.steps, norm**2)
+        return self.schedule.decide(self.steps)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -410,14 +480,36 @@ class SharpnessAware(torch.optim.Optimizer):
             raise RuntimeError("a single-pass method has no second step; call step() once per batch")
         if self.phase is Phase.AT_W:
             raise RuntimeError("second_step() without first_step()")
-        skipped = self.phase is Phase.SKIPPED
+        phase = self.phase
         self._restore()
-        grads = [p.grad for p in self._params() if p.grad is not None]
-        if not skipped and grads and self._descent_ready(grads):
-            self.base.step()
+        params = [p for p in self._params() if p.grad is not None]
+        grads = [p.grad for p in params]
+        clean = {p: self.state[p].pop("clean_grad") for p in self._params() if "clean_grad" in self.state[p]}
+        if phase is not Phase.SKIPPED and grads:
+            self._combine_and_step(params, grads, clean, phase is Phase.PERTURBED)
         self.steps += 1
         if zero_grad:
             self.zero_grad(set_to_none=True)
+
+    def _combine_and_step(self, params: list[Tensor], grads: list[Tensor], clean: dict[Tensor, Tensor],
+                          sam: bool) -> None:
+        """The descent: unscale and check the gradient, let the descent policy form it, clip it,
+        take the base step."""
+        if not self._unscale_and_check(grads, list(clean.values())):
+            return
+        if sam:
+            if self.descent.needs_clean_gradient:
+                both = [(p, g, clean[p]) for p, g in zip(params, grads) if p in clean]
+                self.descent.sharpness_aware([p for p, _, _ in both], [c for *_, c in both], [g for _, g, _ in both])
+            else:
+                self.descent.sharpness_aware(params, [], grads)
+            self.sam_steps += 1
+        else:
+            self.descent.plain(params, grads)
+        self._clip(grads)
+        self.base.step()
+        lrs = [group["lr"] for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.descent.after_base_step(params, lrs, sam)
 
     # ----------------------------------------------------------------------------------------
     # passes
@@ -429,11 +521,15 @@ class SharpnessAware(torch.optim.Optimizer):
     def ascent_pass(self) -> Iterator[None]:
         """Wraps the forward/backward passes that build the perturbation (at w and, for several
         ascent steps, at w + eps): tensors the coordinate policy will not perturb skip their weight
-        gradient (ESAM), and a DDP model skips the all-reduce unless ``sync_first_pass``."""
+        gradient (ESAM), and a DDP model skips the all-reduce unless ``sync_first_pass``.
+
+        Under a schedule that decides from the gradient (AE-SAM) the first pass may become a plain
+        step's only pass: it then computes every gradient and is all-reduced."""
         ddp = self._is_ddp()
-        no_sync = self.model.no_sync() if ddp and not self.sync_first_pass else nullcontext()
+        synced = self.sync_first_pass or self.schedule.needs_gradient
+        no_sync = self.model.no_sync() if ddp and not synced else nullcontext()
         # a synced DDP backward waits for every gradient: nothing may skip it then
-        self.coordinates.begin_ascent_pass(skip_grads=not (ddp and self.sync_first_pass))
+        self.coordinates.begin_ascent_pass(skip_grads=not (ddp and synced) and not self.schedule.needs_gradient)
         try:
             with no_sync:
                 yield
@@ -475,6 +571,13 @@ class SharpnessAware(torch.optim.Optimizer):
         """
         if scaler is not None and closure is not None and not isinstance(closure, PerSampleClosure):
             raise TypeError("with scaler=, pass flatlab.per_sample(fn): the optimizer scales each backward itself")
+        self._loss_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        try:
+            return self._step(closure, scaler)
+        finally:
+            self._loss_scale = 1.0
+
+    def _step(self, closure, scaler) -> Any:
         if closure is not None:
             # before any forward, as update_mask is called: BatchNorm's running statistics, which
             # the Fisher scores are computed with, then do not include this batch yet
@@ -495,9 +598,15 @@ class SharpnessAware(torch.optim.Optimizer):
                 f"sample selection ({self.samples.extra_repr()}) needs per-sample losses: pass "
                 "flatlab.per_sample(fn) where fn(indices) returns the per-sample losses of those rows"
             )
+        decided = None if self.schedule.needs_gradient else self._takes_sam_step(None, [])
+        if decided is False:
+            loss, _ = self._evaluate(closure, scaler=scaler)
+            self.phase = Phase.PLAIN
+            self._descend(scaler)
+            return loss
         with self.ascent_pass():
             loss, before = self._evaluate(closure, scaler=scaler)
-            self.first_step()
+            self._first_step(decided)
             for _ in range(self.ascent_steps - 1):
                 if self.phase is not Phase.PERTURBED:
                     break
@@ -537,10 +646,12 @@ class SharpnessAware(torch.optim.Optimizer):
         self._restore()
         params = [p for p in self._params() if p.grad is not None]
         grads = [p.grad for p in params]
-        if grads and self._descent_ready(grads):
+        if grads and self._unscale_and_check(grads):
+            self._clip(grads)
             self.base.step()
+            self.sam_steps += 1
             # the gradient just used (taken at the perturbed point) builds the next perturbation
-            self._perturb(params, self.source.direction(params, grads, self.base))
+            self._perturb(params, self.source.direction(params, grads, self.base, 1.0))
         self.steps += 1
         return loss
 
@@ -570,17 +681,22 @@ class SharpnessAware(torch.optim.Optimizer):
         perturbed = set(self._perturbed)
         per_param: dict[int, dict[str, Tensor]] = {}
         for p, state in self.state.items():
-            # a backup is only meaningful while its tensor holds w + eps
-            kept = {k: v for k, v in state.items() if k != "backup" or p in perturbed}
+            # a backup is only meaningful while its tensor holds w + eps, a clean gradient during a step
+            kept = {
+                k: v for k, v in state.items()
+                if (k != "backup" or p in perturbed) and (k != "clean_grad" or self.phase is not Phase.AT_W)
+            }
             if kept:
                 per_param[index[p]] = kept
         own: dict[str, Any] = {
             "steps": self.steps,
+            "sam_steps": self.sam_steps,
             "rho": self.rho,
             "phase": self.phase.value,
             "perturbed": [index[p] for p in self._perturbed],
             "generator": self.generator.get_state(),
             "source": self.source.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "coordinates": self.coordinates.state_dict(),
             "state": per_param,
         }
@@ -606,9 +722,11 @@ class SharpnessAware(torch.optim.Optimizer):
         # LR scheduler would go on updating groups the base no longer reads.
         self.param_groups = self.base.param_groups
         self.steps = int(own["steps"])
+        self.sam_steps = int(own["sam_steps"])
         self.rho = float(own["rho"])
         self.generator.set_state(own["generator"])
         self.source.load_state_dict(own["source"])
+        self.schedule.load_state_dict(own["schedule"])
         self.coordinates.load_state_dict(own["coordinates"])
         for i, entry in saved.items():
             p = params[int(i)]
@@ -628,10 +746,28 @@ class SharpnessAware(torch.optim.Optimizer):
             parts.append(f"coordinates={self.coordinates.name}({self.coordinates.extra_repr()})")
         if not isinstance(self.samples, AllSamples):
             parts.append(f"samples={self.samples.name}({self.samples.extra_repr()})")
+        if not isinstance(self.descent, PerturbedGradient):
+            parts.append(f"descent={self.descent.name}({self.descent.extra_repr()})")
+        if not isinstance(self.schedule, EveryStep):
+            parts.append(f"schedule={self.schedule.name}({self.schedule.extra_repr()})")
+        if self.rho_schedule is not None:
+            parts.append(f"rho_schedule={self.rho_schedule.name}({self.rho_schedule.extra_repr()})")
         if self.ascent_steps > 1:
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())
         return f"{type(self).__name__}({', '.join(parts)},\n    base={base})"
+
+
+def _schedule(schedule: Schedule | None, every: int | None, sam_probability: float | None) -> Schedule:
+    given = [name for name, v in (("schedule", schedule), ("every", every), ("sam_probability", sam_probability))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"choose one of schedule, every and sam_probability, got {', '.join(given)}")
+    if every is not None:
+        return EveryK(every)
+    if sam_probability is not None:
+        return RandomSwitch(sam_probability)
+    return schedule or EveryStep()
 
 
 def step_passes(optimizer: torch.optim.Optimizer) -> tuple[Pass, ...]:

@@ -9,12 +9,15 @@ turn the gradients they see into a direction.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["GradientSource", "BatchGradient", "PreviousGradient"]
+from ..errors import check_number
+
+__all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
 
 
 class GradientSource:
@@ -30,9 +33,17 @@ class GradientSource:
     name = "source"
     lagged = False
 
-    def direction(self, params: list[Tensor], grads: list[Tensor], base: torch.optim.Optimizer) -> list[Tensor]:
+    def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer) -> None:
+        """The optimizer's per-parameter state (for a source's own buffers) and its base."""
+        self.state = state
+
+    def direction(
+        self, params: list[Tensor], grads: list[Tensor], base: torch.optim.Optimizer, scale: float = 1.0
+    ) -> list[Tensor]:
         """The vector the shape turns into eps, one tensor per entry of ``params`` (aligned with
-        ``grads``, the gradients the step just used). Must not modify ``grads``."""
+        ``grads``, the gradients the step just used, which carry a loss scale ``scale``: the shape
+        normalises the direction, but state kept across steps must be stored unscaled). Must not
+        modify ``grads``."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -51,7 +62,7 @@ class BatchGradient(GradientSource):
     name = "batch"
     lagged = False
 
-    def direction(self, params, grads, base):
+    def direction(self, params, grads, base, scale=1.0):
         return grads
 
 
@@ -62,5 +73,77 @@ class PreviousGradient(GradientSource):
     name = "previous"
     lagged = True
 
-    def direction(self, params, grads, base):
+    def direction(self, params, grads, base, scale=1.0):
         return grads
+
+
+#: where torch's base optimizers keep their first moment: SGD's momentum, Adam(W)'s exp_avg
+_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+class MomentumDirection(GradientSource):
+    """Momentum-SAM (Becker et al. 2024): the perturbation is ``-rho * v / ||v||`` with v the base
+    optimizer's momentum buffer after its step (SGD's ``momentum_buffer``, Adam's ``exp_avg``), so
+    the next pass runs a step ahead along the coming update; one pass per step, like S2-SAM, which
+    this generalises (the previous gradient is a momentum of factor 0).
+
+    The base optimizer must keep a momentum (SGD with ``momentum > 0``, Adam, AdamW).
+    """
+
+    name = "momentum"
+    lagged = True
+
+    def bind(self, state, base) -> None:
+        super().bind(state, base)
+        momentum = base.defaults.get("momentum")
+        if momentum is not None and not momentum > 0:
+            raise ValueError(f"Momentum-SAM perturbs along the base optimizer's momentum; got momentum={momentum}")
+        if momentum is None and "betas" not in base.defaults:
+            raise ValueError(f"Momentum-SAM needs a base optimizer with a momentum buffer, got {type(base).__name__}")
+
+    def direction(self, params, grads, base, scale=1.0):
+        out = []
+        for p, g in zip(params, grads):
+            state = base.state.get(p, {})
+            buf = next((state[k] for k in _MOMENTUM_KEYS if state.get(k) is not None), None)
+            # a tensor without a buffer yet (none after the first step) is moved along -g
+            out.append(buf if buf is not None else g)
+        return torch._foreach_neg(out)
+
+
+class FriendlyGradient(GradientSource):
+    """FriendlySAM (Li et al. 2024): the ascent direction is the batch gradient minus ``sigma``
+    times an exponential moving average (factor ``lmbda``) of past batch gradients, i.e. the
+    batch-specific part of the gradient: ``d_t = g_t - sigma * m_{t-1}``, then
+    ``m_t = lmbda * m_{t-1} + (1 - lmbda) * g_t``; the first step starts ``m`` at ``g`` and
+    ascends along ``g``. The average lives in ``state[p]["gradient_ema"]``.
+    """
+
+    name = "friendly"
+    lagged = False
+
+    def __init__(self, sigma: float = 1.0, lmbda: float = 0.9):
+        check_number("sigma", sigma, low=0.0)
+        check_number("lmbda", lmbda, low=0.0, high=1.0)
+        self.sigma = float(sigma)
+        self.lmbda = float(lmbda)
+
+    def direction(self, params, grads, base, scale=1.0):
+        fresh = [(p, g) for p, g in zip(params, grads) if "gradient_ema" not in self.state[p]]
+        for p, g in fresh:
+            self.state[p]["gradient_ema"] = g / scale
+        seen = {p for p, _ in fresh}
+        old = [(p, g) for p, g in zip(params, grads) if p not in seen]
+        out = {p: g for p, g in fresh}
+        if old:
+            ps, gs = [p for p, _ in old], [g for _, g in old]
+            emas = [self.state[p]["gradient_ema"] for p in ps]
+            for p, d in zip(ps, torch._foreach_add(gs, emas, alpha=-self.sigma * scale)):
+                out[p] = d
+            if scale != 1.0:
+                gs = torch._foreach_div(gs, scale)
+            torch._foreach_lerp_(emas, gs, 1.0 - self.lmbda)
+        return [out[p] for p in params]
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma:g}, lmbda={self.lmbda:g}"

@@ -1,0 +1,171 @@
+"""How the descent gradient is formed from the gradient at w (g) and at w + eps (g_p).
+
+SAM descends along g_p alone. GSAM subtracts the part of g orthogonal to g_p (its surrogate-gap
+term); WSAM weights the sharpness g_p - g; LookSAM keeps the part of g_p orthogonal to g from its
+sharpness-aware steps and adds it to the gradient of the plain steps between them.
+
+A policy works on the gradients in place, over aligned lists of tensors, with its per-parameter
+state in the optimizer's ``state[p]``; norms and inner products are global (all tensors together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+import torch
+from torch import Tensor
+
+from ..errors import check_number
+from .functional import global_norm
+
+__all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """The inner product of two tensor lists taken as one vector, in at least float32."""
+    if not a:
+        return torch.zeros(())
+    dtype = torch.promote_types(a[0].dtype, torch.float32)
+    parts = [(x.to(dtype) * y.to(dtype)).sum() for x, y in zip(a, b)]
+    return torch.stack([p.to(parts[0].device) for p in parts]).sum()
+
+
+def _ratio(num: Tensor, den: Tensor) -> float:
+    den = float(den)
+    return float(num) / den if den > 0.0 else 0.0
+
+
+class Descent:
+    """Interface of a descent policy.
+
+    Attributes:
+        name: short name for ``repr``.
+        needs_clean_gradient: True when the sharpness-aware step needs g (the gradient at w) as
+            well as g_p: the optimizer then keeps a copy of it (one more parameter-sized buffer).
+    """
+
+    name = "descent"
+    needs_clean_gradient = False
+
+    def bind(self, state: MutableMapping[Tensor, dict]) -> None:
+        self.state = state
+
+    def sharpness_aware(self, params: list[Tensor], clean: list[Tensor], grads: list[Tensor]) -> None:
+        """Turns ``grads`` (g_p, aligned with ``params``) into the descent gradient, in place;
+        ``clean`` holds g for the same tensors (empty unless ``needs_clean_gradient``)."""
+
+    def plain(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Amends the gradient of a plain step (one the schedule skipped), in place."""
+
+    def after_base_step(self, params: list[Tensor], lrs: list[float], sharpness_aware: bool) -> None:
+        """Runs after the base optimizer's step (``lrs``: each tensor's learning rate)."""
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class PerturbedGradient(Descent):
+    """The default: descend along the gradient at w + eps (SAM)."""
+
+    name = "perturbed"
+
+
+class SurrogateGap(Descent):
+    """GSAM (Zhuang et al. 2022): descend along ``g_p - alpha * g_perp``, with ``g_perp`` the part
+    of g orthogonal to g_p, which lowers the surrogate gap L(w + eps) - L(w) without changing the
+    perturbed loss to first order."""
+
+    name = "surrogate-gap"
+    needs_clean_gradient = True
+
+    def __init__(self, alpha: float = 0.4):
+        check_number("alpha", alpha, low=0.0)
+        self.alpha = float(alpha)
+
+    def sharpness_aware(self, params, clean, grads) -> None:
+        if not grads or self.alpha == 0.0:
+            return
+        # g_perp = g - (<g, g_p> / ||g_p||^2) g_p
+        coef = _ratio(_dot(clean, grads), global_norm(grads) ** 2)
+        perp = torch._foreach_add(clean, torch._foreach_mul(grads, -coef))
+        torch._foreach_add_(grads, perp, alpha=-self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}"
+
+
+class WeightedSharpness(Descent):
+    """WSAM (Yue et al. 2023): the objective L(w) + gamma / (1 - gamma) * (L(w + eps) - L(w)).
+
+    Coupled, the gradient is ``g + alpha (g_p - g)`` with ``alpha = gamma / (1 - gamma)``.
+    Decoupled (the default, as in the paper), the base optimizer steps with g alone and the
+    sharpness term is applied after it, like decoupled weight decay: ``w -= lr * alpha * (g_p - g)``.
+    """
+
+    name = "weighted-sharpness"
+    needs_clean_gradient = True
+
+    def __init__(self, gamma: float = 0.9, decoupled: bool = True):
+        check_number("gamma", gamma, low=0.0, high=1.0, high_open=True)
+        self.gamma = float(gamma)
+        self.alpha = self.gamma / (1.0 - self.gamma)
+        self.decoupled = bool(decoupled)
+
+    def sharpness_aware(self, params, clean, grads) -> None:
+        if not grads:
+            return
+        sharpness = torch._foreach_sub(grads, clean)
+        if self.decoupled:
+            for p, s in zip(params, sharpness):
+                self.state[p]["sharpness"] = s
+            torch._foreach_copy_(grads, clean)
+        else:
+            torch._foreach_copy_(grads, clean)
+            torch._foreach_add_(grads, sharpness, alpha=self.alpha)
+
+    def after_base_step(self, params, lrs, sharpness_aware) -> None:
+        if not (self.decoupled and sharpness_aware):
+            return
+        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+        for p, lr in zip(params, lrs):  # each tensor moves by its own group's learning rate
+            if "sharpness" in self.state[p]:
+                ps, ss = by_lr.setdefault(lr, ([], []))
+                ps.append(p)
+                ss.append(self.state[p].pop("sharpness"))
+        for lr, (ps, ss) in by_lr.items():
+            torch._foreach_add_(ps, ss, alpha=-lr * self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma:g}, decoupled={self.decoupled}"
+
+
+class OrthogonalReuse(Descent):
+    """LookSAM (Liu et al. 2022): on a sharpness-aware step, store ``g_v``, the part of g_p
+    orthogonal to g (``g_v = g_p - (<g_p, g> / ||g||^2) g``) and descend along g_p; on a plain
+    step, descend along ``g + alpha * (||g|| / ||g_v||) * g_v``. Norms are global (LookSAM's
+    Algorithm 1; Look-LayerSAM's per-layer form is not this one)."""
+
+    name = "orthogonal-reuse"
+    needs_clean_gradient = True
+
+    def __init__(self, alpha: float = 0.7):
+        check_number("alpha", alpha, low=0.0)
+        self.alpha = float(alpha)
+
+    def sharpness_aware(self, params, clean, grads) -> None:
+        if not grads:
+            return
+        coef = _ratio(_dot(grads, clean), global_norm(clean) ** 2)
+        for p, gv in zip(params, torch._foreach_add(grads, torch._foreach_mul(clean, -coef))):
+            self.state[p]["orthogonal"] = gv
+
+    def plain(self, params, grads) -> None:
+        kept = [(g, self.state[p]["orthogonal"]) for p, g in zip(params, grads) if "orthogonal" in self.state[p]]
+        if not kept or self.alpha == 0.0:
+            return
+        gs, gvs = [g for g, _ in kept], [v for _, v in kept]
+        scale = self.alpha * _ratio(global_norm(grads), global_norm(gvs))
+        torch._foreach_add_(gs, gvs, alpha=scale)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}"

@@ -1,0 +1,307 @@
+"""The efficient methods (LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM, FriendlySAM) against reference
+loops that write out each paper's equations, on a small float64 network; and their cost in passes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batches, make, run_step, tiny_net
+
+import flatlab
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+
+
+def data(steps=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g))
+            for _ in range(steps)]
+
+
+def grad_at(model, w, x, y):
+    """The gradient of the loss at weights ``w`` (a list), leaving the model's weights as they were."""
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, w):
+            p.copy_(v)
+    loss = F.cross_entropy(model(x), y)
+    g = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, v in zip(params, saved):
+            p.copy_(v)
+    return [t.detach() for t in g]
+
+
+def norm(v):
+    return torch.sqrt(sum((t * t).sum() for t in v))
+
+
+def dot(a, b):
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def axpy(a, x, y):
+    """a * x + y over lists."""
+    return [a * xi + yi for xi, yi in zip(x, y)]
+
+
+def step_closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def run_flatlab(opt, model, batches_):
+    for x, y in batches_:
+        if opt.needs_closure:
+            opt.step(step_closure(opt, model, x, y))
+        else:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    with opt.unperturbed():
+        return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_same(got, expected):
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def sgd(lr=0.1, momentum=0.0):
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def test_looksam_matches_its_equations():
+    model, ref = net(), net()
+    rho, k, alpha, lr = 0.1, 3, 0.7, 0.1
+    w = [p.detach().clone() for p in ref.parameters()]
+    gv = None
+    for t, (x, y) in enumerate(data()):
+        g = grad_at(ref, w, x, y)
+        if t % k == 0:
+            gs = grad_at(ref, axpy(rho / norm(g), g, w), x, y)
+            gv = axpy(-dot(gs, g) / dot(g, g), g, gs)  # g_s minus its projection on g
+            d = gs
+        else:
+            d = axpy(alpha * norm(g) / norm(gv), gv, g)
+        w = axpy(-lr, d, w)
+    opt = flatlab.LookSAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, k=k, alpha=alpha)
+    assert_same(run_flatlab(opt, model, data()), w)
+    assert opt.sam_steps == 4 and opt.steps == 12
+
+
+def test_aesam_matches_its_equations():
+    model, ref = net(), net()
+    rho, lr, delta, total = 0.05, 0.1, 0.9, 12
+    w = [p.detach().clone() for p in ref.parameters()]
+    mu, var, decisions = 0.0, 1e-10, []
+    for t, (x, y) in enumerate(data()):
+        g = grad_at(ref, w, x, y)
+        sq = float(dot(g, g))
+        mu = delta * mu + (1 - delta) * sq
+        var = delta * var + (1 - delta) * (sq - mu) ** 2
+        c = 1.0 + (-1.0 - 1.0) * t / total  # lambda_2 = 1 at the start to lambda_1 = -1 at the end
+        sam = sq >= mu + c * math.sqrt(var)
+        decisions.append(sam)
+        d = grad_at(ref, axpy(rho / norm(g), g, w), x, y) if sam else g
+        w = axpy(-lr, d, w)
+    assert 0 < sum(decisions) < len(decisions)  # both kinds of step happen
+    opt = flatlab.AESAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, delta=delta, total_steps=total)
+    assert_same(run_flatlab(opt, model, data()), w)
+    assert opt.sam_steps == sum(decisions) and opt.sam_fraction == pytest.approx(sum(decisions) / 12)
+
+
+@pytest.mark.parametrize("options", [{"sam_probability": 0.5}, {"every": 3}])
+def test_rst_matches_a_reference_with_the_same_draws(options):
+    model, ref = net(), net()
+    rho, lr = 0.05, 0.1
+    w = [p.detach().clone() for p in ref.parameters()]
+    generator = torch.Generator().manual_seed(4)
+    taken = 0
+    for t, (x, y) in enumerate(data()):
+        g = grad_at(ref, w, x, y)
+        if "every" in options:
+            sam = t % options["every"] == 0
+        else:
+            sam = bool(torch.rand((), generator=generator) < options["sam_probability"])
+        taken += sam
+        d = grad_at(ref, axpy(rho / norm(g), g, w), x, y) if sam else g
+        w = axpy(-lr, d, w)
+    opt = flatlab.RST(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, seed=4, **options)
+    assert_same(run_flatlab(opt, model, data()), w)
+    assert opt.sam_steps == taken and 0 < taken < 12
+
+
+def test_msam_matches_its_equations():
+    model, ref = net(), net()
+    rho, lr, mom = 3.0, 0.05, 0.9
+    w = [p.detach().clone() for p in ref.parameters()]
+    v = None
+    for x, y in data():
+        at = w if v is None else axpy(-rho / norm(v), v, w)  # eps = -rho v / ||v||
+        g = grad_at(ref, at, x, y)
+        v = g if v is None else axpy(mom, v, g)
+        w = axpy(-lr, v, w)
+    opt = flatlab.MSAM(torch.optim.SGD(model.parameters(), lr=lr, momentum=mom), rho=rho)
+    assert_same(run_flatlab(opt, model, data()), w)
+
+
+def test_msam_needs_a_momentum():
+    with pytest.raises(ValueError, match="momentum"):
+        flatlab.MSAM(torch.optim.SGD(net().parameters(), lr=0.1))
+    flatlab.MSAM(torch.optim.AdamW(net().parameters(), lr=0.1))  # Adam's exp_avg is a momentum
+
+
+def test_gsam_matches_its_equations_with_rho_following_the_lr():
+    model, ref = net(), net()
+    rho_max, rho_min, alpha, lr0, steps = 0.08, 0.02, 0.4, 0.1, 12
+    decay = lambda t: 1 - t / steps  # noqa: E731 - a linear decay to 0 over the run
+    w = [p.detach().clone() for p in ref.parameters()]
+    for t, (x, y) in enumerate(data(steps)):
+        lr = lr0 * decay(t)
+        rho = rho_min + (rho_max - rho_min) * lr / lr0
+        g = grad_at(ref, w, x, y)
+        gp = grad_at(ref, axpy(rho / norm(g), g, w), x, y)
+        perp = axpy(-dot(g, gp) / dot(gp, gp), gp, g)  # the part of g orthogonal to g_p
+        w = axpy(-lr, axpy(-alpha, perp, gp), w)
+    base = torch.optim.SGD(model.parameters(), lr=lr0)
+    opt = flatlab.GSAM(base, rho=rho_max, rho_min=rho_min, alpha=alpha)
+    sched = torch.optim.lr_scheduler.LambdaLR(base, decay)
+    for x, y in data(steps):
+        opt.step(step_closure(opt, model, x, y))
+        sched.step()
+    assert_same([p.detach() for p in model.parameters()], w)
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_wsam_matches_its_equations(decoupled):
+    model, ref = net(), net()
+    rho, gamma, lr, mom = 0.05, 0.9, 0.05, 0.9
+    a = gamma / (1 - gamma)
+    w = [p.detach().clone() for p in ref.parameters()]
+    v = None
+    for x, y in data():
+        g = grad_at(ref, w, x, y)
+        gp = grad_at(ref, axpy(rho / norm(g), g, w), x, y)
+        sharp = axpy(-1.0, g, gp)
+        d = g if decoupled else axpy(a, sharp, g)
+        v = d if v is None else axpy(mom, v, d)
+        w = axpy(-lr, v, w)
+        if decoupled:  # the sharpness term bypasses the momentum, scaled by the learning rate
+            w = axpy(-lr * a, sharp, w)
+    opt = flatlab.WSAM(torch.optim.SGD(model.parameters(), lr=lr, momentum=mom), rho=rho, gamma=gamma,
+                       decoupled=decoupled)
+    assert_same(run_flatlab(opt, model, data()), w)
+
+
+def test_friendly_sam_matches_its_equations():
+    model, ref = net(), net()
+    rho, sigma, lmbda, lr = 0.1, 1.0, 0.9, 0.1
+    w = [p.detach().clone() for p in ref.parameters()]
+    m = None
+    for x, y in data():
+        g = grad_at(ref, w, x, y)
+        if m is None:
+            d, m = g, g
+        else:
+            d = axpy(-sigma, m, g)  # the batch gradient minus sigma times the average so far
+            m = [lmbda * mi + (1 - lmbda) * gi for mi, gi in zip(m, g)]
+        w = axpy(-lr, grad_at(ref, axpy(rho / norm(d), d, w), x, y), w)
+    opt = flatlab.FriendlySAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, sigma=sigma, lmbda=lmbda)
+    assert_same(run_flatlab(opt, model, data()), w)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("rst", {"sam_probability": 0.0}), ("aesam", {"c_start": 1e9, "c_end": 1e9}),  # the switch never fires
+     ("looksam", {"rho": 0.0}), ("rst", {"rho": 0.0, "every": 2}), ("gsam", {"rho": 0.0}), ("wsam", {"rho": 0.0}),
+     ("fsam", {"rho": 0.0}), ("msam", {"rho": 0.0}), ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2})],
+)
+def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, options):
+    a, b = net(), net()
+    opt = flatlab.create_optimizer(name, a, lr=0.1, momentum=0.9, **options)
+    base = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    for x, y in data():
+        run_flatlab(opt, a, [(x, y)])
+        base.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        base.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    assert opt.sam_steps == (opt.steps if name == "msam" else 0)
+
+
+class CountingNet(torch.nn.Module):
+    """tiny_net, counting forward passes and backward passes through its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_net()
+        self.forwards = self.backwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        out = self.net(x)
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad):
+        self.backwards += 1
+
+
+@pytest.mark.parametrize(
+    "name, options, per_step, tolerance",
+    [("looksam", {}, 1.2, 0), ("rst", {}, 1.5, 0.1), ("rst", {"every": 4}, 1.25, 0), ("msam", {}, 1.0, 0),
+     ("s2sam", {}, 1.0, 0), ("sam", {}, 2.0, 0), ("aesam", {"total_steps": 60}, None, 0),
+     ("gsam", {}, 2.0, 0), ("wsam", {}, 2.0, 0), ("fsam", {}, 2.0, 0)],
+)
+def test_forward_and_backward_passes_per_step(name, options, per_step, tolerance):
+    model = CountingNet()
+    opt = make(name, model, **options)
+    steps = 60
+    for x, y in batches(n_batches=steps, batch=4):
+        run_step(opt, model, x, y)
+    assert model.forwards == model.backwards  # no selection forward in these methods
+    measured = model.forwards / steps
+    if per_step is None:  # AE-SAM: one pass, plus one on each step it chose SAM
+        per_step = 1 + opt.sam_steps / steps
+        assert 0.2 < opt.sam_fraction < 0.8
+    assert measured == pytest.approx(per_step, abs=tolerance)
+    declared = flatlab.optim.step_passes(opt)
+    assert sum(p.rate for p in declared) == pytest.approx(1 + opt.sam_fraction if opt.needs_closure else 1.0,
+                                                          abs=max(tolerance, 1e-9))
+
+
+@pytest.mark.parametrize("name", ["looksam", "aesam", "rst", "msam", "gsam", "wsam", "fsam"])
+def test_resume_mid_run_is_bit_identical(name):
+    # the switches' state (moving averages, stored orthogonal part, EMA of gradients, counters,
+    # generator) all come back from state_dict
+    data_ = batches(n_batches=8)
+    straight, first = tiny_net(), tiny_net()
+    opt = make(name, straight)
+    for x, y in data_:
+        run_step(opt, straight, x, y)
+    opt1 = make(name, first)
+    for x, y in data_[:5]:
+        run_step(opt1, first, x, y)
+    saved = {"model": first.state_dict(), "opt": opt1.state_dict()}
+    resumed = tiny_net(seed=9)
+    resumed.load_state_dict(saved["model"])
+    opt2 = make(name, resumed, seed=123)
+    opt2.load_state_dict(saved["opt"])
+    for x, y in data_[5:]:
+        run_step(opt2, resumed, x, y)
+    for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(p, q)
+    assert opt2.sam_steps == opt.sam_steps
