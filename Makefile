@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# a reference to test against (dev only); --no-deps keeps pip away from the pinned torch
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "pytorch-optimizer==4.1.0"
 	touch $@
 
 demo: $(VENV)/.installed

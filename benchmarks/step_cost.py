@@ -4,6 +4,9 @@ Model: ResNet-18 layout at width 0.25 (base 16 channels, 0.70M parameters, Batch
 CIFAR-shaped inputs on the CPU. Rounds are interleaved (every optimizer timed once per round) so
 that drifts of the machine hit all of them alike; the median per-step time over rounds is reported.
 
+Each row also gives the forward/backward passes per step counted on the model during the timed
+rounds (LookSAM k=5: 1.2, RST p=0.5: about 1.5, AE-SAM: 1 + its fraction of SAM steps).
+
 Also: SSAM-F's Fisher refresh with 128 samples in units of SGD steps, and the optimizer state
 memory as a ratio to parameter memory (the wrapper's own state, and the base optimizer's).
 
@@ -35,6 +38,14 @@ METHODS = {
     "ssam-f": dict(rho=0.05, sparsity=0.5, update_interval=10**9),
     "ssam-d": dict(rho=0.05, sparsity=0.5, update_interval=100),
     "s2sam": dict(rho=0.05),
+    # the efficient frontier (issue 11), each with its paper's defaults
+    "looksam": dict(rho=0.1, k=5, alpha=0.7),
+    "aesam": dict(rho=0.05),
+    "rst": dict(rho=0.05, sam_probability=0.5),
+    "msam": dict(rho=3.0),
+    "gsam": dict(rho=0.05, alpha=0.4),
+    "wsam": dict(rho=0.05, gamma=0.9),
+    "fsam": dict(rho=0.1, sigma=1.0, lmbda=0.9),
 }
 
 
@@ -125,12 +136,16 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     runs = {name: build(name, args.width) for name in METHODS}
+    forwards = {name: [0] for name in METHODS}
+    for name, (model, _) in runs.items():
+        model.register_forward_pre_hook(lambda *_, n=forwards[name]: n.__setitem__(0, n[0] + 1))
     n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in runs["sgd"][0].parameters())
 
     for model, opt in runs.values():
         for _ in range(args.warmup):
             train_step(model, opt, x, y)
+    counted_from = {name: n[0] for name, n in forwards.items()}
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     for _ in range(args.rounds):
         for name, (model, opt) in runs.items():
@@ -139,6 +154,8 @@ def main() -> None:
                 train_step(model, opt, x, y)
             times[name].append((time.perf_counter() - start) / args.steps)
     median = {name: statistics.median(t) for name, t in times.items()}
+    timed_steps = args.rounds * args.steps
+    passes = {name: (forwards[name][0] - counted_from[name]) / timed_steps for name in METHODS}
 
     # SSAM-F's refresh: Fisher from 128 samples + global top-k
     model, opt = runs["ssam-f"]
@@ -166,6 +183,7 @@ def main() -> None:
                 "step_ms": round(median[name] * 1e3, 2),
                 "ratio_to_sgd": round(median[name] / sgd, 3),
                 "ratio_to_sam": round(median[name] / median["sam"], 3),
+                "passes_per_step": round(passes[name], 3),
                 "extra_state_over_params": round(own / param_bytes, 3),
                 "base_state_over_params": round(base / param_bytes, 3),
                 "hyper_parameters": METHODS[name],
@@ -195,12 +213,13 @@ def main() -> None:
         "",
         f"Command: `{result['command']}`; median of {args.rounds} interleaved rounds of {args.steps} steps.",
         "",
-        "| optimizer | step (ms) | x SGD | x SAM | extra state / params | base state / params |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| optimizer | step (ms) | x SGD | x SAM | passes / step | extra state / params | base state / params |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['optimizer']} | {r['step_ms']} | {r['ratio_to_sgd']} | {r['ratio_to_sam']} | "
+            f"{r['passes_per_step']} | "
             f"{r['extra_state_over_params']} | {r['base_state_over_params']} |"
         )
     lines += [
