@@ -26,6 +26,17 @@ OPTIMIZER_FIELDS = {
     "mask_interval": "update_interval",
     "drop_rate": "drop_rate",
     "sync_first_pass": "sync_first_pass",
+    "every": "every",
+    "sam_probability": "sam_probability",
+    "k": "k",
+    "alpha": "alpha",
+    "delta": "delta",
+    "c_start": "c_start",
+    "c_end": "c_end",
+    "rho_min": "rho_min",
+    "decoupled": "decoupled",
+    "sigma": "sigma",
+    "lmbda": "lmbda",
 }
 
 
@@ -77,7 +88,8 @@ class TrainConfig:
     eta: float | None = field(default=None, metadata={"help": "ASAM: offset eta of the adaptive scale |w| + eta"})
     beta: float | None = field(default=None, metadata={"help": "ESAM: probability that a weight tensor is perturbed"})
     gamma: float | None = field(default=None, metadata={
-        "help": "ESAM: fraction of the batch (its sharpest samples) in the descent step"})
+        "help": "ESAM: fraction of the batch (its sharpest samples) in the descent step; "
+                "WSAM: sharpness weight, gamma / (1 - gamma) times the sharpness"})
     mask_sparsity: float | None = field(default=None, metadata={"help": "SSAM: fraction of coordinates NOT perturbed"})
     fisher_samples: int | None = field(default=None, metadata={
         "help": "SSAM-F: training samples for the Fisher information of the mask"})
@@ -86,6 +98,24 @@ class TrainConfig:
         "help": "SSAM-D: fraction of the mask dropped and regrown at each refresh"})
     sync_first_pass: bool | None = field(default=None, metadata={
         "help": "SAM family under DDP: all-reduce the ascent gradient too"})
+    every: int | None = field(default=None, metadata={
+        "help": "two-pass methods: a sharpness-aware step every k-th step, plain steps between"})
+    sam_probability: float | None = field(default=None, metadata={
+        "help": "RST (and any two-pass method): probability that a step is sharpness-aware"})
+    k: int | None = field(default=None, metadata={"help": "LookSAM: steps between full SAM steps"})
+    alpha: float | None = field(default=None, metadata={
+        "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term"})
+    delta: float | None = field(default=None, metadata={
+        "help": "AE-SAM: rate of the moving averages of the squared gradient norm"})
+    c_start: float | None = field(default=None, metadata={
+        "help": "AE-SAM: threshold factor c_t at the start (lambda_2)"})
+    c_end: float | None = field(default=None, metadata={"help": "AE-SAM: threshold factor c_t at the end (lambda_1)"})
+    rho_min: float | None = field(default=None, metadata={"help": "GSAM: radius when the learning rate reaches 0"})
+    decoupled: bool | None = field(default=None, metadata={
+        "help": "WSAM: apply the sharpness term after the base step (default) rather than in the gradient"})
+    sigma: float | None = field(default=None, metadata={
+        "help": "FriendlySAM: weight of the gradient average removed from the ascent direction"})
+    lmbda: float | None = field(default=None, metadata={"help": "FriendlySAM: factor of the gradient average"})
     max_grad_norm: float | None = field(default=None, metadata={
         "help": "SAM family: clip the descent gradient to this global norm"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})

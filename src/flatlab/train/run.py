@@ -416,6 +416,9 @@ def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
         "parameters": count_parameters(run.raw_model),
         "model": run.config.resolved_model(),
     }
+    if isinstance(run.optimizer, SharpnessAware):
+        # the share of steps that took the sharpness-aware update (1 for SAM, ~0.2 for LookSAM k=5)
+        summary["sam_steps_per_step"] = run.optimizer.sam_fraction
     if run.masking is not None:
         summary["sparsity"] = run.masking.report()
         shape = (run.data.in_channels, *run.data.image_size)

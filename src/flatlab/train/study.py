@@ -39,6 +39,7 @@ from .. import __version__
 from ..analysis import top_eigenvalues
 from ..errors import UsageError, check_number
 from ..fileio import atomic_write_json, atomic_write_text
+from ..optim import is_base_optimizer
 from .compare import format_mean_std, load_run, markdown_table, mean_std, plot_runs
 from .config import TrainConfig, load_config_file
 from .run import check_optimizer, load_trained, resume, train
@@ -228,6 +229,9 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
             "wall_time_s_mean": wall[0],
             "train_loss_mean": mean_std([r["summary"]["final_train_loss"] for r in runs])[0],
         }
+        fractions = [_sam_fraction(r) for r in runs]
+        if all(f is not None for f in fractions):
+            row["sam_steps_per_step"] = mean_std(fractions)[0]
         if study.hessian:
             eig = [_top_eigenvalue(study.run_dir(method, s), dict(study.hessian)) for s in study.seeds]
             row["lambda1_mean"], row["lambda1_std"] = mean_std([e["lambda1"] for e in eig])
@@ -267,9 +271,18 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def _sam_fraction(run: dict[str, Any]) -> float | None:
+    """The share of sharpness-aware steps of a finished run: 0 for a base optimizer alone, None
+    when a run made before flatlab recorded it."""
+    if "sam_steps_per_step" in run["summary"]:
+        return run["summary"]["sam_steps_per_step"]
+    return 0.0 if is_base_optimizer(run["config"]["optimizer"]) else None
+
+
 def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Test top-1 (mean ± std over seeds) against speed relative to SGD and, when measured, against the
-    top Hessian eigenvalue: the cost and the flatness next to the accuracy, one point per method."""
+    """The gain over SGD (paired difference of test top-1, mean ± std over seeds) against the training
+    time relative to SGD and, when measured, test top-1 against the top Hessian eigenvalue: cost and
+    flatness next to accuracy, one point per method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -279,14 +292,19 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "")
     axes = fig.subplots(1, 2 if has_eig else 1, squeeze=False)[0]
     for i, r in enumerate(rows):
         acc, err = 100 * r["test_top1_mean"], 100 * r["test_top1_std"]
+        gain = 0.0 if r.get("is_reference") else 100 * r.get("vs_sgd_paired_mean", math.nan)
+        spread = 0.0 if r.get("is_reference") else 100 * r.get("vs_sgd_paired_std", math.nan)
+        time_x = 1.0 / r["speed_vs_sgd"] if r["speed_vs_sgd"] else math.nan
         style = {"color": f"C{i % 10}", "fmt": "o", "capsize": 3}
-        axes[0].errorbar(r["speed_vs_sgd"], acc, yerr=err, label=r["method"], **style)
+        axes[0].errorbar(time_x, gain, yerr=0.0 if math.isnan(spread) else spread, label=r["method"], **style)
         label = {"fontsize": 7, "xytext": (4, 3), "textcoords": "offset points"}
-        axes[0].annotate(r["method"], (r["speed_vs_sgd"], acc), **label)
+        axes[0].annotate(r["method"], (time_x, gain), **label)
         if has_eig:
             axes[1].errorbar(r["lambda1_mean"], acc, xerr=r["lambda1_std"], yerr=err, **style)
             axes[1].annotate(r["method"], (r["lambda1_mean"], acc), **label)
-    axes[0].set(xlabel="training speed (x SGD, images/s)", ylabel="test top-1 (%)", title=title)
+    axes[0].axhline(0.0, color="0.7", lw=0.8)
+    axes[0].set(xlabel="training time per image (x SGD)", ylabel="test top-1 gain over SGD (points, paired)",
+                title=title)
     axes[0].legend(fontsize=8)
     if has_eig:
         axes[1].set(xlabel="top Hessian eigenvalue of the final model", ylabel="test top-1 (%)", xscale="log")
@@ -299,7 +317,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "")
 
 def _csv(rows: list[dict[str, Any]]) -> str:
     keys = ["method", "test_top1_mean", "test_top1_std", "images_per_s", "images_per_s_std", "speed_vs_sgd",
-            "wall_time_s_mean", "train_loss_mean", "vs_sgd_paired_mean", "vs_sgd_paired_std",
+            "wall_time_s_mean", "train_loss_mean", "vs_sgd_paired_mean", "vs_sgd_paired_std", "sam_steps_per_step",
             "lambda1_mean", "lambda1_std"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
@@ -313,7 +331,7 @@ def format_study(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: accuracy (mean ± std and per seed), final training loss, cost, flatness."""
     has_eig = any("lambda1_mean" in r for r in rows)
     headers = ["method", "test top-1 (%)", "per seed", "vs SGD, paired (points)", "final train loss", "images/s",
-               "x SGD speed", "wall time (s)"] + (["lambda1"] if has_eig else [])
+               "x SGD speed", "SAM steps / step", "wall time (s)"] + (["lambda1"] if has_eig else [])
     cells = []
     for r in rows:
         seeds = ", ".join(f"{100 * a:.2f}" for a in r["test_top1_per_seed"])
@@ -324,8 +342,9 @@ def format_study(rows: list[dict[str, Any]]) -> str:
             paired = format_mean_std(100 * diff, 100 * spread, "+.2f")
         line = [r["method"], format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]), seeds, paired,
                 f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}", f"{r['speed_vs_sgd']:.2f}",
+                "-" if r.get("sam_steps_per_step") is None else f"{r['sam_steps_per_step']:.2f}",
                 f"{r['wall_time_s_mean']:.0f}"]
         if has_eig:
             line.append(format_mean_std(r.get("lambda1_mean", math.nan), r.get("lambda1_std", math.nan), ".3g", ".2g"))
         cells.append(line)
-    return markdown_table(headers, cells, "lrlrrrrr" + ("r" if has_eig else ""))
+    return markdown_table(headers, cells, "lrlrrrrrr" + ("r" if has_eig else ""))
