@@ -216,3 +216,10 @@ def test_load_trained_of_a_run_saved_mid_perturbation_gives_w(quick):
     model, _, _ = load_trained(run_dir, checkpoint="checkpoint.pt")
     for k, v in model.state_dict().items():
         assert torch.equal(v, exported[k]), k
+
+
+def test_summary_reports_the_share_of_sharpness_aware_steps(quick):
+    # 11 steps per epoch, 2 epochs: LookSAM k=5 takes SAM steps 0, 5, 10, 15, 20 of 22
+    summary = train(quick(optimizer="looksam", k=5), log=lambda *_: None).summary
+    assert summary["sam_steps_per_step"] == pytest.approx(5 / 22)
+    assert train(quick(optimizer="sam", name="sam"), log=lambda *_: None).summary["sam_steps_per_step"] == 1.0
