@@ -18,6 +18,7 @@ from .optim import (
     create_optimizer,
     frozen_bn_stats,
     list_optimizers,
+    micro_batches,
     param_groups,
     per_sample,
 )
@@ -28,5 +29,5 @@ __all__ = [
     "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "SharpnessAware",
     "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
     "create_optimizer", "list_optimizers", "param_groups",
-    "per_sample", "PerSampleClosure", "frozen_bn_stats",
+    "per_sample", "PerSampleClosure", "micro_batches", "frozen_bn_stats",
 ]  # fmt: skip

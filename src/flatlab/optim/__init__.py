@@ -28,7 +28,15 @@ from .registry import (
     param_groups,
     register_optimizer,
 )
-from .samples import AllSamples, PerSampleClosure, Samples, SharpnessSensitive, per_sample
+from .samples import (
+    AllSamples,
+    MicroBatches,
+    PerSampleClosure,
+    Samples,
+    SharpnessSensitive,
+    micro_batches,
+    per_sample,
+)
 from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
 from .shapes import Adaptive, LpBall, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
@@ -46,6 +54,6 @@ __all__ = [
     "Shape", "LpBall", "Adaptive",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
-    "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample",
+    "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches", "micro_batches",
     "Pass", "step_passes", "frozen_bn_stats", "empirical_fisher",
 ]  # fmt: skip

@@ -7,6 +7,7 @@ Selecting samples needs per-sample losses, which a plain ``closure()`` cannot gi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from ..errors import check_number
 
-__all__ = ["PerSampleClosure", "per_sample", "Samples", "AllSamples", "SharpnessSensitive"]
+__all__ = ["PerSampleClosure", "per_sample", "MicroBatches", "micro_batches", "Samples", "AllSamples",
+           "SharpnessSensitive"]
 
 
 class PerSampleClosure:
@@ -42,11 +44,105 @@ class PerSampleClosure:
         self.fn = fn
 
     def losses(self, indices: Tensor | None = None) -> Tensor:
-        out = self.fn(indices)
-        if not isinstance(out, Tensor) or out.dim() != 1:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"a per-sample closure must return a 1-D tensor of losses, got {shape}")
-        return out
+        return _checked(self.fn(indices))
+
+    def backward(self, indices: Tensor | None, scale=None, no_sync=None) -> tuple[Tensor, Tensor]:
+        """Back-propagates the mean loss over the rows ``indices`` (``scale``: a GradScaler's
+        ``scale`` to apply first; ``no_sync``: a DDP context for all but the last backward, unused
+        with one backward) and returns it with the per-sample losses, both detached."""
+        losses = self.losses(indices)
+        loss = losses.mean()
+        (loss if scale is None else scale(loss)).backward()
+        return loss.detach(), losses.detach()
+
+    def evaluate(self, indices: Tensor | None = None) -> Tensor:
+        """Per-sample losses of the rows ``indices`` without a backward (call under no_grad)."""
+        return self.losses(indices).detach()
+
+
+def _checked(out) -> Tensor:
+    if not isinstance(out, Tensor) or out.dim() != 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"a per-sample closure must return a 1-D tensor of losses, got {shape}")
+    return out
+
+
+class MicroBatches(PerSampleClosure):
+    """A step over several micro-batches that equals one step on their concatenation (for models
+    without batch-coupled layers such as BatchNorm): gradient accumulation for any flatlab method.
+
+    ``fn(batch, indices)`` returns the per-sample losses of the rows ``indices`` (None: all) of one
+    micro-batch ``batch`` (any object: a tuple of tensors, a dict). Rows are numbered across the
+    micro-batches in order, so sample selection (ESAM) ranks the whole accumulated batch. Each
+    backward covers one micro-batch, weighted by its share of the rows, so only one micro-batch's
+    graph is alive at a time; under DDP every backward but the last skips the all-reduce.
+
+    Example::
+
+        micro = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)]
+        opt.step(flatlab.micro_batches(micro, lambda b, idx: F.cross_entropy(
+            model(b[0] if idx is None else b[0][idx]), b[1] if idx is None else b[1][idx], reduction="none")))
+    """
+
+    def __init__(self, batches, fn: Callable[[object, Tensor | None], Tensor], sizes: list[int] | None = None):
+        self.batches = list(batches)
+        if not self.batches:
+            raise ValueError("micro_batches needs at least one micro-batch")
+        self.fn = fn
+        self.sizes = list(sizes) if sizes is not None else [_rows(b) for b in self.batches]
+        self.offsets = [0]
+        for n in self.sizes:
+            self.offsets.append(self.offsets[-1] + n)
+
+    @property
+    def total(self) -> int:
+        return self.offsets[-1]
+
+    def _split(self, indices: Tensor | None):
+        """Per micro-batch: (its index, its local rows or None for all of them); empty ones skipped."""
+        for i, batch in enumerate(self.batches):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            if indices is None:
+                yield batch, None, hi - lo
+                continue
+            mine = indices[(indices >= lo) & (indices < hi)] - lo
+            if mine.numel():
+                yield batch, mine, int(mine.numel())
+
+    def losses(self, indices: Tensor | None = None) -> Tensor:
+        return torch.cat([_checked(self.fn(batch, rows)) for batch, rows, _ in self._split(indices)])
+
+    def backward(self, indices, scale=None, no_sync=None):
+        parts = list(self._split(indices))
+        count = sum(n for *_, n in parts)
+        total, per_sample = 0.0, []
+        for j, (batch, rows, _) in enumerate(parts):
+            context = no_sync() if no_sync is not None and j < len(parts) - 1 else contextlib.nullcontext()
+            with context:
+                losses = _checked(self.fn(batch, rows))
+                part = losses.sum() / count
+                (part if scale is None else scale(part)).backward()
+            total = total + part.detach()
+            per_sample.append(losses.detach())
+        return total, torch.cat(per_sample)
+
+    def evaluate(self, indices=None):
+        return torch.cat([_checked(self.fn(batch, rows)).detach() for batch, rows, _ in self._split(indices)])
+
+
+def _rows(batch) -> int:
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return _rows(next(iter(batch.values())))
+    if isinstance(batch, (tuple, list)):
+        return _rows(batch[0])
+    raise TypeError(f"cannot tell the number of rows of a {type(batch).__name__}; pass sizes=")
+
+
+def micro_batches(batches, fn: Callable[[object, Tensor | None], Tensor], sizes: list[int] | None = None):
+    """Marks a step over several micro-batches: see :class:`MicroBatches`."""
+    return MicroBatches(batches, fn, sizes)
 
 
 def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:

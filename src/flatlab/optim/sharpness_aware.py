@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -185,6 +186,8 @@ class SharpnessAware(torch.optim.Optimizer):
         self.phase = Phase.AT_W
         # the factor the gradients of the first pass carry: a GradScaler's scale inside step(scaler=)
         self._loss_scale = 1.0
+        self._left: dict[int, int] = {}  # .grad tensors (id -> version) a closure step left behind
+        self._warned_discard = False
         self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
 
@@ -545,11 +548,9 @@ class SharpnessAware(torch.optim.Optimizer):
     def _evaluate(self, closure: Callable, rows: Tensor | None = None, scaler=None) -> tuple[Any, Tensor | None]:
         if isinstance(closure, PerSampleClosure):
             self.zero_grad(set_to_none=True)
+            no_sync = self.model.no_sync if self._is_ddp() else None
             with torch.enable_grad():
-                losses = closure.losses(rows)
-                loss = losses.mean()
-                (loss if scaler is None else scaler.scale(loss)).backward()
-            return loss.detach(), losses.detach()
+                return closure.backward(rows, None if scaler is None else scaler.scale, no_sync)
         with torch.enable_grad():
             return closure(), None
 
@@ -572,10 +573,31 @@ class SharpnessAware(torch.optim.Optimizer):
         if scaler is not None and closure is not None and not isinstance(closure, PerSampleClosure):
             raise TypeError("with scaler=, pass flatlab.per_sample(fn): the optimizer scales each backward itself")
         self._loss_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        if closure is not None:
+            self._warn_if_gradients_would_be_discarded()
         try:
             return self._step(closure, scaler)
         finally:
             self._loss_scale = 1.0
+            if closure is not None:
+                self._left = {id(p.grad): p.grad._version for p in self._params() if p.grad is not None}
+
+    def _warn_if_gradients_would_be_discarded(self) -> None:
+        """The common accumulation mistake: backward on micro-batches 1..N-1, then step(closure) on
+        the last; the closure's passes replace those gradients, so the step sees one micro-batch."""
+        if self._warned_discard:
+            return
+        for p in self._params():
+            g = p.grad
+            if g is not None and self._left.get(id(g)) != g._version:
+                warnings.warn(
+                    "step(closure) found gradients from an earlier backward; the closure's passes replace "
+                    "them, so they do not count. To accumulate micro-batches, pass them all to "
+                    "flatlab.micro_batches(batches, fn) and call step once (or zero_grad() before step)",
+                    stacklevel=3,
+                )
+                self._warned_discard = True
+                return
 
     def _step(self, closure, scaler) -> Any:
         if closure is not None:
@@ -617,7 +639,7 @@ class SharpnessAware(torch.optim.Optimizer):
             rows = None
             if self.samples.needs_per_sample:
                 with torch.no_grad(), self.perturbed_pass():
-                    after = closure.losses(None)
+                    after = closure.evaluate(None)
                 rows = self.samples.select(before, after)
             with self.perturbed_pass():
                 self._evaluate(closure, rows, scaler)
