@@ -16,18 +16,9 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
-from .functional import global_norm
+from .functional import copy_, global_dot, global_norm
 
 __all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
-
-
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """The inner product of two tensor lists taken as one vector, in at least float32."""
-    if not a:
-        return torch.zeros(())
-    dtype = torch.promote_types(a[0].dtype, torch.float32)
-    parts = [(x.to(dtype) * y.to(dtype)).sum() for x, y in zip(a, b)]
-    return torch.stack([p.to(parts[0].device) for p in parts]).sum()
 
 
 def _ratio(num: Tensor, den: Tensor) -> float:
@@ -86,7 +77,7 @@ class SurrogateGap(Descent):
         if not grads or self.alpha == 0.0:
             return
         # g_perp = g - (<g, g_p> / ||g_p||^2) g_p
-        coef = _ratio(_dot(clean, grads), global_norm(grads) ** 2)
+        coef = _ratio(global_dot(clean, grads), global_norm(grads) ** 2)
         perp = torch._foreach_add(clean, torch._foreach_mul(grads, -coef))
         torch._foreach_add_(grads, perp, alpha=-self.alpha)
 
@@ -118,9 +109,9 @@ class WeightedSharpness(Descent):
         if self.decoupled:
             for p, s in zip(params, sharpness):
                 self.state[p]["sharpness"] = s
-            torch._foreach_copy_(grads, clean)
+            copy_(grads, clean)
         else:
-            torch._foreach_copy_(grads, clean)
+            copy_(grads, clean)
             torch._foreach_add_(grads, sharpness, alpha=self.alpha)
 
     def after_base_step(self, params, lrs, sharpness_aware) -> None:
@@ -155,7 +146,7 @@ class OrthogonalReuse(Descent):
     def sharpness_aware(self, params, clean, grads) -> None:
         if not grads:
             return
-        coef = _ratio(_dot(grads, clean), global_norm(clean) ** 2)
+        coef = _ratio(global_dot(grads, clean), global_norm(clean) ** 2)
         for p, gv in zip(params, torch._foreach_add(grads, torch._foreach_mul(clean, -coef))):
             self.state[p]["orthogonal"] = gv
 

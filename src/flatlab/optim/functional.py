@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 __all__ = [
     "global_norm",
+    "global_dot",
+    "copy_",
+    "local",
+    "shard_group",
     "lp_perturbation",
     "adaptive_perturbation",
     "project_lp_ball",
@@ -27,10 +33,58 @@ def dual_exponent(p: float) -> float:
     return 1.0 if math.isinf(p) else p / (p - 1.0)
 
 
+def local(tensors: list[Tensor]) -> list[Tensor]:
+    """The local shards of sharded tensors (FSDP2's DTensor parameters, gradients, backups), the
+    tensors themselves otherwise: elementwise work runs on shards, which are laid out alike."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def shard_group(tensors: list[Tensor]):
+    """The process group over which ``tensors`` are sharded, or None when they are not."""
+    for t in tensors:
+        if isinstance(t, DTensor):
+            return t.device_mesh.get_group()
+    return None
+
+
+def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """``dst[i].copy_(src[i])`` in one kernel, shard by shard for sharded tensors."""
+    if dst:
+        torch._foreach_copy_(local(dst), local(src))
+
+
+def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """The inner product of two tensor lists taken as one vector (over every shard), in at least
+    float32, as a 0-d tensor."""
+    group = shard_group(a)
+    a, b = local(a), local(b)
+    if not a:
+        return torch.zeros(())
+    dtype = torch.promote_types(a[0].dtype, torch.float32)
+    parts = [(x.to(dtype) * y.to(dtype)).sum() for x, y in zip(a, b)]
+    out = torch.stack([q.to(parts[0].device) for q in parts]).sum()
+    if group is not None:
+        dist.all_reduce(out, group=group)
+    return out
+
+
 def global_norm(tensors: list[Tensor], p: float = 2.0, *, foreach: bool = True) -> Tensor:
-    """The p-norm of all ``tensors`` taken together as one vector, as a 0-d float32+ tensor."""
+    """The p-norm of all ``tensors`` taken together as one vector, as a 0-d float32+ tensor.
+
+    Sharded tensors (DTensor) contribute every shard: the local norms are combined across the
+    process group (a DTensor's own norm would read as the local shard's value when turned into a
+    float, silently wrong)."""
     if not tensors:
         return torch.zeros(())
+    group = shard_group(tensors)
+    if group is not None:
+        norm = global_norm(local(tensors), p, foreach=foreach)
+        if math.isinf(p):
+            dist.all_reduce(norm, op=dist.ReduceOp.MAX, group=group)
+            return norm
+        power = norm.pow(p)
+        dist.all_reduce(power, group=group)
+        return power.pow(1.0 / p)
     device = tensors[0].device
     if foreach:
         norms = torch._foreach_norm(tensors, p)

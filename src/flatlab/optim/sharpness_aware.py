@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ..errors import check_number
 from .batchnorm import frozen_bn_stats
-from .coordinates import AllCoordinates, Coordinates
+from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import global_norm
+from .functional import copy_, global_norm, local, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -193,6 +193,11 @@ class SharpnessAware(torch.optim.Optimizer):
 
         params = self._params()
         self._num_params = len(params)
+        if shard_group(params) is not None and isinstance(self.coordinates, MaskedCoordinates):
+            raise ValueError(
+                "a mask over sharded (FSDP) parameters is not supported: SSAM's global top-k needs every "
+                "shard's scores; use DDP, or a method without a coordinate mask"
+            )
         self._adaptive = self._adaptive_flags(model)
         self.coordinates.bind(params, self.generator, self.state)
         self.source.bind(self.state, base)
@@ -328,14 +333,17 @@ class SharpnessAware(torch.optim.Optimizer):
     @staticmethod
     def _check_and_unscale(grads: list[Tensor], inv_scale: Tensor | None) -> bool:
         """True when every gradient is finite; multiplies them by ``inv_scale`` when given."""
+        shards = shard_group(grads)
         by_device: dict[torch.device, list[Tensor]] = {}
-        for g in grads:
+        for g in local(grads):
             by_device.setdefault(g.device, []).append(g)
         found = False
         for device, group in by_device.items():
             found_inf = torch.zeros((), dtype=torch.float32, device=device)
             inv = torch.ones((), dtype=torch.float32, device=device) if inv_scale is None else inv_scale.to(device)
             torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, inv)
+            if shards is not None:  # every shard decides together, or the replicas would diverge
+                torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX, group=shards)
             found = found or bool(found_inf.item())
         return not found
 
@@ -371,7 +379,7 @@ class SharpnessAware(torch.optim.Optimizer):
         eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach)
         self._apply_masks(chosen, eps)
         if chosen:
-            torch._foreach_copy_(self._backups(chosen), chosen)
+            copy_(self._backups(chosen), chosen)
             torch._foreach_add_(chosen, eps)
         self.phase = Phase.PERTURBED
         self._perturbed = chosen
@@ -386,7 +394,7 @@ class SharpnessAware(torch.optim.Optimizer):
         """Puts w back by copy (subtracting eps would not give w back in low precision)."""
         if self._perturbed:
             weights = self._perturbed
-            torch._foreach_copy_(weights, self._backups(weights))
+            copy_(weights, self._backups(weights))
             if self.weight_masks:
                 # a sparse schedule may have pruned weights since w was saved: keep them pruned
                 pairs = [(w, self.weight_masks[w]) for w in weights if w in self.weight_masks]
@@ -422,7 +430,7 @@ class SharpnessAware(torch.optim.Optimizer):
         self._apply_masks(weights, delta)
         eps = torch._foreach_add(self._eps, delta)
         eps = self.shape.project(eps, backups, adaptive, rho * scale, self.foreach)
-        torch._foreach_copy_(weights, backups)
+        copy_(weights, backups)
         torch._foreach_add_(weights, eps)
         self._eps = eps
 
@@ -690,12 +698,12 @@ class SharpnessAware(torch.optim.Optimizer):
         weights = self._perturbed
         with torch.no_grad():
             held = [w.clone() for w in weights]
-            torch._foreach_copy_(weights, self._backups(weights))
+            copy_(weights, self._backups(weights))
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(weights, held)
+                copy_(weights, held)
 
     def state_dict(self) -> dict[str, Any]:
         params = self._params()
