@@ -38,12 +38,15 @@ class Coordinates:
         needs_data: True when the mask is refreshed from training data (SSAM-F); the optimizer
             then calls :meth:`refresh` whenever :meth:`due` says so, before the step.
         ascent_weight_grads: expected fraction of weight gradients the ascent pass computes.
+        observes_gradient: whether ``observe`` updates state from the gradient at w.
     """
 
     name = "coordinates"
     scale = 1.0
     needs_data = False
     ascent_weight_grads = 1.0
+    #: updates its state from the gradient at w (``observe``), so it must never see a non-finite one
+    observes_gradient = False
 
     def bind(self, params: list[Tensor], generator: torch.Generator, state: MutableMapping[Tensor, dict]) -> None:
         self.params = params
@@ -279,6 +282,7 @@ class DynamicMask(MaskedCoordinates):
     from ``drop_rate`` to 0 over ``total_steps`` (constant when ``total_steps`` is None)."""
 
     name = "dynamic"
+    observes_gradient = True
 
     def __init__(
         self,

@@ -14,16 +14,30 @@ from collections.abc import MutableMapping
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from ..errors import check_number
-from .functional import copy_, global_dot, global_norm
+from .functional import copy_, global_dot, global_norm, local
 
 __all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
 
 
-def _ratio(num: Tensor, den: Tensor) -> float:
-    den = float(den)
-    return float(num) / den if den > 0.0 else 0.0
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den as a 0-d tensor on the device (no host sync), 0 where den is 0."""
+    den = den.to(num.device)
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+
+
+def _times(tensors: list[Tensor], factor: Tensor) -> list[Tensor]:
+    return torch._foreach_mul(local(tensors), factor.to(tensors[0].device)) if tensors else []
+
+
+def _like(reference: Tensor, shard: Tensor) -> Tensor:
+    """``shard`` (a local tensor) as a DTensor laid out like ``reference`` when that is one."""
+    if isinstance(reference, DTensor):
+        return DTensor.from_local(shard, reference.device_mesh, reference.placements, run_check=False,
+                                  shape=reference.shape, stride=reference.stride())
+    return shard
 
 
 class Descent:
@@ -78,8 +92,8 @@ class SurrogateGap(Descent):
             return
         # g_perp = g - (<g, g_p> / ||g_p||^2) g_p
         coef = _ratio(global_dot(clean, grads), global_norm(grads) ** 2)
-        perp = torch._foreach_add(clean, torch._foreach_mul(grads, -coef))
-        torch._foreach_add_(grads, perp, alpha=-self.alpha)
+        perp = torch._foreach_sub(local(clean), _times(grads, coef))
+        torch._foreach_add_(local(grads), perp, alpha=-self.alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}"
@@ -105,14 +119,14 @@ class WeightedSharpness(Descent):
     def sharpness_aware(self, params, clean, grads) -> None:
         if not grads:
             return
-        sharpness = torch._foreach_sub(grads, clean)
+        sharpness = torch._foreach_sub(local(grads), local(clean))
         if self.decoupled:
             for p, s in zip(params, sharpness):
                 self.state[p]["sharpness"] = s
             copy_(grads, clean)
         else:
             copy_(grads, clean)
-            torch._foreach_add_(grads, sharpness, alpha=self.alpha)
+            torch._foreach_add_(local(grads), sharpness, alpha=self.alpha)
 
     def after_base_step(self, params, lrs, sharpness_aware) -> None:
         if not (self.decoupled and sharpness_aware):
@@ -124,7 +138,7 @@ class WeightedSharpness(Descent):
                 ps.append(p)
                 ss.append(self.state[p].pop("sharpness"))
         for lr, (ps, ss) in by_lr.items():
-            torch._foreach_add_(ps, ss, alpha=-lr * self.alpha)
+            torch._foreach_add_(local(ps), ss, alpha=-lr * self.alpha)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, decoupled={self.decoupled}"
@@ -147,8 +161,10 @@ class OrthogonalReuse(Descent):
         if not grads:
             return
         coef = _ratio(global_dot(grads, clean), global_norm(clean) ** 2)
-        for p, gv in zip(params, torch._foreach_add(grads, torch._foreach_mul(clean, -coef))):
-            self.state[p]["orthogonal"] = gv
+        orthogonal = torch._foreach_sub(local(grads), _times(clean, coef))
+        for p, g, gv in zip(params, grads, orthogonal):
+            # kept sharded like its parameter when the parameter is (FSDP)
+            self.state[p]["orthogonal"] = _like(g, gv)
 
     def plain(self, params, grads) -> None:
         kept = [(g, self.state[p]["orthogonal"]) for p, g in zip(params, grads) if "orthogonal" in self.state[p]]
@@ -156,7 +172,7 @@ class OrthogonalReuse(Descent):
             return
         gs, gvs = [g for g, _ in kept], [v for _, v in kept]
         scale = self.alpha * _ratio(global_norm(grads), global_norm(gvs))
-        torch._foreach_add_(gs, gvs, alpha=scale)
+        torch._foreach_add_(local(gs), _times(gvs, scale))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}"

@@ -185,9 +185,19 @@ def _over(radius: float, norm: Tensor) -> Tensor:
 
 
 def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool) -> list[Tensor]:
-    # A Python float works across devices and dtypes; the one host sync it costs per norm is what
-    # lets the caller skip a step whose gradient is not finite.
-    s = float(scale)
-    if foreach:
-        return torch._foreach_mul(tensors, s) if tensors else []
-    return [t * s for t in tensors]
+    """``tensors`` times a 0-d ``scale`` that stays on the device: no host sync (a step's one sync
+    is its finiteness check), so a non-finite gradient gives a non-finite result, which that check
+    catches."""
+    if not tensors:
+        return []
+    by_device: dict[torch.device, Tensor] = {}
+
+    def on(t: Tensor) -> Tensor:
+        if t.device not in by_device:
+            by_device[t.device] = scale.to(device=t.device)
+        return by_device[t.device]
+
+    if foreach and len({t.device for t in tensors}) == 1:
+        # a 0-d tensor factor must be float32+; the product keeps each tensor's dtype
+        return torch._foreach_mul(tensors, on(tensors[0]))
+    return [t * on(t).to(t.dtype) for t in tensors]

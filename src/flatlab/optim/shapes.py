@@ -22,6 +22,9 @@ class Shape:
     leaves biases alone); other shapes ignore ``weights`` and ``adaptive``."""
 
     name = "shape"
+    #: a non-finite gradient gives a non-finite perturbation (through its norm), so the descent's
+    #: check catches it; the sign perturbation does not (sign(nan) is 0) and is checked at once
+    propagates_nonfinite = True
 
     def perturbation(
         self, grads: list[Tensor], weights: list[Tensor], adaptive: list[bool], radius: float, foreach: bool
@@ -45,6 +48,7 @@ class LpBall(Shape):
     def __init__(self, p: float = 2.0):
         check_number("p", p, low=1.0, low_open=True)  # p = inf is the sign perturbation
         self.p = float(p)
+        self.propagates_nonfinite = not math.isinf(self.p)
 
     def perturbation(self, grads, weights, adaptive, radius, foreach):
         return F.lp_perturbation(grads, radius, self.p, foreach=foreach)

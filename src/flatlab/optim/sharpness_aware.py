@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -186,8 +187,9 @@ class SharpnessAware(torch.optim.Optimizer):
         self.phase = Phase.AT_W
         # the factor the gradients of the first pass carry: a GradScaler's scale inside step(scaler=)
         self._loss_scale = 1.0
-        self._left: dict[int, int] = {}  # .grad tensors (id -> version) a closure step left behind
         self._warned_discard = False
+        self._in_step = False
+        self._backward_outside = False  # a backward ran since the last step, outside of it
         self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
 
@@ -199,6 +201,7 @@ class SharpnessAware(torch.optim.Optimizer):
                 "shard's scores; use DDP, or a method without a coordinate mask"
             )
         self._adaptive = self._adaptive_flags(model)
+        _watch_backwards(self, params)
         self.coordinates.bind(params, self.generator, self.state)
         self.source.bind(self.state, base)
         self.descent.bind(self.state)
@@ -356,16 +359,16 @@ class SharpnessAware(torch.optim.Optimizer):
                 return False
             scale = getattr(self, "grad_scale", None)
             if scale is not None:
-                self._check_and_unscale([*grads, *also], scale.double().reciprocal().float())
+                return self._check_and_unscale([*grads, *also], scale.double().reciprocal().float())
             return True
-        return not self.skip_nonfinite or self._check_and_unscale(grads, None)
+        # the gradient at w kept aside is checked too: it enters the descent of GSAM, WSAM, LookSAM
+        return not self.skip_nonfinite or self._check_and_unscale([*grads, *also], None)
 
     def _clip(self, grads: list[Tensor]) -> None:
         if self.max_grad_norm is not None:
             total = global_norm(grads, 2.0, foreach=self.foreach)
-            coef = self.max_grad_norm / (float(total) + 1e-6)
-            if coef < 1.0:
-                torch._foreach_mul_(grads, coef)
+            coef = (self.max_grad_norm / (total + 1e-6)).clamp_max(1.0)  # stays on the device: no sync
+            torch._foreach_mul_(local(grads), coef.to(grads[0].device))
 
     # ----------------------------------------------------------------------------------------
     # the perturbation
@@ -459,7 +462,11 @@ class SharpnessAware(torch.optim.Optimizer):
                 "(zero_grad() leaves .grad as None until the next backward)"
             )
         grads = [p.grad for p in params]
-        if not self._check_and_unscale(grads, None):
+        # A non-finite ascent gradient makes eps non-finite, then the descent gradient, which the
+        # descent's check catches (restoring w exactly): that check is the step's one host sync.
+        # Policies that keep state derived from this gradient (a gradient average, a mask refreshed
+        # from it, a moving norm) must not see one: check it here for them.
+        if self._ascent_needs_check() and not self._check_and_unscale(grads, None):
             self.phase = Phase.SKIPPED
         elif not self._takes_sam_step(decided, grads):
             # a plain step: the gradient just computed is the one to descend with, keep it
@@ -472,6 +479,10 @@ class SharpnessAware(torch.optim.Optimizer):
             self._perturb(params, self.source.direction(params, grads, self.base, self._loss_scale))
         if zero_grad:
             self.zero_grad(set_to_none=True)
+
+    def _ascent_needs_check(self) -> bool:
+        return (self.source.stateful or self.coordinates.observes_gradient or self.schedule.needs_gradient
+                or not self.shape.propagates_nonfinite)
 
     def _takes_sam_step(self, decided: bool | None, grads: list[Tensor]) -> bool:
         if self.radius() == 0.0:
@@ -583,29 +594,27 @@ class SharpnessAware(torch.optim.Optimizer):
         self._loss_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         if closure is not None:
             self._warn_if_gradients_would_be_discarded()
+        self._in_step = True
         try:
             return self._step(closure, scaler)
         finally:
             self._loss_scale = 1.0
-            if closure is not None:
-                self._left = {id(p.grad): p.grad._version for p in self._params() if p.grad is not None}
+            self._in_step = False
+            self._backward_outside = False
 
     def _warn_if_gradients_would_be_discarded(self) -> None:
         """The common accumulation mistake: backward on micro-batches 1..N-1, then step(closure) on
         the last; the closure's passes replace those gradients, so the step sees one micro-batch."""
-        if self._warned_discard:
+        if self._warned_discard or not self._backward_outside:
             return
-        for p in self._params():
-            g = p.grad
-            if g is not None and self._left.get(id(g)) != g._version:
-                warnings.warn(
+        if any(p.grad is not None for p in self._params()):
+            warnings.warn(
                     "step(closure) found gradients from an earlier backward; the closure's passes replace "
                     "them, so they do not count. To accumulate micro-batches, pass them all to "
                     "flatlab.micro_batches(batches, fn) and call step once (or zero_grad() before step)",
-                    stacklevel=3,
-                )
-                self._warned_discard = True
-                return
+                stacklevel=3,
+            )
+            self._warned_discard = True
 
     def _step(self, closure, scaler) -> Any:
         if closure is not None:
@@ -786,6 +795,21 @@ class SharpnessAware(torch.optim.Optimizer):
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())
         return f"{type(self).__name__}({', '.join(parts)},\n    base={base})"
+
+
+def _watch_backwards(optimizer: SharpnessAware, params: list[Tensor]) -> None:
+    """Notes a backward into the parameters outside ``step``: the accumulation mistake that
+    ``step(closure)`` warns about. The hook holds the optimizer weakly."""
+    ref = weakref.ref(optimizer)
+
+    def accumulated(_: Tensor) -> None:
+        opt = ref()
+        if opt is not None and not opt._in_step:
+            opt._backward_outside = True
+
+    for p in params:
+        if p.requires_grad and p.is_leaf:
+            p.register_post_accumulate_grad_hook(accumulated)
 
 
 def _schedule(schedule: Schedule | None, every: int | None, sam_probability: float | None) -> Schedule:

@@ -32,6 +32,8 @@ class GradientSource:
 
     name = "source"
     lagged = False
+    #: keeps state derived from the gradients it sees (so it must never see a non-finite one)
+    stateful = False
 
     def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer) -> None:
         """The optimizer's per-parameter state (for a source's own buffers) and its base."""
@@ -121,6 +123,7 @@ class FriendlyGradient(GradientSource):
 
     name = "friendly"
     lagged = False
+    stateful = True
 
     def __init__(self, sigma: float = 1.0, lmbda: float = 0.9):
         check_number("sigma", sigma, low=0.0)
