@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_mode"]
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -18,7 +25,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
 
     Readers (another process, a concurrent DDP rank) therefore see either the old file or the
-    complete new one, never a half-written cache. On error the temporary file is removed.
+    complete new one, never a half-written cache. On error the temporary file is removed. The file
+    gets the permissions of any new file (the umask's), not the private 0600 of a temporary file.
 
     Example:
         >>> import tempfile, pathlib
@@ -32,6 +40,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
