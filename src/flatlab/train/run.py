@@ -74,11 +74,18 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was trained with (its ``config.json``). Method options the method did not
+    read, which older versions saved without effect, are dropped."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
-    saved = json.loads(path.read_text())
-    return TrainConfig.from_dict(saved["config"])
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise UsageError(f"{path} holds no run config")
+    return TrainConfig.from_dict(saved["config"], str(path), lenient=True)
 
 
 def load_trained(
@@ -106,7 +113,7 @@ def load_trained(
         state = load_checkpoint(path, map_location=device)
         if not isinstance(state.get("config"), dict):
             raise UsageError(f"{path} holds no run config; pass its run directory instead")
-        config = TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_dict(state["config"], str(path), lenient=True)
     else:
         config = load_run_config(run_dir)
         path = run_dir / checkpoint
@@ -305,9 +312,14 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
         dist.close()
 
 
-def resume(run_dir: str | Path, **kwargs) -> RunResult:
-    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config."""
-    return train(load_run_config(run_dir), resume_dir=run_dir, **kwargs)
+def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None, **kwargs) -> RunResult:
+    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config.
+    ``overrides`` changes what does not change the run: where its data lives now (``data_root``),
+    ``threads``."""
+    config = load_run_config(run_dir)
+    if overrides:
+        config = config.replace(**overrides)
+    return train(config, resume_dir=run_dir, **kwargs)
 
 
 def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunResult:
