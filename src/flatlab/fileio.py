@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_mode"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_mode", "unwritable"]
 
 
 def file_mode() -> int:
@@ -61,3 +61,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     """Write ``value`` as indented JSON with a final newline, through :func:`atomic_write`."""
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (created if needed), or None if they can: tried
+    with a temporary file in the deepest folder that exists, which is left as it was."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".flatlab-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror or err})"
+    return None

@@ -12,12 +12,14 @@ from pathlib import Path
 from .. import __version__
 from ..data import list_datasets
 from ..errors import UsageError
+from ..fileio import unwritable
 from ..models import list_models
 from ..optim import list_optimizers
 from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
 from ..train.config import Layer, _field_kinds, convert
+from ..train.run import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
 from .analysis import add_analysis_commands
 
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("file", type=Path, help="YAML/JSON study file (see flatlab.train.study)")
     study.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     study.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one process each (default 1)")
+    study.add_argument("--rerun", action="store_true",
+                       help="train every run again, replacing finished ones (by default finished runs are kept, "
+                            "so a study whose results exist only tabulates them)")
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
@@ -108,15 +113,43 @@ def _train(args: argparse.Namespace) -> int:
     if not args.seeds:
         train(config, overwrite=args.overwrite, progress=args.progress)
         return 0
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds repeats a seed: {','.join(map(str, args.seeds))}")
+    # one directory per seed whatever the name; a seed already trained with this config is kept (or
+    # resumed), so that an interrupted --seeds run finishes when run again
+    configs = [config.replace(seed=s, name=f"{config.name}-seed{s}" if config.name else None) for s in args.seeds]
     run_dirs = []
-    for seed in args.seeds:
-        result = train(config.replace(seed=seed), overwrite=args.overwrite, progress=args.progress)
-        run_dirs.append(result.run_dir)
+    for seed_config in configs:
+        run_dir = Path(seed_config.out) / seed_config.run_name()
+        same = not args.overwrite and _holds_same_run(run_dir, seed_config)
+        if same and (run_dir / "summary.json").is_file():
+            print(f"{run_dir}: already trained with this config, kept")
+        elif same and (run_dir / "checkpoint.pt").is_file():
+            resume(run_dir, progress=args.progress)
+        else:
+            train(seed_config, overwrite=args.overwrite, progress=args.progress)
+        run_dirs.append(run_dir)
     print(format_table(compare_runs(run_dirs)))
     return 0
 
 
+def _holds_same_run(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds a run (finished or not) of exactly ``config`` (threads aside)."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    try:
+        saved = load_run_config(run_dir).to_dict()
+    except UsageError:
+        return False
+    ours = absolute_paths(config).to_dict()
+    return {k: v for k, v in saved.items() if k != "threads"} == {k: v for k, v in ours.items() if k != "threads"}
+
+
 def _compare(args: argparse.Namespace) -> int:
+    for path in (args.json, args.plot):
+        reason = path is not None and unwritable(path.parent)
+        if reason:
+            raise UsageError(f"cannot write {path}: {reason}")
     table = compare_runs(args.runs)
     print(format_table(table))
     if args.json:
@@ -128,7 +161,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs)
+    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs, rerun=args.rerun)
     return 0
 
 
@@ -153,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"flatlab {args.command}: interrupted; completed epochs are checkpointed", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        message = str(err) or "interrupted; completed runs and epochs are checkpointed: run the command again"
+        print(f"flatlab {args.command}: {message}", file=sys.stderr)
         return 130
     except TrainingDiverged as err:
         print(f"flatlab {args.command}: {err}", file=sys.stderr)  # the message says what to do next

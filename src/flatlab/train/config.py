@@ -160,6 +160,9 @@ class TrainConfig:
     out: str = field(default="runs", metadata={"help": "folder that holds the run directories"})
     name: str | None = field(default=None, metadata={
         "help": "run directory name under --out (default: derived from the config)"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "also write the per-epoch metrics for TensorBoard into RUN/tensorboard (needs the tensorboard "
+                "package: pip install flatlab[tensorboard])"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
