@@ -32,6 +32,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
+        if "Unsupported global" in str(err):
+            raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values (written by "
+                             "an older flatlab, or not by flatlab): refused, as loading it could run code") from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"checkpoint {path} is unreadable, corrupt or not a flatlab checkpoint: {first}") from err
     if not isinstance(state, dict):
