@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "pytorch-optimizer==4.1.0"
 	touch $@
 
+# --overwrite: a second `make demo` replaces the first one's run instead of refusing to
 demo: $(VENV)/.installed
-	$(VENV)/bin/flatlab train
+	$(VENV)/bin/flatlab train --overwrite
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)

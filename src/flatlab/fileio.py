@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_mode", "unwritable"]
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -18,7 +25,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
 
     Readers (another process, a concurrent DDP rank) therefore see either the old file or the
-    complete new one, never a half-written cache. On error the temporary file is removed.
+    complete new one, never a half-written cache. On error the temporary file is removed. The file
+    gets the permissions of any new file (the umask's), not the private 0600 of a temporary file.
 
     Example:
         >>> import tempfile, pathlib
@@ -32,6 +40,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -52,3 +61,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     """Write ``value`` as indented JSON with a final newline, through :func:`atomic_write`."""
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (created if needed), or None if they can: tried
+    with a temporary file in the deepest folder that exists, which is left as it was."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".flatlab-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror or err})"
+    return None

@@ -7,51 +7,60 @@ import argparse
 import dataclasses
 import json
 import sys
-import types
-import typing
 from pathlib import Path
 
+from .. import __version__
 from ..data import list_datasets
 from ..errors import UsageError
+from ..fileio import unwritable
 from ..models import list_models
 from ..optim import list_optimizers
 from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
+from ..train.config import Layer, _field_kinds, convert
+from ..train.run import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
 from .analysis import add_analysis_commands
 
 __all__ = ["main", "build_parser"]
 
 
-def _base_type(annotation):
-    """The scalar type behind an ``int | None``-style annotation."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0]
-    return annotation
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other user mistake."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _field_type(name: str):
+    """The argparse ``type`` of the flag of config field ``name``: the config's own conversion."""
+    def parse(text: str):
+        try:
+            return convert(name, text)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
-    hints = typing.get_type_hints(TrainConfig)  # the annotations are strings (PEP 563)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
         help_text = f.metadata["help"]
-        if kind is bool:
+        if _field_kinds()[f.name][0] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif typing.get_origin(kind) is dict:
-            group.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar="JSON", help=help_text)
-        elif typing.get_origin(kind) is list or kind is list:
-            group.add_argument(flag, type=lambda s: [float(v) for v in s.split(",") if v], default=argparse.SUPPRESS,
-                               metavar="A,B", help=help_text)
         else:
-            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+            metavar = {"model_args": "JSON", "milestones": "A,B"}.get(f.name)
+            group.add_argument(flag, type=_field_type(f.name), default=argparse.SUPPRESS, metavar=metavar,
+                               help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatlab", description=__doc__)
+    parser = _Parser(prog="flatlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"flatlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model (no argument: the embedded digits demo)")
@@ -73,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("file", type=Path, help="YAML/JSON study file (see flatlab.train.study)")
     study.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     study.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one process each (default 1)")
+    study.add_argument("--rerun", action="store_true",
+                       help="train every run again, replacing finished ones (by default finished runs are kept, "
+                            "so a study whose results exist only tabulates them)")
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
@@ -80,28 +92,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what may change when a run resumes: where its data lives now, how many threads to use
+_RESUME_FLAGS = ("data_root", "threads")
+
+
 def _train(args: argparse.Namespace) -> int:
     explicit = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     if args.resume is not None:
-        if explicit or args.config:
-            raise UsageError("--resume continues a run with its saved config; drop the other flags")
-        resume(args.resume, progress=args.progress)
+        changed = sorted(set(explicit) - set(_RESUME_FLAGS))
+        if changed or args.config or args.seeds or args.overwrite:
+            flags = ["--" + k.replace("_", "-") for k in changed]
+            flags += [f for f, v in (("--config", args.config), ("--seeds", args.seeds),
+                                     ("--overwrite", args.overwrite)) if v]
+            raise UsageError(f"--resume continues a run with its saved config; drop {', '.join(flags)} "
+                             f"(it takes only {', '.join('--' + k.replace('_', '-') for k in _RESUME_FLAGS)})")
+        resume(args.resume, progress=args.progress, overrides=explicit)
         return 0
-    values = load_config_file(args.config) if args.config else {}
-    values.update(explicit)
-    config = TrainConfig.from_dict(values)
+    layers = [Layer(load_config_file(args.config), str(args.config))] if args.config else []
+    config = TrainConfig.from_layers([*layers, Layer(explicit, None)])
     if not args.seeds:
         train(config, overwrite=args.overwrite, progress=args.progress)
         return 0
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds repeats a seed: {','.join(map(str, args.seeds))}")
+    # one directory per seed whatever the name; a seed already trained with this config is kept (or
+    # resumed), so that an interrupted --seeds run finishes when run again
+    configs = [config.replace(seed=s, name=f"{config.name}-seed{s}" if config.name else None) for s in args.seeds]
     run_dirs = []
-    for seed in args.seeds:
-        result = train(config.replace(seed=seed), overwrite=args.overwrite, progress=args.progress)
-        run_dirs.append(result.run_dir)
+    for seed_config in configs:
+        run_dir = Path(seed_config.out) / seed_config.run_name()
+        same = not args.overwrite and _holds_same_run(run_dir, seed_config)
+        if same and (run_dir / "summary.json").is_file():
+            print(f"{run_dir}: already trained with this config, kept")
+        elif same and (run_dir / "checkpoint.pt").is_file():
+            resume(run_dir, progress=args.progress)
+        else:
+            train(seed_config, overwrite=args.overwrite, progress=args.progress)
+        run_dirs.append(run_dir)
     print(format_table(compare_runs(run_dirs)))
     return 0
 
 
+def _holds_same_run(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds a run (finished or not) of exactly ``config`` (threads aside)."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    try:
+        saved = load_run_config(run_dir).to_dict()
+    except UsageError:
+        return False
+    ours = absolute_paths(config).to_dict()
+    return {k: v for k, v in saved.items() if k != "threads"} == {k: v for k, v in ours.items() if k != "threads"}
+
+
 def _compare(args: argparse.Namespace) -> int:
+    for path in (args.json, args.plot):
+        reason = path is not None and unwritable(path.parent)
+        if reason:
+            raise UsageError(f"cannot write {path}: {reason}")
     table = compare_runs(args.runs)
     print(format_table(table))
     if args.json:
@@ -113,7 +161,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs)
+    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs, rerun=args.rerun)
     return 0
 
 
@@ -138,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"flatlab {args.command}: interrupted; completed epochs are checkpointed", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        message = str(err) or "interrupted; completed runs and epochs are checkpointed: run the command again"
+        print(f"flatlab {args.command}: {message}", file=sys.stderr)
         return 130
     except TrainingDiverged as err:
         print(f"flatlab {args.command}: {err}", file=sys.stderr)  # the message says what to do next

@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import inspect
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ from ..analysis import corruptions as _corruptions
 from ..analysis import gradstats as _gradstats
 from ..analysis import hessian as _hessian
 from ..analysis import landscape as _landscape
-from ..analysis import plots as _plots
+from ..analysis import plots as _plots_module
 from ..data import Batch, normalize
-from ..errors import UsageError, UserFileNotFoundError
-from ..fileio import atomic_write_json
+from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError
+from ..fileio import atomic_write_json, unwritable
 from ..progress import Progress
 from ..train import load_trained, resolve_device
 from ..train.compare import markdown_table
@@ -58,6 +59,31 @@ __all__ = [
 ]
 
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager]
+
+
+class _OptionalPlots:
+    """:mod:`flatlab.analysis.plots`, except that without matplotlib a figure is skipped (returns
+    None, with one note on stderr) instead of failing: the JSON numbers need no matplotlib."""
+
+    noted = False
+
+    def __getattr__(self, name: str):
+        plot = getattr(_plots_module, name)
+
+        def draw(*args, **kwargs):
+            try:
+                return plot(*args, **kwargs)
+            except MissingDependencyError:
+                if not _OptionalPlots.noted:
+                    _OptionalPlots.noted = True
+                    print("note: matplotlib is not installed: the numbers are written, the figures skipped "
+                          "(pip install flatlab[plot])", file=sys.stderr)
+                return None
+
+        return draw
+
+
+_plots = _OptionalPlots()
 
 DIRECTIONS = ("random", "gaussian", "adversarial")
 
@@ -247,7 +273,7 @@ def write_result(
     }
     if time_parts:
         record["time_s_parts"] = time_parts
-    record["figures"] = [Path(f).name for f in figures]
+    record["figures"] = [Path(f).name for f in figures if f is not None]
     record["results"] = results
     record = _jsonable(record)
     atomic_write_json(Path(path), record)
@@ -328,6 +354,10 @@ def _per_run(
     ``<folder>/<stem>.json``. Returns the records written (each with its ``path``) and the folder
     for the figures comparing the runs."""
     per_run_dirs, shared = output_dirs(_paths(runs), out)
+    for folder in [*per_run_dirs, shared]:  # before minutes of computing, not after
+        reason = unwritable(folder)
+        if reason:
+            raise UsageError(f"cannot write the results into {folder}: {reason}")
     records = []
     for run, folder in zip(_loaded(runs, load or {}), per_run_dirs):
         data = select_batches(run, batches, batch_size, split=split, seed=seed, raw=raw)
@@ -768,7 +798,9 @@ def _done(records: Sequence[dict]) -> None:
         print("comparison -> " + ", ".join(compare))
 
 
-def _mark_compare(records: list[dict], path: Path) -> None:
+def _mark_compare(records: list[dict], path: Path | None) -> None:
+    if path is None:  # no matplotlib
+        return
     for r in records:
         r["compare_figure"] = str(path)
 

@@ -161,7 +161,7 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download:
         raise UserFileNotFoundError(
             f"{spec.name}: missing {', '.join(missing)} in {folder}. Expected the python-pickle files "
             f"{', '.join(spec.all_files)} in {folder}/. Download {spec.url} (md5 {spec.md5}) and extract it "
-            f"into {folder.parent}, or pass download=True."
+            f"into {folder.parent}, or pass --download (download=True in Python)."
         )
     images, labels = zip(*(_read_batch(folder / name, spec.label_key) for name in spec.train_files))
     test_images, test_labels = _read_batch(folder / spec.test_file, spec.label_key)

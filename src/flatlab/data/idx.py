@@ -179,7 +179,8 @@ def load_idx_dataset(
         searched = ", ".join(str(f) for f in (root, *(root / f for f in spec.folders)))
         raise UserFileNotFoundError(
             f"{spec.name}: idx files not found. Put {', '.join(s + '(.gz)' for s in _FILES.values())} in "
-            f"one of: {searched}. They can be downloaded from {spec.mirrors[0]}, or pass download=True."
+            f"one of: {searched}. They can be downloaded from {spec.mirrors[0]}, or pass --download "
+            "(download=True in Python)."
         )
     _, paths = located
     arrays = {key: read_idx(path) for key, path in paths.items()}

@@ -18,6 +18,7 @@ import json
 import lzma
 import os
 import re
+import sys
 import tarfile
 import warnings
 import zlib
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import UserFileNotFoundError
+from ..fileio import unwritable
 from .arrays import ImageArrays
 from .cache import atomic_write, cache_dir
 from .errors import DatasetFormatError, require_pillow
@@ -288,6 +290,15 @@ def load_image_folder(
                 return _to_image_arrays(arrays, name)
             except Exception as exc:  # a damaged cache is only a cache: rebuild it
                 warnings.warn(f"ignoring unreadable cache {path}: {exc}", stacklevel=2)
+    if cache:
+        reason = unwritable(folder)
+        if reason:
+            warnings.warn(f"the image cache {folder} cannot be written ({reason}): decoding without caching; "
+                          "set FLATLAB_CACHE to a writable folder", stacklevel=2)
+            cache = False
+    # the first decode of a large folder takes a while (ImageNet-size: use --stream): say what happens
+    where = f"once, cached in {folder} (FLATLAB_CACHE moves it)" if cache else "without a cache"
+    print(f"flatlab: decoding the images of {root} {where} ...", file=sys.stderr, flush=True)
     arrays = _decode_folder(source, root, size, channels)
     if cache:
         with atomic_write(path) as f:

@@ -64,7 +64,14 @@ def create_model(
         if unknown:
             raise UsageError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
                              f"its options: {', '.join(options) or '(none)'}")
-    return _REGISTRY[name](num_classes=int(num_classes), in_channels=int(in_channels), width=float(width), **kwargs)
+    try:
+        return _REGISTRY[name](num_classes=int(num_classes), in_channels=int(in_channels), width=float(width),
+                               **kwargs)
+    except (TypeError, ValueError) as err:
+        if not kwargs or isinstance(err, UsageError):
+            raise
+        # the builder choked on a value the user gave it (e.g. channels="x")
+        raise UsageError(f"model {name!r} cannot be built with options {kwargs}: {err}") from err
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -148,8 +148,10 @@ def create_optimizer(
     """Builds the optimizer ``name`` (see :func:`list_optimizers`) on a base optimizer.
 
     Keyword arguments of the base optimizer (lr, momentum, weight_decay, nesterov, betas, eps, ...)
-    go to it; the rest to the SAM variant. Given a model, the variant also receives it (frozen
-    BatchNorm statistics in perturbed passes, DDP per-replica ascent, ASAM's bias rule).
+    go to it; the rest to the SAM variant (an argument that neither reads is a
+    :class:`~flatlab.errors.UsageError` naming the method and what it takes). Given a model, the
+    variant also receives it (frozen BatchNorm statistics in perturbed passes, DDP per-replica
+    ascent, ASAM's bias rule).
 
     Example::
 
@@ -170,10 +172,14 @@ def create_optimizer(
         params = param_groups(model, base_kwargs.pop("weight_decay", 0.0), decay_all)
     else:
         params = list(params_or_model)
+    takes = method_options(name)
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        offer = (f"it takes {', '.join(sorted(takes))}" if takes
+                 else f"it takes only the base options ({', '.join(sorted(accepted))})")
+        raise UsageError(f"optimizer {name!r} does not take {', '.join(unknown)}; {offer}")
     base_opt = base_cls(params, **base_kwargs)
     if entry.cls is None:
-        if options:
-            raise UsageError(f"optimizer {name!r} takes no {', '.join(options)}")
         return base_opt
     if model is not None:
         options.setdefault("model", model)

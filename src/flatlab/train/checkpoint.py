@@ -24,18 +24,33 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Reads a checkpoint with ``weights_only=True``: tensors and plain Python values only, so that
+    a run directory from elsewhere cannot execute code when it is loaded."""
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"no checkpoint at {path}")
     try:
-        # weights_only=False: the state holds RNG states and numpy arrays written by flatlab itself
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise UsageError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
+        if "Unsupported global" in str(err):
+            raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values (written by "
+                             "an older flatlab, or not by flatlab): refused, as loading it could run code") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"checkpoint {path} is unreadable, corrupt or not a flatlab checkpoint: {first}") from err
+    if not isinstance(state, dict):
+        raise UsageError(f"checkpoint {path} is not a flatlab checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """The random generators' states as tensors and builtins (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,7 +58,14 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    """``random.setstate`` wants the nested tuples ``getstate`` gave, whatever a loader made of them."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

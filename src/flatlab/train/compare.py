@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError, UserFileNotFoundError
+from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError
 
 __all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table"]
 
@@ -69,12 +69,28 @@ def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None 
     return "\n".join(lines)
 
 
+def _refuse_duplicates(run_dirs: list[str | Path]) -> None:
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise UsageError(f"run {d} is given twice (as {seen[key]} too): one run would count twice")
+        seen[key] = str(d)
+
+
 def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One row per group of runs equal but for the seed, in first-seen order."""
+    _refuse_duplicates(run_dirs)
     runs = [load_run(d) for d in run_dirs]
+    seen: dict[str, Path] = {}
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         key = json.dumps({k: v for k, v in run["config"].items() if k not in _IGNORED}, sort_keys=True)
+        same = json.dumps([key, run["config"].get("seed")])
+        if same in seen:
+            raise UsageError(f"runs {seen[same]} and {run['dir']} have the same config and seed: one run would "
+                             "count twice (drop one)")
+        seen[same] = run["dir"]
         groups.setdefault(key, []).append(run)
     keys = [json.loads(k) for k in groups]
     varying = sorted({f for k in keys for f in k if any(o.get(f) != k.get(f) for o in keys)})
@@ -109,8 +125,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [[r["label"], len(r["seeds"]),
               format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]),
               format_mean_std(100 * r["best_top1_mean"], 100 * r["best_top1_std"]),
-              f"{r['images_per_s']:.0f}", f"{r['speed_vs_sgd']:.2f}", f"{r['wall_time_s']:.0f}"] for r in rows]
+              _number(r["images_per_s"], ".0f"), _number(r["speed_vs_sgd"], ".2f"), _number(r["wall_time_s"], ".0f")]
+             for r in rows]
     return markdown_table(headers, cells)
+
+
+def _number(value: float, fmt: str) -> str:
+    """``value`` formatted, or ``-`` where it is undefined (no SGD row to compare the speed with)."""
+    return "-" if value is None or math.isnan(value) else format(value, fmt)
 
 
 def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> Path:

@@ -1,17 +1,37 @@
-"""The training configuration: one flat dataclass, defaults < config file (YAML/JSON) < flags."""
+"""The training configuration: one flat dataclass, defaults < config file (YAML/JSON) < flags.
+
+Every value, whether from a file, a flag or code, is converted to its field's type or rejected in
+one line naming the key, where it came from and the type expected (:func:`convert`); numbers may be
+spelled as YAML or Python spell them (``5e-4``, ``1_000``, ``.inf``).
+
+A method's hyper-parameters (:data:`OPTIMIZER_FIELDS`) are accepted only by the methods that read
+them: ``--optimizer sgd --rho 0.1`` is an error naming the method and the options it takes. A config
+file that serves several methods puts each method's settings in a section named after it, used only
+when that method is chosen (the flat keys and flags of the file still apply)::
+
+    optimizer: esam
+    lr: 0.05
+    esam: {rho: 0.05, beta: 0.6, gamma: 0.5}
+    sam: {rho: 0.05}
+    sgd: {weight_decay: 0.0005}
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
+from ..optim import base_of, base_options, list_optimizers, method_options
 
-__all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS"]
+__all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS", "convert", "optimizer_fields", "Layer"]
 
 # Config fields that are hyper-parameters of the SAM-family optimizers (passed only where accepted).
 OPTIMIZER_FIELDS = {
@@ -38,6 +58,23 @@ OPTIMIZER_FIELDS = {
     "sigma": "sigma",
     "lmbda": "lmbda",
 }
+
+# Fields of the base optimizer that not every base reads (checked where a flag sets them).
+_BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov"}
+
+
+def optimizer_fields(method: str) -> list[str]:
+    """The config fields of :data:`OPTIMIZER_FIELDS` that the optimizer ``method`` reads (none for a
+    base optimizer alone). Raises :class:`UsageError` for an unknown method."""
+    accepted = method_options(method)
+    return [key for key, arg in OPTIMIZER_FIELDS.items() if arg in accepted]
+
+
+def _not_taken(method: str, keys: list[str], where: str = "") -> str:
+    takes = optimizer_fields(method)
+    offer = f"it takes {', '.join(takes)}" if takes else "it takes no method options"
+    return (f"optimizer {method!r} does not take {', '.join(keys)}{where}; {offer}"
+            " (a config file keeps other methods' settings in sections, e.g. 'esam: {beta: 0.6}')")
 
 
 @dataclass
@@ -153,8 +190,16 @@ class TrainConfig:
     out: str = field(default="runs", metadata={"help": "folder that holds the run directories"})
     name: str | None = field(default=None, metadata={
         "help": "run directory name under --out (default: derived from the config)"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "also write the per-epoch metrics for TensorBoard into RUN/tensorboard (needs the tensorboard "
+                "package: pip install flatlab[tensorboard])"})
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            try:
+                setattr(self, f.name, convert(f.name, getattr(self, f.name)))
+            except UsageError as err:
+                raise UsageError(f"{f.name}: {err}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -193,6 +238,10 @@ class TrainConfig:
         check_number("sparse_fraction", self.sparse_fraction, low=0, high=1)
         check_number("sparse_end", self.sparse_end, low=0, low_open=True, high=1)
         need(isinstance(self.model_args, dict), f"model_args must be a mapping, got {self.model_args!r}")
+        taken = optimizer_fields(self.optimizer)
+        extra = [k for k in OPTIMIZER_FIELDS if getattr(self, k) is not None and k not in taken]
+        if extra:
+            raise UsageError(_not_taken(self.optimizer, extra))
 
     # ------------------------------------------------------------------------------------------
 
@@ -201,11 +250,72 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise UsageError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], source: str | None = "<dict>", *, lenient: bool = False) -> TrainConfig:
+        """A config from one mapping of fields (and method sections); ``source`` names it in errors.
+        ``lenient`` drops method options the chosen method does not read instead of refusing them
+        (for configs saved by older versions, where such options had no effect)."""
+        return cls.from_layers([Layer(values, source)], lenient=lenient)
+
+    @classmethod
+    def from_layers(cls, layers: list[Layer], *, lenient: bool = False) -> TrainConfig:
+        """Merges ``layers`` (later ones win) over the defaults: each value converted to its field's
+        type, the chosen method's section of each layer applied right after that layer's flat keys,
+        and every method option checked against the method (see the module docstring)."""
+        names = set(cls.field_names())
+        optimizers = set(list_optimizers())
+        flat: list[tuple[dict[str, Any], Layer]] = []
+        sections: list[tuple[dict[str, dict[str, Any]], Layer]] = []
+        for layer in layers:
+            if not isinstance(layer.values, dict):
+                kind = type(layer.values).__name__
+                raise UsageError(f"{layer.source} must hold a mapping of config keys, got {kind}")
+            values, own = {}, {}
+            for key, value in layer.values.items():
+                if key in names:
+                    values[key] = layer.convert(key, value)
+                elif key in optimizers and isinstance(value, dict):
+                    own[key] = cls._section(key, value, layer)
+                elif isinstance(value, dict):
+                    raise UsageError(f"unknown config key {key!r}{layer.where(key)}: not a field, nor a method "
+                                     f"whose section it could be ({', '.join(sorted(optimizers))})")
+                else:
+                    raise UsageError(f"unknown config key {key!r}{layer.where(key)}")
+            flat.append((values, layer))
+            sections.append((own, layer))
+        optimizer = "sam"
+        for values, _ in flat:
+            optimizer = values.get("optimizer", optimizer)
+        merged: dict[str, Any] = {}
+        origin: dict[str, Layer] = {}
+        for (values, layer), (own, _) in zip(flat, sections):
+            for key, value in [*values.items(), *own.get(optimizer, {}).items()]:
+                merged[key], origin[key] = value, layer
+        method_optimizer = merged.get("optimizer", "sam")
+        taken = set(optimizer_fields(method_optimizer))
+        extra = [k for k in OPTIMIZER_FIELDS if merged.get(k) is not None and k not in taken]
+        if extra and lenient:
+            merged = {k: v for k, v in merged.items() if k not in extra}
+        elif extra:
+            raise UsageError(_not_taken(method_optimizer, extra[:1], origin[extra[0]].where(extra[0], "set")))
+        base = base_of(method_optimizer, merged.get("base", "sgd"))
+        for key, arg in _BASE_FIELDS.items():
+            if key in merged and origin[key].source is None and arg not in base_options(base):
+                raise UsageError(f"base optimizer {base!r} does not take {key} (set by --{key}); "
+                                 f"it takes {', '.join(sorted(base_options(base)))}")
+        return cls(**merged)
+
+    @classmethod
+    def _section(cls, method: str, values: dict[str, Any], layer: Layer) -> dict[str, Any]:
+        """The settings of the section ``method`` of ``layer``, converted and checked."""
+        where = Layer(values, f"{layer.source}, section {method!r}" if layer.source else f"section {method!r}")
+        out = {}
+        for key, value in values.items():
+            if key not in cls.field_names() or key == "optimizer":
+                raise UsageError(f"unknown key {key!r} in section {method!r}{layer.where(key)}")
+            if key in OPTIMIZER_FIELDS and value is not None and key not in optimizer_fields(method):
+                raise UsageError(_not_taken(method, [key], where.where(key, "set")))
+            out[key] = where.convert(key, value)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,3 +361,100 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UsageError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
     return values
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of config values: a file (``source`` names it), a study's entry, or the command
+    line (``source=None``: the values are flags)."""
+
+    values: dict[str, Any]
+    source: str | None = "<dict>"
+
+    def where(self, key: str, verb: str = "") -> str:
+        if self.source is None:
+            return f" ({verb + ' ' if verb else ''}by --{key.replace('_', '-')})"
+        return f" ({verb + ' ' if verb else ''}in {self.source})"
+
+    def convert(self, key: str, value: Any) -> Any:
+        try:
+            return convert(key, value)
+        except UsageError as err:
+            name = f"--{key.replace('_', '-')}" if self.source is None else key
+            where = "" if self.source is None else f" (in {self.source})"
+            raise UsageError(f"{name}: {err}{where}") from None
+
+
+@functools.cache
+def _field_kinds() -> dict[str, tuple[Any, bool]]:
+    """``{field: (type, optional)}`` from the annotations (strings under PEP 563)."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {}
+    for f in fields(TrainConfig):
+        kind, optional = hints[f.name], False
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind, optional = args[0], len(args) < len(typing.get_args(kind))
+        kinds[f.name] = (typing.get_origin(kind) or kind, optional)
+    return kinds
+
+
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list of numbers (e.g. 0.5,0.75)", dict: "a mapping (JSON object, e.g. '{\"alpha\": 270}')"}
+
+
+def _number(value: Any) -> float | int:
+    """A number from a number or its text in YAML's or Python's spelling; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    text = value.strip().lower().replace("_", "")
+    core = text.lstrip("+-")
+    if core in (".inf", "inf", "infinity"):
+        return -math.inf if text.startswith("-") else math.inf
+    if core in (".nan", "nan"):
+        return math.nan
+    try:
+        return int(text, 0)
+    except ValueError:
+        return float(text)
+
+
+def convert(key: str, value: Any) -> Any:
+    """``value`` as the type of the config field ``key``: numbers from their text (``"5e-4"``), whole
+    floats to ints; a :class:`UsageError` "expected <type>, got <value>" for anything else (a string
+    for a flag that is true or false, ``1.5`` for an integer, a list for a number...)."""
+    kind, optional = _field_kinds()[key]
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"expected {_EXPECTED[kind]}, got null")
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+        elif kind is int:
+            number = _number(value)
+            if isinstance(number, int) or (math.isfinite(number) and float(number).is_integer()):
+                return int(number)
+        elif kind is float:
+            return float(_number(value))
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif kind is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, (list, tuple)):
+                return [float(_number(v.strip() if isinstance(v, str) else v)) for v in items if v != ""]
+            return [float(_number(items))]
+        elif kind is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+                return dict(value)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    raise UsageError(f"expected {_EXPECTED[kind]}{' or null' if optional else ''}, got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -16,11 +17,21 @@ from ..errors import UsageError
 from ..optim import SharpnessAware, per_sample
 from ..progress import Progress
 
-__all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged"]
+__all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged", "TrainingInterrupted",
+           "DIVERGED_LOSS"]
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became inf or NaN."""
+    """The training loss became inf or NaN, or exceeded :data:`DIVERGED_LOSS`."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to continue."""
+
+
+# A mean cross-entropy this large means logits apart by thousands: the run has diverged even if no
+# value is inf yet (an untrained model's loss is log(classes), under 7 for 1000 classes).
+DIVERGED_LOSS = 1e4
 
 
 def _autocast(device: torch.device, amp: str):
@@ -136,9 +147,11 @@ def train_one_epoch(
         images += y.shape[0]
         if (i + 1) % check_every == 0 or i + 1 == len(loader):
             mean = float(total_loss) / images
-            if not torch.isfinite(loss) or not torch.isfinite(torch.tensor(mean)):
+            last = float(loss)
+            if not (math.isfinite(last) and math.isfinite(mean)) or max(last, mean) > DIVERGED_LOSS:
                 bar.close()
-                raise TrainingDiverged(f"the training loss became {float(loss)} at step {i + 1} of {desc}")
+                what = "became" if not math.isfinite(last) else f"diverged (above {DIVERGED_LOSS:g}):"
+                raise TrainingDiverged(f"the training loss {what} {last:g} at step {i + 1} of {desc}")
             bar.update((i + 1) - bar.count, loss=mean, acc=100.0 * float(correct) / images,
                        **{"img/s": images / (time.perf_counter() - start)})
     if runner.device.type == "cuda":

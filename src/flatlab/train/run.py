@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -26,8 +28,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import UsageError, UserFileExistsError, UserFileNotFoundError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..errors import MissingDependencyError, UsageError, UserFileExistsError, UserFileNotFoundError
+from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..models import count_parameters, create_model
 from ..optim import (
     SharpnessAware,
@@ -43,12 +45,12 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import TrainConfig
 from .data import build_data
 from .distributed import Distributed, setup_distributed
-from .loop import StepRunner, TrainingDiverged, evaluate, train_one_epoch
+from .loop import StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
 from .schedule import create_scheduler
 
 __all__ = [
     "train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer",
-    "resolve_device",
+    "resolve_device", "absolute_paths", "check_checkpoint_matches",
 ]  # fmt: skip
 
 
@@ -74,11 +76,18 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was trained with (its ``config.json``). Method options the method did not
+    read, which older versions saved without effect, are dropped."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
-    saved = json.loads(path.read_text())
-    return TrainConfig.from_dict(saved["config"])
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise UsageError(f"{path} holds no run config")
+    return TrainConfig.from_dict(saved["config"], str(path), lenient=True)
 
 
 def load_trained(
@@ -106,28 +115,33 @@ def load_trained(
         state = load_checkpoint(path, map_location=device)
         if not isinstance(state.get("config"), dict):
             raise UsageError(f"{path} holds no run config; pass its run directory instead")
-        config = TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_dict(state["config"], str(path), lenient=True)
     else:
         config = load_run_config(run_dir)
         path = run_dir / checkpoint
         if not path.is_file() and checkpoint == "model.pt":
             path = run_dir / "checkpoint.pt"
         state = load_checkpoint(path, map_location=device)
+    check_checkpoint_matches(state, config, path)
     if overrides:
-        config = config.replace(**overrides)
+        config = absolute_paths(config.replace(**overrides))
     data = build_data(config, device)
     model = create_model(
         config.resolved_model(), num_classes=data.num_classes, in_channels=data.in_channels, width=config.width,
         **config.model_args,
     ).to(device)
-    model.load_state_dict(state["model"])
-    if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
-        # A single-pass method stopped between steps leaves w + eps in the model and w in its
-        # state: rebuild the run's optimizer over this model and let it put w back.
-        optimizer = build_optimizer(config, model)
-        optimizer.load_state_dict(state["optimizer"])
-        if isinstance(optimizer, SharpnessAware):
-            optimizer.restore_weights()
+    try:
+        model.load_state_dict(state["model"])
+        if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
+            # A single-pass method stopped between steps leaves w + eps in the model and w in its
+            # state: rebuild the run's optimizer over this model and let it put w back.
+            optimizer = build_optimizer(config, model)
+            optimizer.load_state_dict(state["optimizer"])
+            if isinstance(optimizer, SharpnessAware):
+                optimizer.restore_weights()
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path} does not fit the run's model or optimizer: {first[:200]}") from err
     return model.eval(), data, config
 
 
@@ -287,10 +301,18 @@ def _meta(config: TrainConfig) -> dict[str, Any]:
 
 def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrite: bool = False,
           progress: bool | None = None, log=print) -> RunResult:
-    """Runs (or resumes) one training run and returns its directory and summary."""
+    """Runs (or resumes) one training run and returns its directory and summary.
+
+    Everything is validated and built (config, optimizer, data, model) before anything is written;
+    with ``overwrite`` an earlier run in the directory is replaced, all of it, only when the new run
+    writes its first checkpoint."""
+    config = absolute_paths(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if config.amp == "fp16" and device.type != "cuda":
+        raise UsageError(f"amp=fp16 needs a CUDA device (float16 on {device.type} is emulated and far slower); "
+                         "use --amp bf16 or --amp none")
     dist = setup_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -305,40 +327,123 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
         dist.close()
 
 
-def resume(run_dir: str | Path, **kwargs) -> RunResult:
-    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config."""
-    return train(load_run_config(run_dir), resume_dir=run_dir, **kwargs)
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its data root made absolute, so that the run can be resumed and analysed from
+    any working directory."""
+    if config.data_root is None:
+        return config
+    return config.replace(data_root=os.path.abspath(os.path.expanduser(config.data_root)))
+
+
+def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None, **kwargs) -> RunResult:
+    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config.
+    ``overrides`` changes what does not change the run: where its data lives now (``data_root``),
+    ``threads``."""
+    config = load_run_config(run_dir)
+    if overrides:
+        config = config.replace(**overrides)
+    return train(config, resume_dir=run_dir, **kwargs)
+
+
+_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt")
+# what must agree between a checkpoint and the run that loads it
+_IDENTITY = ("dataset", "optimizer", "base", "model", "width", "model_args", "sparse")
+
+
+def check_checkpoint_matches(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Raises :class:`UsageError` when the checkpoint ``state`` was written by a run with another
+    dataset, optimizer, model or sparse method than ``config``."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"checkpoint {path} holds no run config: it was not written by flatlab train")
+    ours = config.to_dict()
+    ours["model"], saved = config.resolved_model(), dict(saved)
+    saved["model"] = saved.get("model") or ("cnn" if saved.get("dataset") == "digits" else "resnet18")
+    differ = [k for k in _IDENTITY if k in saved and saved[k] != ours[k]]
+    if differ:
+        theirs = ", ".join(f"{k} {saved[k]!r}" for k in differ)
+        mine = ", ".join(f"{k} {ours[k]!r}" for k in differ)
+        raise UsageError(f"checkpoint {path} was written by a run with {theirs}, but this run's config says {mine}: "
+                         "it belongs to another run")
+
+
+def _load_states(run: _Run, state: dict[str, Any], path: Path) -> None:
+    try:
+        run.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"checkpoint {path} does not fit this run's model or optimizer: {first[:200]}") from err
+
+
+def _start_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """Creates the run directory for a new run, replacing (all of) an earlier one in it."""
+    old = None
+    if run_dir.exists():
+        old = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, old)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", _meta(config))
+    _write_metrics(run_dir / "metrics.jsonl", [])
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuses, before any work, a run directory that cannot be used."""
+    if resuming:
+        if not (run_dir / "checkpoint.pt").is_file():
+            raise UserFileNotFoundError(f"no checkpoint to resume in {run_dir}")
+        if (run_dir / "summary.json").is_file():
+            raise UsageError(f"run {run_dir} has finished; nothing to resume (its results: {run_dir / 'summary.json'})")
+        reason = unwritable(run_dir)
+    else:
+        if (run_dir / "checkpoint.pt").exists() or (run_dir / "summary.json").exists():
+            if not overwrite:
+                raise UserFileExistsError(
+                    f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
+                    "or choose another --name / --out (or --overwrite)"
+                )
+        elif run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / f).exists() for f in _RUN_FILES):
+            raise UserFileExistsError(f"{run_dir} exists and is not a flatlab run directory; choose another "
+                                      "--name / --out")
+        elif run_dir.exists() and not run_dir.is_dir():
+            raise UserFileExistsError(f"{run_dir} exists and is not a folder; choose another --name / --out")
+        reason = unwritable(run_dir.parent if run_dir.exists() else run_dir)
+    if reason:
+        raise UsageError(f"cannot write the run into {run_dir}: {reason}")
 
 
 def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunResult:
     check_optimizer(config)  # fail on a bad hyper-parameter before loading any data
     run_dir = Path(resume_dir) if resume_dir is not None else Path(config.out) / config.run_name()
     checkpoint_path = run_dir / "checkpoint.pt"
-    if resume_dir is None and (checkpoint_path.exists() or (run_dir / "summary.json").exists()):
-        if not overwrite:
-            raise UserFileExistsError(
-                f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
-                "or choose another --name / --out (or --overwrite)"
-            )
-        if dist.is_main:
-            for name in ("checkpoint.pt", "summary.json", "metrics.jsonl", "model.pt"):
-                (run_dir / name).unlink(missing_ok=True)
-        dist.barrier()
+    _check_run_dir(run_dir, resume_dir is not None, overwrite)
+    if config.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                                         "(or flatlab[tensorboard])") from err
     run = _Run(config, run_dir, dist, device)
+    board = None
     history: list[dict[str, Any]] = []
+    started = resume_dir is not None  # whether this run has its directory (written at its first checkpoint)
     if resume_dir is not None:
-        if not checkpoint_path.exists():
-            raise UserFileNotFoundError(f"no checkpoint to resume in {run_dir}")
-        run.load_state_dict(load_checkpoint(checkpoint_path, map_location=device))
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        check_checkpoint_matches(state, config, checkpoint_path)
+        _load_states(run, state, checkpoint_path)
         # metrics written after the last checkpoint belong to an epoch that will be redone
         history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)
         if dist.is_main:
             _write_metrics(run_dir / "metrics.jsonl", history)
-        log(f"resuming {run_dir} at epoch {run.epoch + 1}/{config.epochs}")
-    elif dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", _meta(config))
-        _write_metrics(run_dir / "metrics.jsonl", [])
+            meta_path = run_dir / "config.json"
+            if json.loads(meta_path.read_text()).get("config") != config.to_dict():  # a new --data-root
+                atomic_write_json(meta_path, {**json.loads(meta_path.read_text()), "config": config.to_dict()})
+        if run.epoch < config.epochs:
+            log(f"resuming {run_dir} at epoch {run.epoch + 1}/{config.epochs}")
+        else:
+            log(f"{run_dir}: all {config.epochs} epochs are trained; writing its final model and summary")
     if run.epoch == 0 and dist.is_main:
         n_params = count_parameters(run.raw_model)
         log(f"{config.run_name()}: {config.resolved_model()} ({n_params / 1e6:.2f}M params) on {config.dataset} "
@@ -355,11 +460,19 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
                 desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress if dist.is_main else False,
             )
         except TrainingDiverged as err:
-            kept = f"epoch {epoch} in {checkpoint_path}" if checkpoint_path.exists() else "none (first epoch)"
-            raise TrainingDiverged(
-                f"{err}. The run stopped; the last good checkpoint is {kept}. Lower --lr (or --rho) "
-                "and start again, or resume from it."
-            ) from None
+            if started and checkpoint_path.exists():
+                advice = (f"the last good checkpoint is epoch {epoch} in {checkpoint_path}. Lower --lr (or --rho) "
+                          f"and start a new run, or resume from it: flatlab train --resume {run_dir}")
+            else:
+                advice = "it diverged in the first epoch, before any checkpoint. Lower --lr (or --rho) and start again"
+            raise TrainingDiverged(f"{err}. The run stopped; {advice}") from None
+        except KeyboardInterrupt:
+            if started:
+                raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}; epochs 1-{epoch} are checkpointed: "
+                                          f"continue with flatlab train --resume {run_dir}") from None
+            kept = f"; the earlier run in {run_dir} is untouched" if run_dir.exists() else ""
+            raise TrainingInterrupted(f"interrupted in the first epoch, before any checkpoint: nothing was "
+                                      f"saved{kept}") from None
         run.epoch = epoch + 1
         row: dict[str, Any] = {"epoch": run.epoch, "train_loss": stats.loss, "train_acc": stats.accuracy}
         counts = dist.all_reduce_sum([stats.images, stats.seconds], device)
@@ -370,12 +483,24 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
             row.update(run.evaluate())
         row["wall_time_s"] = time.perf_counter() - wall_start
         if dist.is_main:
+            if not started:
+                _start_run_dir(run_dir, config)
             save_checkpoint(checkpoint_path, run.state_dict())
             history.append(row)
             _write_metrics(run_dir / "metrics.jsonl", history)
+            if config.tensorboard:
+                if board is None:  # purge_step: a resumed run drops what was logged after its checkpoint
+                    board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=run.epoch)
+                for key, value in row.items():
+                    if key != "epoch":
+                        board.add_scalar(key, value, run.epoch)
+                board.flush()
             log(_epoch_line(row, config.epochs))
+        started = True
         dist.barrier()
 
+    if board is not None:
+        board.close()
     summary = _summary(run, history)
     if dist.is_main:
         with _unperturbed(run.optimizer):

@@ -38,9 +38,9 @@ import torch
 from .. import __version__
 from ..analysis import top_eigenvalues
 from ..errors import UsageError, check_number
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..optim import is_base_optimizer
-from .compare import format_mean_std, load_run, markdown_table, mean_std, plot_runs
+from .compare import _number, format_mean_std, load_run, markdown_table, mean_std, plot_runs
 from .config import TrainConfig, load_config_file
 from .run import check_optimizer, load_trained, resume, train
 
@@ -158,9 +158,13 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def _run_one(study: Study, method: str, seed: int, log=print, progress: bool | None = None) -> None:
+def _run_one(study: Study, method: str, seed: int, log=print, progress: bool | None = None,
+             rerun: bool = False) -> None:
     run_dir = study.run_dir(method, seed)
-    if (run_dir / "summary.json").is_file():
+    if rerun:
+        log(f"[study] {run_dir.name}: training again (--rerun)")
+        train(study.config(method, seed), overwrite=True, log=log, progress=progress)
+    elif (run_dir / "summary.json").is_file():
         log(f"[study] {run_dir.name}: finished, skipped")
     elif (run_dir / "checkpoint.pt").is_file():
         log(f"[study] {run_dir.name}: resuming")
@@ -177,26 +181,32 @@ def _prefixed_print(prefix: str):
     return log
 
 
-def _worker(task: tuple[Study, str, int]) -> str:
-    study, method, seed = task
-    _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False)
+def _worker(task: tuple[Study, str, int, bool]) -> str:
+    study, method, seed, rerun = task
+    _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False, rerun=rerun)
     if study.hessian:  # here rather than in the summary, so that it runs in parallel too
         _top_eigenvalue(study.run_dir(method, seed), dict(study.hessian))
     return f"{method}-seed{seed}"
 
 
-def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1) -> list[dict[str, Any]]:
-    """Trains every (method, seed) not finished yet, ``jobs`` at a time, then tabulates the study.
+def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1,
+              rerun: bool = False) -> list[dict[str, Any]]:
+    """Trains every (method, seed) not finished yet (``rerun``: every one, replacing the finished
+    runs), ``jobs`` at a time, then tabulates the study. A study whose runs are all finished (e.g.
+    committed with the repository) only tabulates them: it finishes at once.
 
     ``jobs > 1`` starts worker processes with ``spawn``: a script that calls this needs the usual
     ``if __name__ == "__main__":`` guard (the ``flatlab study`` command has it)."""
     check_number("jobs", jobs, low=1, integer=True)
+    reason = unwritable(study.out)
+    if reason:
+        raise UsageError(f"cannot write the study into {study.out}: {reason}")
     study.out.mkdir(parents=True, exist_ok=True)
     # seed-major: a study cut short still has every method at its first seeds
-    tasks = [(study, m, s) for s in study.seeds for m in study.methods]
+    tasks = [(study, m, s, rerun) for s in study.seeds for m in study.methods]
     if jobs == 1:
-        for _, method, seed in tasks:
-            _run_one(study, method, seed, log=log, progress=progress)
+        for _, method, seed, _ in tasks:
+            _run_one(study, method, seed, log=log, progress=progress, rerun=rerun)
     else:
         import multiprocessing
 
@@ -339,9 +349,10 @@ def format_study(rows: list[dict[str, Any]]) -> str:
             paired = "(reference)"
         else:
             diff, spread = r.get("vs_sgd_paired_mean", math.nan), r.get("vs_sgd_paired_std", math.nan)
-            paired = format_mean_std(100 * diff, 100 * spread, "+.2f")
+            paired = "-" if math.isnan(diff) else format_mean_std(100 * diff, 100 * spread, "+.2f")
         line = [r["method"], format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]), seeds, paired,
-                f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}", f"{r['speed_vs_sgd']:.2f}",
+                f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}",
+                _number(r["speed_vs_sgd"], ".2f"),
                 "-" if r.get("sam_steps_per_step") is None else f"{r['sam_steps_per_step']:.2f}",
                 f"{r['wall_time_s_mean']:.0f}"]
         if has_eig:
