@@ -8,7 +8,7 @@ Layers, bottom to top (``/work/shared/STYLE.md``, README "Layout"):
 3. ``sparse``
 4. ``analysis``
 5. ``train``
-6. ``cli``
+6. ``cli``, ``integrations`` (adapters for other frameworks, which import them)
 
 An import inside a function that names a flatlab module is also an error: it is how a cycle (an
 import pointing up) gets hidden. Optional third-party packages (matplotlib, yaml, PIL) may still be
@@ -36,6 +36,7 @@ LAYERS = {
     "analysis": 4,
     "train": 5,
     "cli": 6,
+    "integrations": 6,
 }  # fmt: skip
 
 
@@ -114,7 +115,8 @@ def test_no_flatlab_import_inside_a_function():
 def test_import_flatlab_stays_light(statement):
     code = (f"import sys; {statement}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' "
-            "or m.startswith(('flatlab.analysis', 'flatlab.train', 'flatlab.cli', 'flatlab.sparse'))))")
+            "or m.startswith(('flatlab.analysis', 'flatlab.train', 'flatlab.cli', 'flatlab.sparse', "
+            "'flatlab.integrations')) or m in ('transformers', 'accelerate', 'lightning')))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=env).stdout.strip()
