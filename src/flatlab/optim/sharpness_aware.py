@@ -466,9 +466,14 @@ class SharpnessAware(torch.optim.Optimizer):
         # descent's check catches (restoring w exactly): that check is the step's one host sync.
         # Policies that keep state derived from this gradient (a gradient average, a mask refreshed
         # from it, a moving norm) must not see one: check it here for them.
-        if self._ascent_needs_check() and not self._check_and_unscale(grads, None):
+        sq_norm = None
+        if self.schedule.needs_gradient and decided is None and self.radius() != 0.0:
+            # the norm the schedule decides from doubles as the finiteness check: one sync for both
+            sq_norm = (float(global_norm(grads, 2.0, foreach=self.foreach)) / self._loss_scale) ** 2
+        if (not math.isfinite(sq_norm) if sq_norm is not None
+                else self._ascent_needs_check() and not self._check_and_unscale(grads, None)):
             self.phase = Phase.SKIPPED
-        elif not self._takes_sam_step(decided, grads):
+        elif not self._takes_sam_step(decided, grads, sq_norm):
             # a plain step: the gradient just computed is the one to descend with, keep it
             self.phase = Phase.PLAIN
             return
@@ -481,17 +486,17 @@ class SharpnessAware(torch.optim.Optimizer):
             self.zero_grad(set_to_none=True)
 
     def _ascent_needs_check(self) -> bool:
-        return (self.source.stateful or self.coordinates.observes_gradient or self.schedule.needs_gradient
-                or not self.shape.propagates_nonfinite)
+        return self.source.stateful or self.coordinates.observes_gradient or not self.shape.propagates_nonfinite
 
-    def _takes_sam_step(self, decided: bool | None, grads: list[Tensor]) -> bool:
+    def _takes_sam_step(self, decided: bool | None, grads: list[Tensor], sq_norm: float | None = None) -> bool:
         if self.radius() == 0.0:
             return False  # rho = 0 is the base optimizer, bit for bit and with one pass
         if decided is not None:
             return decided
         if self.schedule.needs_gradient:
-            norm = float(global_norm(grads, 2.0, foreach=self.foreach)) / self._loss_scale
-            return self.schedule.decide(self.steps, norm**2)
+            if sq_norm is None:
+                sq_norm = (float(global_norm(grads, 2.0, foreach=self.foreach)) / self._loss_scale) ** 2
+            return self.schedule.decide(self.steps, sq_norm)
         return self.schedule.decide(self.steps)
 
     @torch.no_grad()

@@ -1,0 +1,55 @@
+"""Host-device synchronisations per step, counted with a dispatch mode on the CPU: the calls that
+force one (``.item()``, ``float(t)``, ``bool(t)``) all go through ``aten::_local_scalar_dense``."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import flatlab
+
+
+class SyncCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+# One per step: the finiteness check of the descent gradient. Two where a policy needs more: a
+# policy keeping state from the ascent gradient (FriendlySAM's average, SSAM-D's mask) checks it at
+# once; AE-SAM reads its norm (which doubles as that check); RST draws its coin from the optimizer's
+# CPU generator (a host read, but never a wait on an accelerator).
+@pytest.mark.parametrize(
+    "name, per_step",
+    [("sam", 1), ("asam", 1), ("esam", 1), ("s2sam", 1), ("msam", 1), ("looksam", 1), ("gsam", 1), ("wsam", 1),
+     ("rst", 2), ("ssam-d", 2), ("fsam", 2), ("aesam", 2)],
+)
+def test_host_syncs_per_step(name, per_step):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, max_grad_norm=1.0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    if name == "esam":  # its selection counts rows on the host: use the tensor draw only
+        opt.samples = flatlab.optim.AllSamples()
+
+    def step():
+        if opt.needs_closure:
+            opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(model(x if idx is None else x[idx]),
+                                                                    y if idx is None else y[idx], reduction="none")))
+        else:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    for _ in range(3):
+        step()
+    with SyncCounter() as counter:
+        for _ in range(10):
+            step()
+    # plain steps of a switch take their one check too
+    assert counter.count == per_step * 10
