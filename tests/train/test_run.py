@@ -223,3 +223,17 @@ def test_summary_reports_the_share_of_sharpness_aware_steps(quick):
     summary = train(quick(optimizer="looksam", k=5), log=lambda *_: None).summary
     assert summary["sam_steps_per_step"] == pytest.approx(5 / 22)
     assert train(quick(optimizer="sam", name="sam"), log=lambda *_: None).summary["sam_steps_per_step"] == 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "esam", "sgd", "s2sam"])
+def test_accumulating_micro_batches_equals_the_whole_batch(quick, optimizer):
+    # the MLP has no BatchNorm, so splitting a batch changes nothing but the order of sums
+    extra = {"beta": 1.0, "gamma": 0.5} if optimizer == "esam" else {}
+    common = dict(model="mlp", optimizer=optimizer, epochs=1, crop_padding=0, flip=False, **extra)
+    whole = train(quick(name="whole", **common), log=lambda *_: None)
+    split = train(quick(name="split", accumulate=4, **common), log=lambda *_: None)
+    a = torch.load(whole.run_dir / "model.pt")["model"]
+    b = torch.load(split.run_dir / "model.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert whole.summary["final_train_loss"] == pytest.approx(split.summary["final_train_loss"], rel=1e-5)

@@ -79,7 +79,8 @@ class SSAM(SharpnessAware):
     ``mask="fisher"`` (SSAM-F): the mask is the global top-(1 - sparsity) of the empirical Fisher
     over ``num_samples`` samples, refreshed every ``update_interval`` steps: by ``step`` itself
     from ``mask_data`` (batches ``(inputs, targets)``, e.g. a DataLoader, or a function returning
-    them; needs ``model=``), or by ``opt.update_mask(model, batches)`` whenever ``opt.mask_due``.
+    them; needs ``model=``; ``mask_loss_fn(outputs, targets)`` scores it when the model's outputs are
+    not plain logits), or by ``opt.update_mask(model, batches)`` whenever ``opt.mask_due``.
     ``mask="dynamic"`` (SSAM-D): the mask is refreshed inside ``step`` every ``update_interval``
     steps by dropping the flattest perturbed coordinates (smallest |g|) and growing as many at
     random, at a ``drop_rate`` decayed by a cosine over ``total_steps``.
@@ -96,13 +97,14 @@ class SSAM(SharpnessAware):
         drop_rate: float = 0.5,
         total_steps: int | None = None,
         mask_data=None,
+        mask_loss_fn=None,
         **options,
     ):
         if mask == "fisher":
-            coordinates = FisherMask(sparsity, num_samples, update_interval, data=mask_data)
+            coordinates = FisherMask(sparsity, num_samples, update_interval, data=mask_data, loss_fn=mask_loss_fn)
         elif mask == "dynamic":
-            if mask_data is not None:
-                raise ValueError("mask_data feeds the Fisher mask; the dynamic mask needs none")
+            if mask_data is not None or mask_loss_fn is not None:
+                raise ValueError("mask_data and mask_loss_fn feed the Fisher mask; the dynamic mask needs neither")
             coordinates = DynamicMask(sparsity, update_interval, drop_rate, total_steps)
         else:
             raise ValueError(f"mask must be 'fisher' or 'dynamic', got mask={mask!r}")

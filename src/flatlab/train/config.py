@@ -159,6 +159,9 @@ class TrainConfig:
     # schedule
     epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=128, metadata={"help": "training batch size (over all processes)"})
+    accumulate: int = field(default=1, metadata={
+        "help": "split each process's batch into this many micro-batches (gradient accumulation: the step "
+                "equals the step on the whole batch, with one micro-batch's activations in memory)"})
     lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, step or constant"})
     warmup_epochs: float = field(default=0.0, metadata={
         "help": "linear learning-rate warm-up over this many (possibly fractional) epochs"})
@@ -209,7 +212,7 @@ class TrainConfig:
             if not ok:
                 raise UsageError(what)
 
-        for name in ("epochs", "batch_size", "eval_every", "sparse_interval"):
+        for name in ("epochs", "batch_size", "eval_every", "sparse_interval", "accumulate"):
             check_number(name, getattr(self, name), low=1, integer=True)
         for name in ("train_subset", "test_subset", "threads"):
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)

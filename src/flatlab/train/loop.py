@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..analysis import evaluate as evaluate_batches
-from ..errors import UsageError
-from ..optim import SharpnessAware, per_sample
+from ..errors import UsageError, check_number
+from ..optim import SharpnessAware, micro_batches
 from ..progress import Progress
 
 __all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingDiverged", "TrainingInterrupted",
@@ -47,6 +47,11 @@ class StepRunner:
     * a two-pass method: ``step(per_sample(closure))`` (the closure serves every variant, and
       ESAM's data selection needs per-sample losses), with ``scaler=`` under fp16.
 
+    With ``accumulate=N`` each batch is split into N micro-batches (one graph alive at a time), and
+    the step equals the step on the whole batch: a two-pass method steps on
+    :func:`flatlab.micro_batches`, a one-pass step accumulates N backwards (under DDP only the last
+    one all-reduces).
+
     Returns the mean loss and the number of correct top-1 predictions of the pass at w.
     """
 
@@ -57,7 +62,10 @@ class StepRunner:
         device: torch.device,
         amp: str = "none",
         label_smoothing: float = 0.0,
+        accumulate: int = 1,
     ):
+        check_number("accumulate", accumulate, low=1, integer=True)
+        self.accumulate = int(accumulate)
         self.model = model
         self.opt = optimizer
         self.device = device
@@ -72,30 +80,48 @@ class StepRunner:
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._closure(x, y) if self.two_pass else self._one_pass(x, y)
 
+    def _micro(self, x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+        if self.accumulate > x.shape[0]:
+            raise UsageError(f"accumulate={self.accumulate} micro-batches need at least as many samples per "
+                             f"batch, got {x.shape[0]}")
+        return list(zip(x.tensor_split(self.accumulate), y.tensor_split(self.accumulate)))
+
     def _one_pass(self, x, y):
         self.opt.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp):
-            out = self.model(x)
-        loss = self.losses(out, y).mean()
-        self.scaler.scale(loss).backward()
+        micro = self._micro(x, y)
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        total, hits = torch.zeros((), device=x.device), torch.zeros((), dtype=torch.int64, device=x.device)
+        for i, (xb, yb) in enumerate(micro):
+            last = i == len(micro) - 1
+            with self.model.no_sync() if ddp and not last else nullcontext():
+                with _autocast(self.device, self.amp):
+                    out = self.model(xb)
+                # each micro-batch weighs its share of the batch: the sum is the batch's mean loss
+                loss = self.losses(out, yb).sum() / x.shape[0]
+                self.scaler.scale(loss).backward()
+            total = total + loss.detach()
+            hits = hits + (out.argmax(1) == yb).sum()
         self.scaler.step(self.opt)
         self.scaler.update()
-        return loss.detach(), (out.argmax(1) == y).sum()
+        return total, hits
 
     def _closure(self, x, y):
-        first: dict[str, Tensor] = {}
+        first: dict[int, Tensor] = {}
 
-        def losses(idx):
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        def losses(batch, idx):
+            i, xb, yb = batch
+            if idx is not None:
+                xb, yb = xb[idx], yb[idx]
             with _autocast(self.device, self.amp):
                 out = self.model(xb)
-            if idx is None and "out" not in first:
-                first["out"] = out.detach()
+            if idx is None and i not in first:  # the pass at w of this micro-batch
+                first[i] = (out.argmax(1) == yb).sum()
             return self.losses(out, yb)
 
+        micro = [(i, xb, yb) for i, (xb, yb) in enumerate(self._micro(x, y))]
         scaler = self.scaler if self.scaler.is_enabled() else None
-        loss = self.opt.step(per_sample(losses), scaler=scaler)
-        return loss.detach(), (first["out"].argmax(1) == y).sum()
+        loss = self.opt.step(micro_batches(micro, losses, sizes=[b[1].shape[0] for b in micro]), scaler=scaler)
+        return loss.detach(), sum(first.values())
 
     def state_dict(self) -> dict:
         return {"scaler": self.scaler.state_dict()}

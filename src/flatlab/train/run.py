@@ -213,7 +213,8 @@ class _Run:
             self.optimizer, self.total_steps, config.lr_schedule,
             round(config.warmup_epochs * self.steps_per_epoch), config.milestones, config.lr_decay,
         )
-        self.runner = StepRunner(self.model, self.optimizer, device, config.amp, config.label_smoothing)
+        self.runner = StepRunner(self.model, self.optimizer, device, config.amp, config.label_smoothing,
+                                 accumulate=config.accumulate)
         self.masking = self._build_masking()
         self.step = 0
         self.epoch = 0
