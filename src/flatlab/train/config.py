@@ -160,8 +160,8 @@ class TrainConfig:
     epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=128, metadata={"help": "training batch size (over all processes)"})
     accumulate: int = field(default=1, metadata={
-        "help": "split each process's batch into this many micro-batches (gradient accumulation: the step "
-                "equals the step on the whole batch, with one micro-batch's activations in memory)"})
+        "help": "gradient accumulation: split each process's batch into this many parts, one part's "
+                "activations in memory at a time; the step equals the step on the whole batch"})
     lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, step or constant"})
     warmup_epochs: float = field(default=0.0, metadata={
         "help": "linear learning-rate warm-up over this many (possibly fractional) epochs"})
