@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import check_number
 from .fisher import empirical_fisher
+from .policy import Policy
 from .topk import drop_grow, random_mask, topk_mask
 
 __all__ = ["Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask"]
@@ -27,7 +28,7 @@ MASK_KEY = "perturb_mask"
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
-class Coordinates:
+class Coordinates(Policy):
     """Interface of a coordinate policy.
 
     Capabilities are declared, not discovered:
@@ -93,14 +94,6 @@ class Coordinates:
         """The data source given at construction, ready to iterate."""
         raise TypeError(f"the coordinate policy '{self.name}' has no data source")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def extra_repr(self) -> str:
-        return ""
 
 
 class AllCoordinates(Coordinates):

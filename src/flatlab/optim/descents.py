@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 
 from ..errors import check_number
 from .functional import copy_, global_dot, global_norm, local
+from .policy import Policy
 
 __all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
 
@@ -40,7 +41,7 @@ def _like(reference: Tensor, shard: Tensor) -> Tensor:
     return shard
 
 
-class Descent:
+class Descent(Policy):
     """Interface of a descent policy.
 
     Attributes:
@@ -65,8 +66,6 @@ class Descent:
     def after_base_step(self, params: list[Tensor], lrs: list[float], sharpness_aware: bool) -> None:
         """Runs after the base optimizer's step (``lrs``: each tensor's learning rate)."""
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 class PerturbedGradient(Descent):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..errors import check_number
+from .policy import Policy
 
 __all__ = ["RhoSchedule", "LRProportional"]
 
 
-class RhoSchedule:
+class RhoSchedule(Policy):
     """Interface: the radius of the coming step from the optimizer's state (its param groups)."""
 
     name = "rho"
@@ -20,8 +21,6 @@ class RhoSchedule:
     def radius(self, optimizer: torch.optim.Optimizer) -> float:
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 class LRProportional(RhoSchedule):

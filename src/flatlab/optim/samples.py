@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
+from .policy import Policy
 
 __all__ = ["PerSampleClosure", "per_sample", "MicroBatches", "micro_batches", "Samples", "AllSamples",
            "SharpnessSensitive"]
@@ -150,7 +151,7 @@ def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:
     return fn if isinstance(fn, PerSampleClosure) else PerSampleClosure(fn)
 
 
-class Samples:
+class Samples(Policy):
     """Interface of a sample policy.
 
     Attributes:
@@ -175,8 +176,6 @@ class Samples:
         """Expected fraction of the batch in the descent pass (for the cost of a step)."""
         return 1.0
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 class AllSamples(Samples):

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from ..errors import check_number
+from .policy import Policy
 
 __all__ = ["Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch"]
 
 
-class Schedule:
+class Schedule(Policy):
     """Interface of a schedule.
 
     Attributes:
@@ -46,14 +47,6 @@ class Schedule:
         fraction seen so far (None before the first step)."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def extra_repr(self) -> str:
-        return ""
 
 
 class EveryStep(Schedule):

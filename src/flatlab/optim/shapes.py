@@ -12,11 +12,12 @@ from torch import Tensor
 
 from ..errors import check_number
 from . import functional as F
+from .policy import Policy
 
 __all__ = ["Shape", "LpBall", "Adaptive"]
 
 
-class Shape:
+class Shape(Policy):
     """Interface of a shape: ``perturbation`` and ``project`` over aligned lists of gradients and
     weights. ``adaptive`` flags, per tensor, whether a weight-dependent shape may scale it (ASAM
     leaves biases alone); other shapes ignore ``weights`` and ``adaptive``."""
@@ -36,8 +37,6 @@ class Shape:
     ) -> list[Tensor]:
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 class LpBall(Shape):

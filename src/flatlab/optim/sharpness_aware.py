@@ -783,19 +783,14 @@ class SharpnessAware(torch.optim.Optimizer):
         self._eps = None
 
     def __repr__(self) -> str:
-        parts = [f"rho={self.rho:g}", f"shape={self.shape.name}({self.shape.extra_repr()})"]
-        if not isinstance(self.source, BatchGradient):
-            parts.append(f"source={self.source.name}({self.source.extra_repr()})")
-        if not isinstance(self.coordinates, AllCoordinates):
-            parts.append(f"coordinates={self.coordinates.name}({self.coordinates.extra_repr()})")
-        if not isinstance(self.samples, AllSamples):
-            parts.append(f"samples={self.samples.name}({self.samples.extra_repr()})")
-        if not isinstance(self.descent, PerturbedGradient):
-            parts.append(f"descent={self.descent.name}({self.descent.extra_repr()})")
-        if not isinstance(self.schedule, EveryStep):
-            parts.append(f"schedule={self.schedule.name}({self.schedule.extra_repr()})")
+        parts = [f"rho={self.rho:g}", f"shape={self.shape.describe()}"]
+        defaults = (BatchGradient, AllCoordinates, AllSamples, PerturbedGradient, EveryStep)
+        for label, policy in (("source", self.source), ("coordinates", self.coordinates), ("samples", self.samples),
+                              ("descent", self.descent), ("schedule", self.schedule)):
+            if not isinstance(policy, defaults):
+                parts.append(f"{label}={policy.describe()}")
         if self.rho_schedule is not None:
-            parts.append(f"rho_schedule={self.rho_schedule.name}({self.rho_schedule.extra_repr()})")
+            parts.append(f"rho_schedule={self.rho_schedule.describe()}")
         if self.ascent_steps > 1:
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())

@@ -10,17 +10,17 @@ turn the gradients they see into a direction.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import check_number
+from .policy import Policy
 
 __all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
 
 
-class GradientSource:
+class GradientSource(Policy):
     """Interface of a gradient source.
 
     Attributes:
@@ -48,14 +48,6 @@ class GradientSource:
         modify ``grads``."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def extra_repr(self) -> str:
-        return ""
 
 
 class BatchGradient(GradientSource):
