@@ -1,0 +1,148 @@
+"""Where a step is bound by the optimizer's own tensor work: step time x SGD against parameter count.
+
+Model: a 4-layer MLP 256-H-H-H-10 (H = 3072: 19.7M parameters), batch 32, SGD with momentum 0.9
+and weight decay, on the CPU; forward+backward there costs about as much as the SGD step itself, so
+what an optimizer adds per parameter shows. Widths 256 to 3072 give the table against parameter
+count (0.2M to 20M: H = 256 to 3072). Rounds are interleaved, the median is reported, every ratio is to SGD in the same
+run.
+
+Floors: the tensor passes a method cannot avoid, timed alone on the same tensors:
+- S2-SAM: SGD's step + one copy w -> backup, one scaled add of the gradient into w, one copy back
+  (w and w + eps) and the gradient norm;
+- SAM: the same plus a second forward/backward.
+
+    python benchmarks/optimizer_overhead.py                      # results/optimizer_overhead.{json,md}
+    python benchmarks/optimizer_overhead.py --widths 128 --rounds 2 --out /tmp/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import flatlab
+
+METHODS = ["sgd", "sam", "s2sam", "esam", "looksam", "msam"]
+
+
+def mlp(width: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(256, width), torch.nn.ReLU(), torch.nn.Linear(width, width), torch.nn.ReLU(),
+        torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 10),
+    )
+
+
+def build(name: str, width: int):
+    model = mlp(width)
+    options = {"gamma": 1.0} if name == "esam" else {}
+    opt = flatlab.create_optimizer(name, model, lr=0.01, momentum=0.9, weight_decay=5e-4, **options)
+    return model, opt
+
+
+def step(model, opt, x, y) -> None:
+    if isinstance(opt, flatlab.SharpnessAware) and opt.needs_closure:
+        opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(model(x), y, reduction="none")))
+        return
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def floors(width: int, x, y, rounds: int) -> dict[str, float]:
+    """Median ms of the unavoidable passes: forward+backward, SGD's step, and the perturbation's
+    tensor work (copy to a backup, scaled add, copy back, one norm)."""
+    model, opt = build("sgd", width)
+    params = list(model.parameters())
+    backups = [torch.empty_like(p) for p in params]
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    @torch.no_grad()
+    def perturb_restore():
+        grads = [p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        torch._foreach_copy_(backups, params)
+        torch._foreach_add_(params, torch._foreach_mul(grads, 0.05 / norm))
+        torch._foreach_copy_(params, backups)
+
+    parts = {"fwd_bwd": fwd_bwd, "sgd_step": opt.step, "perturb_restore": perturb_restore}
+    # the SGD step's time here includes no zero_grad: fwd_bwd does that
+    fwd_bwd()
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for _ in range(rounds):
+        for k, f in parts.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    sgd = ms["fwd_bwd"] + ms["sgd_step"]
+    return {**{f"{k}_ms": round(v, 2) for k, v in ms.items()},
+            "s2sam_floor_x_sgd": round((sgd + ms["perturb_restore"]) / sgd, 3),
+            "sam_floor_x_sgd": round((sgd + ms["fwd_bwd"] + ms["perturb_restore"]) / sgd, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512, 1024, 2048, 3072])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 256, generator=g)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    rows = []
+    for width in args.widths:
+        runs = {name: build(name, width) for name in METHODS}
+        for model, opt in runs.values():
+            for _ in range(2):
+                step(model, opt, x, y)
+        times: dict[str, list[float]] = {name: [] for name in METHODS}
+        for _ in range(args.rounds):
+            for name, (model, opt) in runs.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step(model, opt, x, y)
+                times[name].append((time.perf_counter() - start) / args.steps)
+        median = {name: statistics.median(t) for name, t in times.items()}
+        n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
+        row = {"width": width, "parameters": n_params, "sgd_ms": round(median["sgd"] * 1e3, 2),
+               **{f"{name}_x_sgd": round(median[name] / median["sgd"], 3) for name in METHODS if name != "sgd"},
+               **floors(width, x, y, args.rounds)}
+        rows.append(row)
+        print(row, flush=True)
+    result = {"benchmark": "optimizer_overhead", "command": "python benchmarks/optimizer_overhead.py",
+              "batch": args.batch, "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
+              "torch": torch.__version__, "flatlab": flatlab.__version__,
+              "machine": f"{platform.processor() or platform.machine()}", "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "optimizer_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    methods = [m for m in METHODS if m != "sgd"]
+    lines = [f"# Optimizer overhead: MLP 256-H-H-H-10, batch {args.batch}, CPU, {args.threads} threads", "",
+             f"Command: `{result['command']}`; median of {args.rounds} interleaved rounds of {args.steps} steps.", "",
+             "| H | parameters | SGD step (ms) | " + " | ".join(f"{m} x SGD" for m in methods)
+             + " | S2-SAM floor | SAM floor |",
+             "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['width']} | {r['parameters'] / 1e6:.2f}M | {r['sgd_ms']} | "
+                     + " | ".join(str(r[f"{m}_x_sgd"]) for m in methods)
+                     + f" | {r['s2sam_floor_x_sgd']} | {r['sam_floor_x_sgd']} |")
+    (args.out / "optimizer_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
