@@ -2,9 +2,9 @@
 
 Model: a 4-layer MLP 256-H-H-H-10 (H = 3072: 19.7M parameters), batch 32, SGD with momentum 0.9
 and weight decay, on the CPU; forward+backward there costs about as much as the SGD step itself, so
-what an optimizer adds per parameter shows. Widths 256 to 3072 give the table against parameter
-count (0.2M to 20M: H = 256 to 3072). Rounds are interleaved, the median is reported, every ratio is to SGD in the same
-run.
+what an optimizer adds per parameter shows. Widths H = 256 to 3072 give the table against parameter
+count (0.2M to 20M). Rounds are interleaved, the median is reported, every ratio is to SGD in the
+same run.
 
 Floors: the tensor passes a method cannot avoid, timed alone on the same tensors:
 - S2-SAM: SGD's step + one copy w -> backup, one scaled add of the gradient into w, one copy back
