@@ -92,7 +92,8 @@ def base_of(name: str, default: str = "sgd") -> str:
 
 def method_options(name: str) -> set[str]:
     """The keyword arguments the entry ``name`` reads besides the base optimizer's: its preset's
-    and :class:`SharpnessAware`'s (nothing for a base optimizer alone)."""
+    and :class:`SharpnessAware`'s, less those the preset sets itself (nothing for a base optimizer
+    alone)."""
     cls = _entry(name).cls
     if cls is None:
         return set()
@@ -102,7 +103,7 @@ def method_options(name: str) -> set[str]:
             continue
         params = inspect.signature(klass.__init__).parameters
         found |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return found - {"base"}
+    return found - {"base"} - cls.fixes
 
 
 def base_options(base: str) -> set[str]:

@@ -110,6 +110,9 @@ class SharpnessAware(torch.optim.Optimizer):
     Manual loops can also use the two-phase API ``first_step`` / ``second_step``.
     """
 
+    #: constructor options a preset sets itself (its policies), so a user cannot choose them
+    fixes: frozenset[str] = frozenset()
+
     # GradScaler hands this optimizer found_inf/grad_scale instead of unscaling and skipping
     # step() itself: the weights must be restored from w + eps even when the step is skipped.
     _step_supports_amp_scaling = True
