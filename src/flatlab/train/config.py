@@ -159,6 +159,9 @@ class TrainConfig:
     # schedule
     epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=128, metadata={"help": "training batch size (over all processes)"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2) "
+                "instead of replicating them (DDP)"})
     accumulate: int = field(default=1, metadata={
         "help": "gradient accumulation: split each process's batch into this many parts, one part's "
                 "activations in memory at a time; the step equals the step on the whole batch"})

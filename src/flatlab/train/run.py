@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import __version__
 from ..errors import MissingDependencyError, UsageError, UserFileExistsError, UserFileNotFoundError
@@ -47,6 +48,7 @@ from .data import build_data
 from .distributed import Distributed, setup_distributed
 from .loop import StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
 from .schedule import create_scheduler
+from .sharding import full_state, reshard_like, shard_model
 
 __all__ = [
     "train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer",
@@ -198,7 +200,14 @@ class _Run:
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
-        if dist.enabled:
+        self.sharded = config.fsdp
+        if config.fsdp:
+            if not dist.enabled:
+                raise UsageError("--fsdp shards the model over processes: launch with torchrun")
+            if config.sparse is not None:
+                raise UsageError("--fsdp with --sparse is not supported: the weight masks are not sharded")
+            model = shard_model(model)
+        elif dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = torch.compile(model) if config.compile else model
@@ -254,11 +263,12 @@ class _Run:
     # -- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The run's state; under FSDP every rank must call it (the shards are gathered)."""
         state = {
             "epoch": self.epoch,
             "step": self.step,
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.model_state(),
+            "optimizer": full_state(self.optimizer.state_dict()) if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "runner": self.runner.state_dict(),
             "rng": rng_state(),
@@ -268,9 +278,19 @@ class _Run:
             state["masking"] = self.masking.state_dict()
         return state
 
+    def model_state(self) -> dict[str, Any]:
+        return full_state(self.raw_model.state_dict()) if self.sharded else self.raw_model.state_dict()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            for name, p in self.raw_model.state_dict().items():
+                if isinstance(p, DTensor):
+                    state["model"][name] = distribute_tensor(state["model"][name].to(p.device), p.device_mesh,
+                                                             p.placements)
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            reshard_like(self.optimizer, list(self.raw_model.parameters()))
         self.scheduler.load_state_dict(state["scheduler"])
         self.runner.load_state_dict(state["runner"])
         if self.masking is not None:
@@ -480,13 +500,15 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
         row["images_per_s"] = counts[0] / (counts[1] / dist.world_size)
         row["train_time_s"] = counts[1] / dist.world_size
         row["lr"] = run.optimizer.param_groups[0]["lr"]
-        if dist.is_main and (run.epoch % config.eval_every == 0 or run.epoch == config.epochs):
-            row.update(run.evaluate())
+        if run.epoch % config.eval_every == 0 or run.epoch == config.epochs:
+            if dist.is_main or run.sharded:  # a sharded forward needs every rank
+                row.update(run.evaluate())
         row["wall_time_s"] = time.perf_counter() - wall_start
+        state = run.state_dict() if dist.is_main or run.sharded else None  # gathering shards is collective
         if dist.is_main:
             if not started:
                 _start_run_dir(run_dir, config)
-            save_checkpoint(checkpoint_path, run.state_dict())
+            save_checkpoint(checkpoint_path, state)
             history.append(row)
             _write_metrics(run_dir / "metrics.jsonl", history)
             if config.tensorboard:
@@ -503,9 +525,11 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
     if board is not None:
         board.close()
     summary = _summary(run, history)
-    if dist.is_main:
-        with _unperturbed(run.optimizer):
-            save_checkpoint(run_dir / "model.pt", {"model": run.raw_model.state_dict(), "config": config.to_dict()})
+    with _unperturbed(run.optimizer):
+        # saved inside the block: the state dict refers to the parameters, which hold w only here
+        final = run.model_state() if dist.is_main or run.sharded else None
+        if dist.is_main:
+            save_checkpoint(run_dir / "model.pt", {"model": final, "config": config.to_dict()})
         atomic_write_json(run_dir / "summary.json", summary)
         if "sparsity" in summary:
             log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
