@@ -494,3 +494,14 @@ def test_a_finished_study_only_tabulates_and_rerun_trains_again(tmp_path, capsys
     assert code == 0 and "finished, skipped" in out and model.stat().st_mtime_ns == first
     code, out, _ = cli(capsys, "study", path, "--rerun")
     assert code == 0 and "training again" in out and model.stat().st_mtime_ns != first
+
+
+def test_list_names_every_optimizer_with_a_line_on_it(capsys):
+    import flatlab
+    from flatlab.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in flatlab.list_optimizers():
+        line = next(x for x in out.splitlines() if x.split() and x.split()[0] == name)
+        assert len(line.split()) > 1, name  # a description follows the name

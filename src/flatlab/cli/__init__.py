@@ -14,7 +14,7 @@ from ..data import list_datasets
 from ..errors import UsageError
 from ..fileio import unwritable
 from ..models import list_models
-from ..optim import list_optimizers
+from ..optim import describe_optimizer, list_optimizers
 from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
@@ -166,7 +166,10 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _list(_: argparse.Namespace) -> int:
-    print("optimizers:", ", ".join(list_optimizers()))
+    print("optimizers (docs/methods.md):")
+    width = max(len(name) for name in list_optimizers())
+    for name in list_optimizers():
+        print(f"  {name:<{width}}  {describe_optimizer(name)}")
     print("models:    ", ", ".join(list_models()))
     print("datasets:  ", ", ".join(list_datasets()))
     print("sparse:    ", ", ".join(list_sparse_methods()))

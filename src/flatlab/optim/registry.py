@@ -22,7 +22,7 @@ from .sharpness_aware import SharpnessAware
 
 __all__ = [
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
-    "is_base_optimizer", "base_of", "base_options", "method_options",
+    "is_base_optimizer", "base_of", "base_options", "method_options", "describe_optimizer",
 ]  # fmt: skip
 
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -72,6 +72,11 @@ register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its mov
 def list_optimizers() -> list[str]:
     """Names accepted by :func:`create_optimizer`."""
     return list(_REGISTRY)
+
+
+def describe_optimizer(name: str) -> str:
+    """One line on the entry ``name`` (what ``flatlab list`` prints beside it)."""
+    return _entry(name).summary
 
 
 def _entry(name: str) -> _Entry:
