@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians, warm_up
 
 import flatlab
 
@@ -45,15 +46,6 @@ def build(name: str, width: int):
     options = {"gamma": 1.0} if name == "esam" else {}
     opt = flatlab.create_optimizer(name, model, lr=0.01, momentum=0.9, weight_decay=5e-4, **options)
     return model, opt
-
-
-def step(model, opt, x, y) -> None:
-    if isinstance(opt, flatlab.SharpnessAware) and opt.needs_closure:
-        opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(model(x), y, reduction="none")))
-        return
-    opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    opt.step()
 
 
 def floors(width: int, x, y, rounds: int) -> dict[str, float]:
@@ -107,17 +99,8 @@ def main() -> None:
     rows = []
     for width in args.widths:
         runs = {name: build(name, width) for name in METHODS}
-        for model, opt in runs.values():
-            for _ in range(2):
-                step(model, opt, x, y)
-        times: dict[str, list[float]] = {name: [] for name in METHODS}
-        for _ in range(args.rounds):
-            for name, (model, opt) in runs.items():
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    step(model, opt, x, y)
-                times[name].append((time.perf_counter() - start) / args.steps)
-        median = {name: statistics.median(t) for name, t in times.items()}
+        warm_up(runs, x, y, 2)
+        median = interleaved_medians(runs, x, y, args.rounds, args.steps)
         n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
         row = {"width": width, "parameters": n_params, "sgd_ms": round(median["sgd"] * 1e3, 2),
                **{f"{name}_x_sgd": round(median[name] / median["sgd"], 3) for name in METHODS if name != "sgd"},

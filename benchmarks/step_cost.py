@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians, warm_up
 
 import flatlab
 from flatlab.models import create_model
@@ -54,23 +55,6 @@ def build(name: str, width: float, seed: int = 0):
     model = create_model("resnet18", num_classes=10, width=width)
     opt = flatlab.create_optimizer(name, model, lr=0.05, momentum=0.9, weight_decay=5e-4, **METHODS[name])
     return model, opt
-
-
-def train_step(model, opt, x, y) -> None:
-    family = isinstance(opt, flatlab.SharpnessAware)
-    if family and opt.mask_due:
-        opt.update_mask(model, [(x, y)])
-    if not family or not opt.needs_closure:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        return
-
-    def losses(idx):
-        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-        return F.cross_entropy(model(xb), yb, reduction="none")
-
-    opt.step(flatlab.per_sample(losses))
 
 
 def esam_cost_model(x, y, width: float, rounds: int, beta: float = 0.6, gamma: float = 0.5) -> dict[str, float]:
@@ -142,18 +126,9 @@ def main() -> None:
     n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in runs["sgd"][0].parameters())
 
-    for model, opt in runs.values():
-        for _ in range(args.warmup):
-            train_step(model, opt, x, y)
+    warm_up(runs, x, y, args.warmup)
     counted_from = {name: n[0] for name, n in forwards.items()}
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
-    for _ in range(args.rounds):
-        for name, (model, opt) in runs.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                train_step(model, opt, x, y)
-            times[name].append((time.perf_counter() - start) / args.steps)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    median = interleaved_medians(runs, x, y, args.rounds, args.steps)
     timed_steps = args.rounds * args.steps
     passes = {name: (forwards[name][0] - counted_from[name]) / timed_steps for name in METHODS}
 

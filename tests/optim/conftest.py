@@ -49,6 +49,16 @@ def make(name, model, **kwargs):
     return flatlab.create_optimizer(name, model, **options)
 
 
+def step_closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def run_step(opt, model, x, y):
     """One training step as a user writes it for this optimizer."""
     if not getattr(opt, "needs_closure", True):

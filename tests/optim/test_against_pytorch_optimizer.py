@@ -4,7 +4,8 @@ the paper (GSAM, WSAM, FriendlySAM); LookSAM, where it does not, is pinned to wh
 import pytest
 import torch
 import torch.nn.functional as F
-from test_efficient import axpy, data, dot, grad_at, net, norm, run_flatlab, step_closure
+from conftest import step_closure
+from test_efficient import axpy, data, dot, grad_at, net, norm, run_flatlab
 
 import flatlab
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, make, run_step, tiny_net
+from conftest import batches, make, run_step, step_closure, tiny_net
 
 import flatlab
 
@@ -48,16 +48,6 @@ def dot(a, b):
 def axpy(a, x, y):
     """a * x + y over lists."""
     return [a * xi + yi for xi, yi in zip(x, y)]
-
-
-def step_closure(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def run_flatlab(opt, model, batches_):
@@ -281,27 +271,3 @@ def test_forward_and_backward_passes_per_step(name, options, per_step, tolerance
     declared = flatlab.optim.step_passes(opt)
     assert sum(p.rate for p in declared) == pytest.approx(1 + opt.sam_fraction if opt.needs_closure else 1.0,
                                                           abs=max(tolerance, 1e-9))
-
-
-@pytest.mark.parametrize("name", ["looksam", "aesam", "rst", "msam", "gsam", "wsam", "fsam"])
-def test_resume_mid_run_is_bit_identical(name):
-    # the switches' state (moving averages, stored orthogonal part, EMA of gradients, counters,
-    # generator) all come back from state_dict
-    data_ = batches(n_batches=8)
-    straight, first = tiny_net(), tiny_net()
-    opt = make(name, straight)
-    for x, y in data_:
-        run_step(opt, straight, x, y)
-    opt1 = make(name, first)
-    for x, y in data_[:5]:
-        run_step(opt1, first, x, y)
-    saved = {"model": first.state_dict(), "opt": opt1.state_dict()}
-    resumed = tiny_net(seed=9)
-    resumed.load_state_dict(saved["model"])
-    opt2 = make(name, resumed, seed=123)
-    opt2.load_state_dict(saved["opt"])
-    for x, y in data_[5:]:
-        run_step(opt2, resumed, x, y)
-    for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(p, q)
-    assert opt2.sam_steps == opt.sam_steps

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, tiny_net
+from conftest import batches, step_closure, tiny_net
 
 import flatlab
 
@@ -29,13 +29,7 @@ def asam_reference_step(model, x, y, rho, eta, lr, adaptive):
 
 
 def asam_step(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    opt.step(step_closure(opt, model, x, y))
 
 
 @pytest.mark.parametrize("rule", ["model", "group", "none"])

@@ -505,6 +505,7 @@ def test_resume_is_bit_identical(name):
         run_step(opt2, resumed, x, y)
     for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(p, q)
+    assert opt2.sam_steps == opt.sam_steps  # the switches' counters and draws came back too
 
 
 @pytest.mark.parametrize("name", ["sam", "s2sam"])

@@ -63,8 +63,8 @@ class Descent(Policy):
     def plain(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Amends the gradient of a plain step (one the schedule skipped), in place."""
 
-    def after_base_step(self, params: list[Tensor], lrs: list[float], sharpness_aware: bool) -> None:
-        """Runs after the base optimizer's step (``lrs``: each tensor's learning rate)."""
+    def after_base_step(self, param_groups: list[dict], sharpness_aware: bool) -> None:
+        """Runs after the base optimizer's step (``param_groups``: the base's, for learning rates)."""
 
 
 
@@ -127,17 +127,14 @@ class WeightedSharpness(Descent):
             copy_(grads, clean)
             torch._foreach_add_(local(grads), sharpness, alpha=self.alpha)
 
-    def after_base_step(self, params, lrs, sharpness_aware) -> None:
+    def after_base_step(self, param_groups, sharpness_aware) -> None:
         if not (self.decoupled and sharpness_aware):
             return
-        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
-        for p, lr in zip(params, lrs):  # each tensor moves by its own group's learning rate
-            if "sharpness" in self.state[p]:
-                ps, ss = by_lr.setdefault(lr, ([], []))
-                ps.append(p)
-                ss.append(self.state[p].pop("sharpness"))
-        for lr, (ps, ss) in by_lr.items():
-            torch._foreach_add_(local(ps), ss, alpha=-lr * self.alpha)
+        for group in param_groups:  # each tensor moves by its own group's learning rate
+            ps = [p for p in group["params"] if "sharpness" in self.state.get(p, ())]
+            if ps:
+                ss = [self.state[p].pop("sharpness") for p in ps]
+                torch._foreach_add_(local(ps), ss, alpha=-group["lr"] * self.alpha)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, decoupled={self.decoupled}"

@@ -26,6 +26,8 @@ class Shape(Policy):
     #: a non-finite gradient gives a non-finite perturbation (through its norm), so the descent's
     #: check catches it; the sign perturbation does not (sign(nan) is 0) and is checked at once
     propagates_nonfinite = True
+    #: reads ``weights`` and the ``adaptive`` flags (ASAM); the others ignore them
+    weight_dependent = False
 
     def perturbation(
         self, grads: list[Tensor], weights: list[Tensor], adaptive: list[bool], radius: float, foreach: bool
@@ -63,6 +65,7 @@ class Adaptive(Shape):
     """ASAM's scale-invariant perturbation, T = |w| + eta on adaptive tensors."""
 
     name = "adaptive"
+    weight_dependent = True
 
     def __init__(self, eta: float = 0.01):
         check_number("eta", eta, low=0.0)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from ..errors import check_number
 from .batchnorm import frozen_bn_stats
@@ -198,6 +199,9 @@ class SharpnessAware(torch.optim.Optimizer):
 
         params = self._params()
         self._num_params = len(params)
+        if shard_group(params) is not None and not all(isinstance(p, DTensor) for p in params):
+            # norms all-reduce the shards: a replicated tensor among them would count once per rank
+            raise ValueError("some parameters are sharded (FSDP) and some are not: fully_shard the root module too")
         if shard_group(params) is not None and isinstance(self.coordinates, MaskedCoordinates):
             raise ValueError(
                 "a mask over sharded (FSDP) parameters is not supported: SSAM's global top-k needs every "
@@ -233,6 +237,10 @@ class SharpnessAware(torch.optim.Optimizer):
                 flags[p] = bool(rule) if rule is not None else not names.get(id(p), "").endswith("bias")
         return flags
 
+    def _adaptive_of(self, params: list[Tensor]) -> list[bool]:
+        # only a weight-dependent shape (ASAM's) reads the flags: no per-tensor lookup otherwise
+        return [self._adaptive[p] for p in params] if self.shape.weight_dependent else [True] * len(params)
+
     def _backups(self, params: list[Tensor]) -> list[Tensor]:
         out = []
         for p in params:
@@ -259,10 +267,6 @@ class SharpnessAware(torch.optim.Optimizer):
         so a sparse-training schedule that updates it is followed at every step.
         """
         self.weight_masks = masks
-
-    def perturbation_mask(self, p: Tensor) -> Tensor | None:
-        """The boolean mask of ``p``'s perturbed coordinates (None: the policy masks nothing)."""
-        return self.state[p].get("perturb_mask") if p in self.state else None
 
     @property
     def is_perturbed(self) -> bool:
@@ -381,7 +385,7 @@ class SharpnessAware(torch.optim.Optimizer):
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radius = self.radius() * self.coordinates.scale
-        adaptive = [self._adaptive[p] for p in chosen]
+        adaptive = self._adaptive_of(chosen)
         eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach)
         self._apply_masks(chosen, eps)
         if chosen:
@@ -427,7 +431,7 @@ class SharpnessAware(torch.optim.Optimizer):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in weights]
         if not self._check_and_unscale(grads, None):
             return  # keep the last finite perturbation
-        adaptive = [self._adaptive[p] for p in weights]
+        adaptive = self._adaptive_of(weights)
         scale = self.coordinates.scale
         rho = self.radius()
         size = (self.ascent_step_size if self.ascent_step_size is not None else rho) * scale
@@ -514,7 +518,9 @@ class SharpnessAware(torch.optim.Optimizer):
         self._restore()
         params = [p for p in self._params() if p.grad is not None]
         grads = [p.grad for p in params]
-        clean = {p: self.state[p].pop("clean_grad") for p in self._params() if "clean_grad" in self.state[p]}
+        clean = {}
+        if self.descent.needs_clean_gradient:
+            clean = {p: self.state[p].pop("clean_grad") for p in self._params() if "clean_grad" in self.state[p]}
         if phase is not Phase.SKIPPED and grads:
             self._combine_and_step(params, grads, clean, phase is Phase.PERTURBED)
         self.steps += 1
@@ -538,8 +544,7 @@ class SharpnessAware(torch.optim.Optimizer):
             self.descent.plain(params, grads)
         self._clip(grads)
         self.base.step()
-        lrs = [group["lr"] for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self.descent.after_base_step(params, lrs, sam)
+        self.descent.after_base_step(self.param_groups, sam)
 
     # ----------------------------------------------------------------------------------------
     # passes
