@@ -7,9 +7,16 @@ count (0.2M to 20M). Rounds are interleaved, the median is reported, every ratio
 same run.
 
 Floors: the tensor passes a method cannot avoid, timed alone on the same tensors:
-- S2-SAM: SGD's step + one copy w -> backup, one scaled add of the gradient into w, one copy back
-  (w and w + eps) and the gradient norm;
+- S2-SAM: SGD's step + the gradient norm, one copy w -> backup, one scaled add of the gradient
+  into w (w + eps), one copy back (w);
 - SAM: the same plus a second forward/backward.
+The floor skips what a step does for safety: SAM's check that the descent gradient is finite (one
+read of it; S2-SAM's check is the norm above), and SAM's in-place scaling of the gradient into eps
+(one more pass, the price of a step with one host sync: a scaled add needs the norm on the host).
+
+Memory, in copies of the parameters: the optimizer's own state (a backup of w; the base optimizer's
+momentum is not counted) and the transient peak of a step above SGD's, measured with
+flatlab.analysis.peak_memory (allocations replayed from torch.profiler).
 
     python benchmarks/optimizer_overhead.py                      # results/optimizer_overhead.{json,md}
     python benchmarks/optimizer_overhead.py --widths 128 --rounds 2 --out /tmp/quick
@@ -26,9 +33,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import interleaved_medians, warm_up
+from timing import interleaved_medians, train_step, warm_up
 
 import flatlab
+from flatlab.analysis import peak_memory, state_bytes
 
 METHODS = ["sgd", "sam", "s2sam", "esam", "looksam", "msam"]
 
@@ -62,9 +70,9 @@ def floors(width: int, x, y, rounds: int) -> dict[str, float]:
     @torch.no_grad()
     def perturb_restore():
         grads = [p.grad for p in params]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         torch._foreach_copy_(backups, params)
-        torch._foreach_add_(params, torch._foreach_mul(grads, 0.05 / norm))
+        torch._foreach_add_(params, grads, alpha=0.05 / norm)
         torch._foreach_copy_(params, backups)
 
     parts = {"fwd_bwd": fwd_bwd, "sgd_step": opt.step, "perturb_restore": perturb_restore}
@@ -81,6 +89,17 @@ def floors(width: int, x, y, rounds: int) -> dict[str, float]:
     return {**{f"{k}_ms": round(v, 2) for k, v in ms.items()},
             "s2sam_floor_x_sgd": round((sgd + ms["perturb_restore"]) / sgd, 3),
             "sam_floor_x_sgd": round((sgd + ms["fwd_bwd"] + ms["perturb_restore"]) / sgd, 3)}
+
+
+def memory(name: str, width: int, x, y) -> tuple[float, float]:
+    """(own state, transient peak of a step) in bytes, after two warm-up steps."""
+    model, opt = build(name, width)
+    for _ in range(2):
+        train_step(model, opt, x, y)
+    # the profiler sees no free of a block allocated before it started: start without gradients
+    opt.zero_grad(set_to_none=True)
+    own = state_bytes(opt) if isinstance(opt, flatlab.SharpnessAware) else 0
+    return own, peak_memory(lambda: train_step(model, opt, x, y)).peak
 
 
 def main() -> None:
@@ -102,9 +121,15 @@ def main() -> None:
         warm_up(runs, x, y, 2)
         median = interleaved_medians(runs, x, y, args.rounds, args.steps)
         n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
+        del runs
+        param_bytes = 4 * n_params
+        mem = {name: memory(name, width, x, y) for name in METHODS}
         row = {"width": width, "parameters": n_params, "sgd_ms": round(median["sgd"] * 1e3, 2),
                **{f"{name}_x_sgd": round(median[name] / median["sgd"], 3) for name in METHODS if name != "sgd"},
-               **floors(width, x, y, args.rounds)}
+               **floors(width, x, y, args.rounds),
+               **{f"{name}_state_copies": round(mem[name][0] / param_bytes, 3) for name in METHODS if name != "sgd"},
+               **{f"{name}_peak_over_sgd_copies": round((mem[name][1] - mem["sgd"][1]) / param_bytes, 3)
+                  for name in METHODS if name != "sgd"}}
         rows.append(row)
         print(row, flush=True)
     result = {"benchmark": "optimizer_overhead", "command": "python benchmarks/optimizer_overhead.py",
@@ -123,6 +148,11 @@ def main() -> None:
         lines.append(f"| {r['width']} | {r['parameters'] / 1e6:.2f}M | {r['sgd_ms']} | "
                      + " | ".join(str(r[f"{m}_x_sgd"]) for m in methods)
                      + f" | {r['s2sam_floor_x_sgd']} | {r['sam_floor_x_sgd']} |")
+    big = rows[-1]
+    lines += ["", f"Memory at H = {big['width']} ({big['parameters'] / 1e6:.1f}M parameters), in copies of the parameters:", "",
+              "| method | own state | step's peak above SGD's |", "|---|---:|---:|"]
+    for m in methods:
+        lines.append(f"| {m} | {big[f'{m}_state_copies']} | {big[f'{m}_peak_over_sgd_copies']} |")
     (args.out / "optimizer_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -103,3 +103,36 @@ def test_perturbation_lies_on_the_sphere(p):
     grads, _ = _lists(2)
     eps = F.lp_perturbation(grads, 0.05, p)
     assert math.isclose(F.global_norm(eps, p).item(), 0.05, rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("p", [2.0, 3.0, math.inf])
+def test_in_place_writes_the_same_eps_over_the_gradients(p, foreach):
+    grads, _ = _lists(3)
+    expected = F.lp_perturbation(grads, 0.3, p, foreach=foreach)
+    work = [g.clone() for g in grads]
+    out = F.lp_perturbation(work, 0.3, p, foreach=foreach, in_place=True)
+    for x, y in zip(out, expected):
+        assert torch.equal(x, y)
+    if p != 3.0:  # (other p have no in-place form: the gradients stay as they were)
+        assert all(x is w for x, w in zip(out, work))
+
+
+def test_a_given_norm_is_used_as_is():
+    grads, _ = _lists(4)
+    norm = F.global_norm(grads, 2.0)
+    assert all(torch.equal(x, y) for x, y in zip(F.lp_perturbation(grads, 0.3, 2.0, norm=norm),
+                                                   F.lp_perturbation(grads, 0.3, 2.0)))
+    halved = F.lp_perturbation(grads, 0.3, 2.0, norm=2 * norm)  # it is not recomputed
+    assert math.isclose(F.global_norm(halved, 2.0).item(), 0.15, rel_tol=1e-12)
+
+
+def test_adaptive_in_place_matches():
+    grads, weights = _lists(5)
+    adaptive = [True, False, True, False]
+    expected = F.adaptive_perturbation(grads, weights, adaptive, 0.5, 0.01)
+    work = [g.clone() for g in grads]
+    out = F.adaptive_perturbation(work, weights, adaptive, 0.5, 0.01, in_place=True)
+    for x, y, w in zip(out, expected, work):
+        torch.testing.assert_close(x, y, rtol=1e-14, atol=0)
+        assert x is w

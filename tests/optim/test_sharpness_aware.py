@@ -180,6 +180,35 @@ def test_s2sam_first_step_is_base_step_then_uses_previous_gradient(data):
             torch.testing.assert_close(e, p, rtol=1e-5, atol=1e-6)
 
 
+class DecayInGrad(torch.optim.SGD):
+    """A base optimizer from outside torch.optim that adds weight decay into .grad in place."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(p, alpha=0.5)
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("base, decay", [(torch.optim.SGD, 0.0), (DecayInGrad, 0.5)])
+def test_s2sam_perturbation_follows_the_gradient_the_base_leaves(base, decay, data):
+    """The descent's finiteness check doubles as eps's norm only where the base leaves .grad alone
+    (torch's optimizers); either way eps = rho * d / ||d|| with d the gradient after the base step."""
+    model = tiny_net()
+    x, y = data[0]
+    w0 = params_of(model)
+    d = [g + decay * w for g, w in zip(grads_at(copy.deepcopy(model), x, y), w0)]
+    d_norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in d))
+    opt = flatlab.S2SAM(base(model.parameters(), lr=0.1), rho=0.05)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    for p, v in zip(model.parameters(), d):
+        torch.testing.assert_close(p - opt.state[p]["backup"], 0.05 * v / d_norm, rtol=1e-4, atol=1e-8)
+
+
 def test_s2sam_really_perturbs(data):
     a, b = tiny_net(), tiny_net()
     opt = flatlab.S2SAM(torch.optim.SGD(a.parameters(), lr=0.1), rho=0.05)

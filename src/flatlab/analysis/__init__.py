@@ -1,5 +1,5 @@
 """Analysis tools for sharpness-aware training: curvature, landscapes, gradient statistics,
-corruption robustness and FLOPs (re-exported from :mod:`flatlab.models.flops`), following the SSAM,
+corruption robustness, memory and FLOPs (re-exported from :mod:`flatlab.models.flops`), following the SSAM,
 ESAM and S2-SAM papers' figures.
 
 Every function takes the model, the data (an iterable of ``(inputs, targets)`` batches, read once)
@@ -19,6 +19,7 @@ from .gradstats import (
     sam_perturbation,
     sds_statistics,
 )
+from .memory import PeakMemory, peak_memory, state_bytes
 from .hessian import (
     HessianEigen,
     HessianOperator,
@@ -71,6 +72,8 @@ __all__ = [
     "CIFAR10C_PARAMS", "list_corruptions", "corrupt", "jpeg_compress", "evaluate_corruptions",
     # flops
     "FlopCount", "forward_flops", "training_step_flops", "training_flops",
+    # memory
+    "PeakMemory", "peak_memory", "state_bytes",
     # evaluation (shared with training)
     "Evaluation", "evaluate",
     # plots

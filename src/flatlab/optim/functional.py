@@ -18,6 +18,7 @@ __all__ = [
     "global_norm",
     "global_dot",
     "copy_",
+    "scale_",
     "local",
     "shard_group",
     "lp_perturbation",
@@ -51,6 +52,11 @@ def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``dst[i].copy_(src[i])`` in one kernel, shard by shard for sharded tensors."""
     if dst:
         torch._foreach_copy_(local(dst), local(src))
+
+
+def scale_(tensors: list[Tensor], factor: Tensor, *, foreach: bool = True) -> None:
+    """``tensors[i] *= factor`` for a 0-d ``factor`` that stays on its device (no host sync)."""
+    _scaled(tensors, factor, foreach, in_place=True)
 
 
 def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
@@ -96,21 +102,42 @@ def global_norm(tensors: list[Tensor], p: float = 2.0, *, foreach: bool = True) 
     return torch.linalg.vector_norm(stacked, p)
 
 
-def lp_perturbation(grads: list[Tensor], radius: float, p: float, *, foreach: bool = True) -> list[Tensor]:
+def lp_perturbation(
+    grads: list[Tensor],
+    radius: float,
+    p: float,
+    *,
+    foreach: bool = True,
+    in_place: bool = False,
+    norm: Tensor | None = None,
+) -> list[Tensor]:
     """The maximiser of the linearised loss on the p-norm ball: eq. (1) of the SAM replication report.
 
     eps = radius * sign(g) |g|^(q-1) / ||g||_q^(q-1), with q = p / (p - 1); p = 2 gives
     radius * g / ||g||_2 and p = inf gives radius * sign(g). ``||eps||_p == radius`` for any g != 0.
     A zero gradient gives a zero perturbation.
+
+    ``in_place``: for p = 2 and p = inf, eps is written over ``grads`` (no parameter-sized
+    temporary: the caller no longer needs them). ``norm``: ``||grads||_2`` when the caller has
+    computed it already (p = 2 only), saving a pass over the gradients.
     """
     q = dual_exponent(p)
     if math.isinf(p):
+        if in_place:
+            if foreach:
+                torch._foreach_sign_(grads)
+                torch._foreach_mul_(grads, radius)
+            else:
+                for g in grads:
+                    g.sign_().mul_(radius)
+            return grads
         return torch._foreach_mul(torch._foreach_sign(grads), radius) if foreach else [
             g.sign() * radius for g in grads
         ]
     if p == 2.0:
-        norm = global_norm(grads, 2.0, foreach=foreach)
-        return _scaled(grads, _over(radius, norm), foreach)
+        if norm is None:
+            norm = global_norm(grads, 2.0, foreach=foreach)
+        return _scaled(grads, _over(radius, norm), foreach, in_place)
     norm_q = global_norm(grads, q, foreach=foreach)
     scale = _over(radius, norm_q.pow(q - 1.0))
     if foreach:
@@ -128,9 +155,20 @@ def adaptive_perturbation(
     eta: float,
     *,
     foreach: bool = True,
+    in_place: bool = False,
 ) -> list[Tensor]:
     """ASAM's perturbation: eps = radius * T^2 g / ||T g||_2 with T = |w| + eta, or T = 1 where
-    ``adaptive`` is False (biases in the ASAM reference code)."""
+    ``adaptive`` is False (biases in the ASAM reference code). ``in_place`` writes eps over
+    ``grads`` (T is then the only parameter-sized temporary)."""
+    if foreach and in_place:
+        ts = _operator_t(weights, adaptive, eta)
+        pairs = [(g, t) for g, t in zip(grads, ts) if t is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [t for _, t in pairs])
+        scale = _over(radius, global_norm(grads, 2.0, foreach=True))
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [t for _, t in pairs])
+        return _scaled(grads, scale, True, in_place=True)
     if foreach:
         ts = _operator_t(weights, adaptive, eta)
         tg = [g if t is None else g * t for g, t in zip(grads, ts)]
@@ -175,7 +213,10 @@ def project_adaptive_ball(
 
 def _operator_t(weights: list[Tensor], adaptive: list[bool], eta: float) -> list[Tensor | None]:
     chosen = [w for w, a in zip(weights, adaptive) if a]
-    ts = iter(torch._foreach_add(torch._foreach_abs(chosen), eta) if chosen else [])
+    ts = torch._foreach_abs(chosen) if chosen else []
+    if ts:
+        torch._foreach_add_(ts, eta)
+    ts = iter(ts)
     return [next(ts) if a else None for a in adaptive]
 
 
@@ -184,12 +225,20 @@ def _over(radius: float, norm: Tensor) -> Tensor:
     return radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
-def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool) -> list[Tensor]:
+def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool, in_place: bool = False) -> list[Tensor]:
     """``tensors`` times a 0-d ``scale`` that stays on the device: no host sync (a step's one sync
     is its finiteness check), so a non-finite gradient gives a non-finite result, which that check
-    catches."""
+    catches. ``in_place`` writes the products over ``tensors``."""
     if not tensors:
         return []
+    if in_place:
+        factor = scale.to(device=tensors[0].device)
+        if foreach and len({t.device for t in tensors}) == 1:
+            torch._foreach_mul_(tensors, factor)
+        else:
+            for t in tensors:
+                t.mul_(factor.to(t.device))
+        return tensors
     by_device: dict[torch.device, Tensor] = {}
 
     def on(t: Tensor) -> Tensor:

@@ -28,10 +28,24 @@ class Shape(Policy):
     propagates_nonfinite = True
     #: reads ``weights`` and the ``adaptive`` flags (ASAM); the others ignore them
     weight_dependent = False
+    #: eps is ``radius * grads / ||grads||_2``: a caller's L2 norm of the gradients can be reused
+    normalises_by_l2 = False
 
     def perturbation(
-        self, grads: list[Tensor], weights: list[Tensor], adaptive: list[bool], radius: float, foreach: bool
+        self,
+        grads: list[Tensor],
+        weights: list[Tensor],
+        adaptive: list[bool],
+        radius: float,
+        foreach: bool,
+        *,
+        in_place: bool = False,
+        norm: Tensor | None = None,
     ) -> list[Tensor]:
+        """eps for ``grads``. ``in_place``: the caller no longer needs ``grads``, and a shape may
+        write eps over them (no parameter-sized temporary). ``norm``: ``||grads||_2`` when the
+        caller has it already; a shape that normalises by that norm (``normalises_by_l2``) uses
+        it, the others ignore it."""
         raise NotImplementedError
 
     def project(
@@ -50,9 +64,11 @@ class LpBall(Shape):
         check_number("p", p, low=1.0, low_open=True)  # p = inf is the sign perturbation
         self.p = float(p)
         self.propagates_nonfinite = not math.isinf(self.p)
+        self.normalises_by_l2 = self.p == 2.0
 
-    def perturbation(self, grads, weights, adaptive, radius, foreach):
-        return F.lp_perturbation(grads, radius, self.p, foreach=foreach)
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False, norm=None):
+        return F.lp_perturbation(grads, radius, self.p, foreach=foreach, in_place=in_place,
+                                 norm=norm if self.normalises_by_l2 else None)
 
     def project(self, eps, weights, adaptive, radius, foreach):
         return F.project_lp_ball(eps, radius, self.p, foreach=foreach)
@@ -71,8 +87,8 @@ class Adaptive(Shape):
         check_number("eta", eta, low=0.0)
         self.eta = float(eta)
 
-    def perturbation(self, grads, weights, adaptive, radius, foreach):
-        return F.adaptive_perturbation(grads, weights, adaptive, radius, self.eta, foreach=foreach)
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False, norm=None):
+        return F.adaptive_perturbation(grads, weights, adaptive, radius, self.eta, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):
         return F.project_adaptive_ball(eps, weights, adaptive, radius, self.eta, foreach=foreach)

@@ -23,7 +23,7 @@ from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import copy_, global_norm, local, shard_group
+from .functional import copy_, global_norm, local, scale_, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -340,9 +340,10 @@ class SharpnessAware(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------
     # gradient checks
 
-    @staticmethod
-    def _check_and_unscale(grads: list[Tensor], inv_scale: Tensor | None) -> bool:
+    def _check_and_unscale(self, grads: list[Tensor], inv_scale: Tensor | None) -> bool:
         """True when every gradient is finite; multiplies them by ``inv_scale`` when given."""
+        if inv_scale is None and _norm_checks(grads):
+            return bool(torch.isfinite(global_norm(grads, 2.0, foreach=self.foreach)))
         shards = shard_group(grads)
         by_device: dict[torch.device, list[Tensor]] = {}
         for g in local(grads):
@@ -356,6 +357,19 @@ class SharpnessAware(torch.optim.Optimizer):
                 torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX, group=shards)
             found = found or bool(found_inf.item())
         return not found
+
+    def _unscale(self, grads: list[Tensor]) -> bool:
+        """Under a GradScaler: False when its check found an inf, else unscales ``grads`` (the
+        same products as the fused unscale-and-check). True without a scaler."""
+        found_inf = getattr(self, "found_inf", None)  # set by GradScaler.step
+        if found_inf is None:
+            return True
+        if bool(found_inf.item()):
+            return False
+        scale = getattr(self, "grad_scale", None)
+        if scale is not None:
+            scale_(grads, scale.double().reciprocal().float(), foreach=self.foreach)
+        return True
 
     def _unscale_and_check(self, grads: list[Tensor], also: list[Tensor] = ()) -> bool:
         """Unscales the descent gradient (and ``also``, gradients of the same step kept aside)
@@ -380,17 +394,36 @@ class SharpnessAware(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------
     # the perturbation
 
-    def _perturb(self, params: list[Tensor], directions: list[Tensor]) -> None:
-        """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps."""
+    def _perturb(self, params: list[Tensor], directions: list[Tensor], norm: float | None = None) -> None:
+        """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps.
+
+        eps is written over the directions (the gradients themselves, or a source's new tensors)
+        unless the descent keeps the gradient at w: no parameter-sized temporary, so the optimizer
+        holds one extra copy of the weights (the backup) and no more. The perturbed tensors' .grad
+        is then dropped (None): it holds eps now, and the coming backward must start from zero.
+
+        ``norm``: the directions' L2 norm on the host, when the step has synchronised for it
+        already (S2-SAM's check): w + eps is then one scaled add, and the gradient stays as it was.
+        """
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radius = self.radius() * self.coordinates.scale
+        if norm is not None:
+            copy_(self._backups(chosen), chosen)
+            # a zero gradient gives no perturbation (radius / tiny could overflow to inf * 0)
+            torch._foreach_add_(local(chosen), local(directions), alpha=radius / norm if norm > 0 else 0.0)
+            self.phase = Phase.PERTURBED
+            self._perturbed = chosen
+            return
         adaptive = self._adaptive_of(chosen)
-        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach)
+        in_place = not self.descent.needs_clean_gradient
+        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place, norm=norm)
         self._apply_masks(chosen, eps)
         if chosen:
             copy_(self._backups(chosen), chosen)
             torch._foreach_add_(chosen, eps)
+        for p in chosen:
+            p.grad = None
         self.phase = Phase.PERTURBED
         self._perturbed = chosen
         self._eps = eps if self.ascent_steps > 1 else None
@@ -486,8 +519,9 @@ class SharpnessAware(torch.optim.Optimizer):
             return
         else:
             if self.descent.needs_clean_gradient:
+                # kept without a copy: _perturb drops .grad, so no zero_grad can write over it
                 for p, g in zip(params, grads):
-                    self.state[p]["clean_grad"] = g.clone()
+                    self.state[p]["clean_grad"] = g
             self._perturb(params, self.source.direction(params, grads, self.base, self._loss_scale))
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -698,14 +732,43 @@ class SharpnessAware(torch.optim.Optimizer):
         self._restore()
         params = [p for p in self._params() if p.grad is not None]
         grads = [p.grad for p in params]
-        if grads and self._unscale_and_check(grads):
+        if not grads:
+            self.steps += 1
+            return loss
+        norm = None
+        if self._check_norm_builds_eps(grads):
+            # one pass over the gradients and one sync for both the finiteness check and the norm
+            # eps is scaled by (under a GradScaler, after the scaler's own check)
+            finite = self._unscale(grads)
+            if finite:
+                norm = float(global_norm(grads, 2.0, foreach=self.foreach))
+                finite = not self.skip_nonfinite or math.isfinite(norm)
+        else:
+            finite = self._unscale_and_check(grads)
+        if finite:
             self._clip(grads)
             self.base.step()
             self.sam_steps += 1
             # the gradient just used (taken at the perturbed point) builds the next perturbation
-            self._perturb(params, self.source.direction(params, grads, self.base, 1.0))
+            self._perturb(params, self.source.direction(params, grads, self.base, 1.0), norm)
         self.steps += 1
         return loss
+
+    def _check_norm_builds_eps(self, grads: list[Tensor]) -> bool:
+        """Whether the descent gradient's L2 norm is also the next perturbation's: the direction is
+        that gradient, unclipped and unmasked, the shape divides by its L2 norm, and the base step
+        leaves .grad alone (torch's own optimizers do; another base might change it in place, so
+        its norm is taken afresh)."""
+        return (
+            self.max_grad_norm is None
+            and self.source.direction_is_gradient
+            and self.shape.normalises_by_l2
+            and type(self.coordinates) is AllCoordinates
+            and not self.weight_masks
+            and type(self.base).__module__.startswith("torch.optim")
+            and self.ascent_steps == 1
+            and (not self.skip_nonfinite or _norm_checks(grads))
+        )
 
     # ----------------------------------------------------------------------------------------
     # evaluation and state
@@ -803,6 +866,13 @@ class SharpnessAware(torch.optim.Optimizer):
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())
         return f"{type(self).__name__}({', '.join(parts)},\n    base={base})"
+
+
+def _norm_checks(tensors: list[Tensor]) -> bool:
+    """Whether the L2 norm can stand for a finiteness check of ``tensors``: an inf or NaN makes it
+    non-finite, and in float32/float64 a finite gradient's norm overflows only past ~1e19 (such a
+    step is skipped too). One read of the gradients, where the fused check also writes them."""
+    return all(t.dtype in (torch.float32, torch.float64) for t in tensors)
 
 
 def _watch_backwards(optimizer: SharpnessAware, params: list[Tensor]) -> None:

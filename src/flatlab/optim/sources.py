@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
+from .functional import copy_, local
 from .policy import Policy
 
 __all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
@@ -34,6 +35,8 @@ class GradientSource(Policy):
     lagged = False
     #: keeps state derived from the gradients it sees (so it must never see a non-finite one)
     stateful = False
+    #: ``direction`` returns the gradients themselves
+    direction_is_gradient = False
 
     def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer) -> None:
         """The optimizer's per-parameter state (for a source's own buffers) and its base."""
@@ -44,8 +47,9 @@ class GradientSource(Policy):
     ) -> list[Tensor]:
         """The vector the shape turns into eps, one tensor per entry of ``params`` (aligned with
         ``grads``, the gradients the step just used, which carry a loss scale ``scale``: the shape
-        normalises the direction, but state kept across steps must be stored unscaled). Must not
-        modify ``grads``."""
+        normalises the direction, but state kept across steps must be stored unscaled). Returns
+        ``grads`` themselves or new tensors, never state it keeps: the optimizer writes eps over
+        the direction. Only a lagged source may write over ``grads`` (they are spent by then)."""
         raise NotImplementedError
 
 
@@ -55,6 +59,7 @@ class BatchGradient(GradientSource):
 
     name = "batch"
     lagged = False
+    direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
         return grads
@@ -66,6 +71,7 @@ class PreviousGradient(GradientSource):
 
     name = "previous"
     lagged = True
+    direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
         return grads
@@ -96,13 +102,18 @@ class MomentumDirection(GradientSource):
             raise ValueError(f"Momentum-SAM needs a base optimizer with a momentum buffer, got {type(base).__name__}")
 
     def direction(self, params, grads, base, scale=1.0):
-        out = []
+        # A lagged source runs after the base step: the gradients are spent (the optimizer drops
+        # them once eps is built), so their memory holds -v and no temporary is allocated.
+        pairs = []
         for p, g in zip(params, grads):
             state = base.state.get(p, {})
             buf = next((state[k] for k in _MOMENTUM_KEYS if state.get(k) is not None), None)
             # a tensor without a buffer yet (none after the first step) is moved along -g
-            out.append(buf if buf is not None else g)
-        return torch._foreach_neg(out)
+            if buf is not None:
+                pairs.append((g, buf))
+        copy_([g for g, _ in pairs], [b for _, b in pairs])
+        torch._foreach_neg_(local(grads))
+        return grads
 
 
 class FriendlyGradient(GradientSource):
