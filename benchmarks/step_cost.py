@@ -5,7 +5,9 @@ CIFAR-shaped inputs on the CPU. Rounds are interleaved (every optimizer timed on
 that drifts of the machine hit all of them alike; the median per-step time over rounds is reported.
 
 Each row also gives the forward/backward passes per step counted on the model during the timed
-rounds (LookSAM k=5: 1.2, RST p=0.5: about 1.5, AE-SAM: 1 + its fraction of SAM steps).
+rounds (LookSAM k=5: 1.2, RST p=0.5: about 1.5, AE-SAM: 1 + its fraction of SAM steps) and the
+fraction of steps that took the sharpness-aware update (which benchmarks/frontier.py uses to
+price a scheduled method at the fraction it takes in a real run).
 
 Also: SSAM-F's Fisher refresh with 128 samples in units of SGD steps, and the optimizer state
 memory as a ratio to parameter memory (the wrapper's own state, and the base optimizer's).
@@ -128,9 +130,11 @@ def main() -> None:
 
     warm_up(runs, x, y, args.warmup)
     counted_from = {name: n[0] for name, n in forwards.items()}
+    sam_from = {name: getattr(opt, "sam_steps", 0) for name, (_, opt) in runs.items()}
     median = interleaved_medians(runs, x, y, args.rounds, args.steps)
     timed_steps = args.rounds * args.steps
     passes = {name: (forwards[name][0] - counted_from[name]) / timed_steps for name in METHODS}
+    sam_share = {name: (getattr(opt, "sam_steps", 0) - sam_from[name]) / timed_steps for name, (_, opt) in runs.items()}
 
     # SSAM-F's refresh: Fisher from 128 samples + global top-k
     model, opt = runs["ssam-f"]
@@ -159,6 +163,7 @@ def main() -> None:
                 "ratio_to_sgd": round(median[name] / sgd, 3),
                 "ratio_to_sam": round(median[name] / median["sam"], 3),
                 "passes_per_step": round(passes[name], 3),
+                "sam_steps_per_step": round(sam_share[name], 3),
                 "extra_state_over_params": round(own / param_bytes, 3),
                 "base_state_over_params": round(base / param_bytes, 3),
                 "hyper_parameters": METHODS[name],

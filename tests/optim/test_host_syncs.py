@@ -20,19 +20,21 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# One per step: the finiteness check of the descent gradient. Two where a policy needs more: a
-# policy keeping state from the ascent gradient (FriendlySAM's average, SSAM-D's mask) checks it at
-# once; AE-SAM reads its norm (which doubles as that check); RST draws its coin from the optimizer's
-# CPU generator (a host read, but never a wait on an accelerator).
+# One per step: the finiteness check of the descent gradient. More where a policy needs it: a
+# policy keeping state from the ascent gradient (FriendlySAM's average; SSAM-D's mask, on the steps
+# it updates it) checks that gradient at once; AE-SAM reads its norm to decide, which doubles as the
+# check of a plain step's gradient (one sync) and of the ascent gradient of a SAM step (two); RST
+# draws its coin from the optimizer's CPU generator (a host read, never a wait on an accelerator).
 @pytest.mark.parametrize(
-    "name, per_step",
-    [("sam", 1), ("asam", 1), ("esam", 1), ("s2sam", 1), ("msam", 1), ("looksam", 1), ("gsam", 1), ("wsam", 1),
-     ("rst", 2), ("ssam-d", 2), ("fsam", 2), ("aesam", 2)],
+    "name, options, per_step",
+    [("sam", {}, 1), ("asam", {}, 1), ("esam", {}, 1), ("s2sam", {}, 1), ("msam", {}, 1), ("looksam", {}, 1),
+     ("gsam", {}, 1), ("wsam", {}, 1), ("ssam-d", {}, 1), ("rst", {}, 2), ("fsam", {}, 2), ("aesam", {"c_start": 0.0, "c_end": 0.0}, None),
+     ("ssam-d", {"update_interval": 5}, None)],
 )
-def test_host_syncs_per_step(name, per_step):
+def test_host_syncs_per_step(name, options, per_step):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, max_grad_norm=1.0)
+    opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, max_grad_norm=1.0, **options)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     if name == "esam":  # its selection counts rows on the host: use the tensor draw only
         opt.samples = flatlab.optim.AllSamples()
@@ -48,8 +50,17 @@ def test_host_syncs_per_step(name, per_step):
 
     for _ in range(3):
         step()
+    sam_before = opt.sam_steps
     with SyncCounter() as counter:
-        for _ in range(10):
+        for _ in range(10):  # steps 3 to 12
             step()
-    # plain steps of a switch take their one check too
-    assert counter.count == per_step * 10
+    if name == "aesam":
+        sam_steps = opt.sam_steps - sam_before
+        assert 0 < sam_steps < 10  # both kinds of step were counted
+        assert counter.count == 10 + sam_steps
+    elif name == "ssam-d" and options:
+        # steps 5 and 10 update the mask: the ascent gradient's check and the count of live entries
+        assert counter.count == 10 + 2 * 2
+    else:
+        # plain steps of a switch take their one check too
+        assert counter.count == per_step * 10

@@ -325,12 +325,13 @@ def test_nonfinite_gradient_leaves_weights_and_state_untouched(name, where, data
         out = F.cross_entropy(model(xb), yb, reduction="none")
         return out * float("nan") if poisoned else out
 
+    checks_at_once = opt._ascent_needs_check()
     opt.step(flatlab.per_sample(losses))
     if where == "descent":
         assert len(calls) == 2 + (name == "esam")
     # A bad ascent is caught by the descent's check (the step's one host sync) unless a policy keeps
-    # state derived from that gradient, which checks it at once and takes no further pass.
-    elif opt._ascent_needs_check():
+    # state derived from that gradient on this step, which checks it at once and takes no further pass.
+    elif checks_at_once:
         assert len(calls) == 1
     _assert_untouched(model, opt, before, momentum)
 

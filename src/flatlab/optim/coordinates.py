@@ -39,15 +39,16 @@ class Coordinates(Policy):
         needs_data: True when the mask is refreshed from training data (SSAM-F); the optimizer
             then calls :meth:`refresh` whenever :meth:`due` says so, before the step.
         ascent_weight_grads: expected fraction of weight gradients the ascent pass computes.
-        observes_gradient: whether ``observe`` updates state from the gradient at w.
     """
 
     name = "coordinates"
     scale = 1.0
     needs_data = False
     ascent_weight_grads = 1.0
-    #: updates its state from the gradient at w (``observe``), so it must never see a non-finite one
-    observes_gradient = False
+    def observes_gradient_at(self, step: int) -> bool:
+        """Whether ``observe`` updates state from the gradient at w before step ``step``; it must
+        never see a non-finite one then (the optimizer checks it first, one more host sync)."""
+        return False
 
     def bind(self, params: list[Tensor], generator: torch.Generator, state: MutableMapping[Tensor, dict]) -> None:
         self.params = params
@@ -275,7 +276,6 @@ class DynamicMask(MaskedCoordinates):
     from ``drop_rate`` to 0 over ``total_steps`` (constant when ``total_steps`` is None)."""
 
     name = "dynamic"
-    observes_gradient = True
 
     def __init__(
         self,
@@ -296,11 +296,14 @@ class DynamicMask(MaskedCoordinates):
         progress = min(step / self.total_steps, 1.0)
         return self.drop_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def observes_gradient_at(self, step: int) -> bool:
+        return step > 0 and step % self.update_interval == 0
+
     def observe(self, step, params, grads) -> None:
-        if step == 0 or step % self.update_interval != 0 or not params:
+        if not self.observes_gradient_at(step) or not params:
             return
         masks = self.masks(params)
-        live = sum(int(m.sum()) for m in masks)
+        live = int(torch.stack([m.sum().to(masks[0].device) for m in masks]).sum())  # one host read
         count = int(self.rate_at(step) * live)
         drop_scores = [g.abs() for g in grads]
         grow_scores = [torch.rand(g.shape, generator=self.generator) for g in grads]

@@ -196,6 +196,7 @@ class SharpnessAware(torch.optim.Optimizer):
         self._backward_outside = False  # a backward ran since the last step, outside of it
         self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
+        self._descent_checked = False  # a plain step's gradient was read finite by its schedule
 
         params = self._params()
         self._num_params = len(params)
@@ -490,6 +491,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.source.lagged:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
         self._first_step(None, zero_grad)
+        self._descent_checked = False  # a backward may run before second_step
 
     def _first_step(self, decided: bool | None, zero_grad: bool = False) -> None:
         if self.phase is not Phase.AT_W:
@@ -514,8 +516,10 @@ class SharpnessAware(torch.optim.Optimizer):
                 else self._ascent_needs_check() and not self._check_and_unscale(grads, None)):
             self.phase = Phase.SKIPPED
         elif not self._takes_sam_step(decided, grads, sq_norm):
-            # a plain step: the gradient just computed is the one to descend with, keep it
+            # a plain step: the gradient just computed is the one to descend with, keep it; its
+            # norm, when read, showed it finite already
             self.phase = Phase.PLAIN
+            self._descent_checked = sq_norm is not None
             return
         else:
             if self.descent.needs_clean_gradient:
@@ -527,7 +531,8 @@ class SharpnessAware(torch.optim.Optimizer):
             self.zero_grad(set_to_none=True)
 
     def _ascent_needs_check(self) -> bool:
-        return self.source.stateful or self.coordinates.observes_gradient or not self.shape.propagates_nonfinite
+        return (self.source.stateful or self.coordinates.observes_gradient_at(self.steps)
+                or not self.shape.propagates_nonfinite)
 
     def _takes_sam_step(self, decided: bool | None, grads: list[Tensor], sq_norm: float | None = None) -> bool:
         if self.radius() == 0.0:
@@ -549,6 +554,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.phase is Phase.AT_W:
             raise RuntimeError("second_step() without first_step()")
         phase = self.phase
+        checked, self._descent_checked = self._descent_checked, False
         self._restore()
         params = [p for p in self._params() if p.grad is not None]
         grads = [p.grad for p in params]
@@ -556,16 +562,19 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.descent.needs_clean_gradient:
             clean = {p: self.state[p].pop("clean_grad") for p in self._params() if "clean_grad" in self.state[p]}
         if phase is not Phase.SKIPPED and grads:
-            self._combine_and_step(params, grads, clean, phase is Phase.PERTURBED)
+            self._combine_and_step(params, grads, clean, phase is Phase.PERTURBED, checked)
         self.steps += 1
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
     def _combine_and_step(self, params: list[Tensor], grads: list[Tensor], clean: dict[Tensor, Tensor],
-                          sam: bool) -> None:
-        """The descent: unscale and check the gradient, let the descent policy form it, clip it,
-        take the base step."""
-        if not self._unscale_and_check(grads, list(clean.values())):
+                          sam: bool, checked: bool = False) -> None:
+        """The descent: unscale and check the gradient (unless ``checked``: its norm was read and
+        finite, and no GradScaler scaled it), let the descent policy form it, clip it, take the
+        base step."""
+        if not (checked and getattr(self, "found_inf", None) is None) and not self._unscale_and_check(
+            grads, list(clean.values())
+        ):
             return
         if sam:
             if self.descent.needs_clean_gradient:

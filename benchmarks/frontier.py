@@ -1,0 +1,111 @@
+"""The efficient frontier: each method's gain over SGD (from a study) against its cost (from the
+step-cost benchmark), and how much of SAM's gain it buys per unit of SAM's extra cost.
+
+A study's own images/s come from runs that share the machine (two at a time, beside whatever else
+runs), so the cost here is the step-cost benchmark's, measured alone with interleaved rounds on the
+same model and batch. A method whose share of sharpness-aware steps depends on the run (AE-SAM decides
+from the gradient norm) is priced at the share it took in the study:
+time = its benchmark ratio + (study share - benchmark share) x (SAM's ratio - 1).
+
+    python benchmarks/frontier.py        # cpu-frontier study + step_cost -> results/cpu-frontier/frontier.{md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def frontier(study: dict, cost: dict) -> list[dict]:
+    by_name = {r["optimizer"]: r for r in cost["rows"]}
+    sam_ratio = by_name["sam"]["ratio_to_sgd"]
+    rows = []
+    for r in study["rows"]:
+        name = r["changes"]["optimizer"]
+        bench = by_name[name]
+        share = r.get("sam_steps_per_step")
+        time_x = bench["ratio_to_sgd"]
+        if share is not None and "sam_steps_per_step" in bench:
+            time_x += (share - bench["sam_steps_per_step"]) * (sam_ratio - 1.0)
+        gain = 0.0 if r["is_reference"] else 100 * r["vs_sgd_paired_mean"]
+        spread = None if r["is_reference"] or r["vs_sgd_paired_std"] is None else 100 * r["vs_sgd_paired_std"]
+        rows.append({"method": r["method"], "optimizer": name, "test_top1": 100 * r["test_top1_mean"],
+                     "test_top1_std": 100 * r["test_top1_std"] if r["test_top1_std"] is not None else None,
+                     "gain": gain, "gain_std": spread, "sam_steps_per_step": share, "time_x_sgd": time_x})
+    sam = next(r for r in rows if r["optimizer"] == "sam")
+    for r in rows:
+        extra = r["time_x_sgd"] - 1.0
+        r["share_of_sam_gain"] = r["gain"] / sam["gain"] if sam["gain"] else math.nan
+        r["share_of_sam_extra_time"] = extra / (sam["time_x_sgd"] - 1.0)
+    return rows
+
+
+def _fmt(value, spec=".2f", none="-"):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return format(round(value, 2) + 0.0, spec)  # + 0.0: no "-0.00"
+
+
+def table(rows: list[dict], study_name: str) -> str:
+    lines = [f"# The efficient frontier ({study_name} + step_cost)", "",
+             "Command: `python benchmarks/frontier.py`. Gain: test top-1 minus SGD's on the same seed, "
+             "mean ± std over seeds (points). Time: step time x SGD from `benchmarks/results/step_cost.json`, "
+             "at the share of SAM steps the method took in the study.", "",
+             "| method | test top-1 (%) | gain vs SGD | SAM steps / step | time x SGD | share of SAM's gain "
+             "| share of SAM's extra time |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gain = "(reference)" if r["optimizer"] == "sgd" else f"{r['gain']:+.2f} ± {_fmt(r['gain_std'])}"
+        lines.append(f"| {r['method']} | {r['test_top1']:.2f} ± {_fmt(r['test_top1_std'])} | {gain} | "
+                     f"{_fmt(r['sam_steps_per_step'])} | {r['time_x_sgd']:.2f} | {_fmt(r['share_of_sam_gain'])} | "
+                     f"{_fmt(r['share_of_sam_extra_time'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        ax.errorbar(r["time_x_sgd"], r["gain"], yerr=r["gain_std"] or 0.0, fmt="o", capsize=3, color=f"C{i % 10}",
+                    label=r["method"])
+        ax.annotate(r["method"], (r["time_x_sgd"], r["gain"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(0.0, color="0.7", lw=0.8)
+    ax.set(xlabel="step time (x SGD, step-cost benchmark)", ylabel="test top-1 gain over SGD (points, paired)",
+           title=title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, default=RESULTS / "cpu-frontier" / "results.json")
+    parser.add_argument("--step-cost", type=Path, default=RESULTS / "step_cost.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: the study's folder")
+    args = parser.parse_args()
+    study = json.loads(args.study.read_text())
+    cost = json.loads(args.step_cost.read_text())
+    out = args.out or args.study.parent
+    rows = frontier(study, cost)
+    text = table(rows, study["study"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps({"study": str(args.study), "step_cost": str(args.step_cost),
+                                                   "rows": rows}, indent=2) + "\n")
+    (out / "frontier.md").write_text(text)
+    try:
+        plot(rows, out / "frontier.png", f"{study['study']}: gain against cost")
+    except ImportError:
+        print("matplotlib is not installed: no frontier.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
