@@ -118,15 +118,6 @@ def test_in_place_writes_the_same_eps_over_the_gradients(p, foreach):
         assert all(x is w for x, w in zip(out, work))
 
 
-def test_a_given_norm_is_used_as_is():
-    grads, _ = _lists(4)
-    norm = F.global_norm(grads, 2.0)
-    assert all(torch.equal(x, y) for x, y in zip(F.lp_perturbation(grads, 0.3, 2.0, norm=norm),
-                                                   F.lp_perturbation(grads, 0.3, 2.0)))
-    halved = F.lp_perturbation(grads, 0.3, 2.0, norm=2 * norm)  # it is not recomputed
-    assert math.isclose(F.global_norm(halved, 2.0).item(), 0.15, rel_tol=1e-12)
-
-
 def test_adaptive_in_place_matches():
     grads, weights = _lists(5)
     adaptive = [True, False, True, False]

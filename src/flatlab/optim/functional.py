@@ -109,7 +109,6 @@ def lp_perturbation(
     *,
     foreach: bool = True,
     in_place: bool = False,
-    norm: Tensor | None = None,
 ) -> list[Tensor]:
     """The maximiser of the linearised loss on the p-norm ball: eq. (1) of the SAM replication report.
 
@@ -118,8 +117,7 @@ def lp_perturbation(
     A zero gradient gives a zero perturbation.
 
     ``in_place``: for p = 2 and p = inf, eps is written over ``grads`` (no parameter-sized
-    temporary: the caller no longer needs them). ``norm``: ``||grads||_2`` when the caller has
-    computed it already (p = 2 only), saving a pass over the gradients.
+    temporary: the caller no longer needs them).
     """
     q = dual_exponent(p)
     if math.isinf(p):
@@ -135,8 +133,7 @@ def lp_perturbation(
             g.sign() * radius for g in grads
         ]
     if p == 2.0:
-        if norm is None:
-            norm = global_norm(grads, 2.0, foreach=foreach)
+        norm = global_norm(grads, 2.0, foreach=foreach)
         return _scaled(grads, _over(radius, norm), foreach, in_place)
     norm_q = global_norm(grads, q, foreach=foreach)
     scale = _over(radius, norm_q.pow(q - 1.0))

@@ -28,7 +28,7 @@ class Shape(Policy):
     propagates_nonfinite = True
     #: reads ``weights`` and the ``adaptive`` flags (ASAM); the others ignore them
     weight_dependent = False
-    #: eps is ``radius * grads / ||grads||_2``: a caller's L2 norm of the gradients can be reused
+    #: eps is ``radius * grads / ||grads||_2``: a caller holding that norm may add eps to w itself
     normalises_by_l2 = False
 
     def perturbation(
@@ -40,12 +40,9 @@ class Shape(Policy):
         foreach: bool,
         *,
         in_place: bool = False,
-        norm: Tensor | None = None,
     ) -> list[Tensor]:
         """eps for ``grads``. ``in_place``: the caller no longer needs ``grads``, and a shape may
-        write eps over them (no parameter-sized temporary). ``norm``: ``||grads||_2`` when the
-        caller has it already; a shape that normalises by that norm (``normalises_by_l2``) uses
-        it, the others ignore it."""
+        write eps over them (no parameter-sized temporary)."""
         raise NotImplementedError
 
     def project(
@@ -66,9 +63,8 @@ class LpBall(Shape):
         self.propagates_nonfinite = not math.isinf(self.p)
         self.normalises_by_l2 = self.p == 2.0
 
-    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False, norm=None):
-        return F.lp_perturbation(grads, radius, self.p, foreach=foreach, in_place=in_place,
-                                 norm=norm if self.normalises_by_l2 else None)
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        return F.lp_perturbation(grads, radius, self.p, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):
         return F.project_lp_ball(eps, radius, self.p, foreach=foreach)
@@ -87,7 +83,7 @@ class Adaptive(Shape):
         check_number("eta", eta, low=0.0)
         self.eta = float(eta)
 
-    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False, norm=None):
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
         return F.adaptive_perturbation(grads, weights, adaptive, radius, self.eta, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):

@@ -418,7 +418,7 @@ class SharpnessAware(torch.optim.Optimizer):
             return
         adaptive = self._adaptive_of(chosen)
         in_place = not self.descent.needs_clean_gradient
-        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place, norm=norm)
+        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place)
         self._apply_masks(chosen, eps)
         if chosen:
             copy_(self._backups(chosen), chosen)
