@@ -96,6 +96,9 @@ class TrainConfig:
         "help": "train on this many (seeded random) training samples, for CPU-scale studies"})
     test_subset: int | None = field(default=None, metadata={
         "help": "evaluate on this many (fixed random) test samples"})
+    holdout: int | None = field(default=None, metadata={
+        "help": "evaluate on this many training samples held out of training (the same for every seed) "
+                "instead of the test set: tune hyper-parameters without touching the test set"})
     crop_padding: int | None = field(default=None, metadata={
         "help": "padding in pixels of the random crop (default: 4 for images >= 28 px, 1 below)"})
     flip: bool | None = field(default=None, metadata={
@@ -217,8 +220,10 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "eval_every", "sparse_interval", "accumulate"):
             check_number(name, getattr(self, name), low=1, integer=True)
-        for name in ("train_subset", "test_subset", "threads"):
+        for name in ("train_subset", "test_subset", "holdout", "threads"):
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        need(self.holdout is None or self.test_subset is None,
+             "holdout evaluates on held-out training samples instead of the test set: drop test_subset")
         check_number("workers", self.workers, low=0, integer=True)
         check_number("cutout", self.cutout, low=0, integer=True)
         check_number("crop_padding", self.crop_padding, low=0, integer=True, optional=True)

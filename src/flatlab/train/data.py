@@ -42,11 +42,24 @@ class RunData:
         return x, self.arrays.train_labels[idx].to(device=device, dtype=torch.int64)
 
 
+#: the draw of the held-out samples: fixed, and apart from the seeds that draw training subsets
+HOLDOUT_SEED = 2**31 - 1
+
 def _subset(images: Tensor, labels: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:
     if n is None or n >= images.shape[0]:
         return images, labels
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return images[idx], labels[idx]
+
+
+def _hold_out(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``n`` training samples set aside for evaluation (a fixed draw, the same for every seed and
+    method, so that tuning compares like with like), and the rest."""
+    if n >= images.shape[0]:
+        raise UsageError(f"holdout={n} leaves nothing to train on: the training split has {images.shape[0]} samples")
+    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    held, rest = perm[:n].sort().values, perm[n:].sort().values
+    return images[held], labels[held], images[rest], labels[rest]
 
 
 class _Streaming:
@@ -78,6 +91,8 @@ class _Streaming:
 
 def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
     if config.stream:
+        if config.holdout is not None:
+            raise UsageError("--holdout needs an in-memory dataset (not --stream)")
         if config.dataset != "imagefolder" or not config.data_root:
             raise UsageError("--stream reads an image folder: use --dataset imagefolder --data-root DIR")
         root = Path(config.data_root).expanduser()
@@ -100,8 +115,12 @@ def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: 
             num_train=len(train_set), mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )
     arrays = load_dataset(config.dataset, root=config.data_root, download=config.download)
-    train_x, train_y = _subset(arrays.train_images, arrays.train_labels, config.train_subset, config.seed)
-    test_x, test_y = _subset(arrays.test_images, arrays.test_labels, config.test_subset, 0)
+    pool_x, pool_y = arrays.train_images, arrays.train_labels
+    if config.holdout is not None:
+        test_x, test_y, pool_x, pool_y = _hold_out(pool_x, pool_y, config.holdout)
+    else:
+        test_x, test_y = _subset(arrays.test_images, arrays.test_labels, config.test_subset, 0)
+    train_x, train_y = _subset(pool_x, pool_y, config.train_subset, config.seed)
     arrays = ImageArrays(train_x, train_y, test_x, test_y, arrays.classes, arrays.name)
     mean, std = arrays.mean_std()
     channels, height, width = arrays.image_shape

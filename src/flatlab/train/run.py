@@ -535,7 +535,8 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
             log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
                 f"{summary['sparsity']['overall']['weight_sparsity']:.4f}), training FLOPs "
                 f"{summary['training_flops_vs_dense_sgd']:.3f} x dense SGD")
-        log(f"done: test top-1 {100 * summary['final_test_top1']:.2f}% (best {100 * summary['best_test_top1']:.2f}%), "
+        split = "test" if config.holdout is None else "held-out"
+        log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% (best {100 * summary['best_test_top1']:.2f}%), "
             f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
     return RunResult(run_dir, summary)
 
@@ -565,6 +566,8 @@ def _summary(run: _Run, history: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
         "parameters": count_parameters(run.raw_model),
         "model": run.config.resolved_model(),
+        # what the "test" numbers were measured on: the test set, or training samples held out
+        "evaluated_on": "test" if run.config.holdout is None else f"holdout of {run.config.holdout} training samples",
     }
     if isinstance(run.optimizer, SharpnessAware):
         # the share of steps that took the sharpness-aware update (1 for SAM, ~0.2 for LookSAM k=5)
