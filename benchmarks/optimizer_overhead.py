@@ -149,7 +149,8 @@ def main() -> None:
                      + " | ".join(str(r[f"{m}_x_sgd"]) for m in methods)
                      + f" | {r['s2sam_floor_x_sgd']} | {r['sam_floor_x_sgd']} |")
     big = rows[-1]
-    lines += ["", f"Memory at H = {big['width']} ({big['parameters'] / 1e6:.1f}M parameters), in copies of the parameters:", "",
+    lines += ["", f"Memory at H = {big['width']} ({big['parameters'] / 1e6:.1f}M parameters), "
+              "in copies of the parameters:", "",
               "| method | own state | step's peak above SGD's |", "|---|---:|---:|"]
     for m in methods:
         lines.append(f"| {m} | {big[f'{m}_state_copies']} | {big[f'{m}_peak_over_sgd_copies']} |")

@@ -6,7 +6,6 @@ import torch
 
 from flatlab.data import load_dataset
 from flatlab.errors import UsageError
-from flatlab.train import TrainConfig
 from flatlab.train.data import build_data
 
 

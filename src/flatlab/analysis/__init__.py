@@ -19,7 +19,6 @@ from .gradstats import (
     sam_perturbation,
     sds_statistics,
 )
-from .memory import PeakMemory, peak_memory, state_bytes
 from .hessian import (
     HessianEigen,
     HessianOperator,
@@ -48,6 +47,7 @@ from .landscape import (
     loss_surface_2d,
     random_direction,
 )
+from .memory import PeakMemory, peak_memory, state_bytes
 from .plots import (
     plot_corruption_table,
     plot_curves_1d,

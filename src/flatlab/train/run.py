@@ -536,7 +536,8 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
                 f"{summary['sparsity']['overall']['weight_sparsity']:.4f}), training FLOPs "
                 f"{summary['training_flops_vs_dense_sgd']:.3f} x dense SGD")
         split = "test" if config.holdout is None else "held-out"
-        log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% (best {100 * summary['best_test_top1']:.2f}%), "
+        log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% "
+            f"(best {100 * summary['best_test_top1']:.2f}%), "
             f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
     return RunResult(run_dir, summary)
 
