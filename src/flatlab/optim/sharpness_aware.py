@@ -486,7 +486,9 @@ class SharpnessAware(torch.optim.Optimizer):
         """Moves the weights from w to w + eps, eps built from the gradients now in ``.grad``.
 
         Call it after the backward pass at w. A gradient with an inf or NaN leaves w in place and
-        marks the step as skipped (``second_step`` then takes no base step).
+        marks the step as skipped (``second_step`` then takes no base step). The perturbed tensors'
+        ``.grad`` is None afterwards: eps is built in its memory (no parameter-sized temporary), and
+        the backward at w + eps starts from zero, with or without a ``zero_grad`` in between.
         """
         if self.source.lagged:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
