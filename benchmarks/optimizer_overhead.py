@@ -57,38 +57,50 @@ def build(name: str, width: int):
 
 
 def floors(width: int, x, y, rounds: int) -> dict[str, float]:
-    """Median ms of the unavoidable passes: forward+backward, SGD's step, and the perturbation's
-    tensor work (copy to a backup, scaled add, copy back, one norm)."""
+    """Median ms of each tensor pass a step can make, timed alone: forward+backward, SGD's step, the
+    gradient norm, the copy of w to a backup, the scaled add of the gradient into w, the copy back;
+    and the passes a floor leaves out, to price them: scaling the gradient in place (SAM builds eps
+    there to keep one host sync), the finiteness check by a norm (SAM's descent) and by torch's
+    fused unscale-and-check (which writes the gradients too)."""
     model, opt = build("sgd", width)
     params = list(model.parameters())
     backups = [torch.empty_like(p) for p in params]
+    one, found = torch.ones(()), torch.zeros(())
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
 
-    @torch.no_grad()
-    def perturb_restore():
-        grads = [p.grad for p in params]
-        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-        torch._foreach_copy_(backups, params)
-        torch._foreach_add_(params, grads, alpha=0.05 / norm)
-        torch._foreach_copy_(params, backups)
+    def grads():
+        return [p.grad for p in params]
 
-    parts = {"fwd_bwd": fwd_bwd, "sgd_step": opt.step, "perturb_restore": perturb_restore}
-    # the SGD step's time here includes no zero_grad: fwd_bwd does that
+    def norm():
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads())))
+
+    parts = {
+        "fwd_bwd": fwd_bwd,
+        "sgd_step": opt.step,
+        "norm": lambda: float(norm()),
+        "backup_copy": lambda: torch._foreach_copy_(backups, params),
+        "scaled_add": lambda: torch._foreach_add_(params, grads(), alpha=1e-30),
+        "copy_back": lambda: torch._foreach_copy_(params, backups),
+        "scale_in_place": lambda: torch._foreach_mul_(grads(), one),
+        "fused_check": lambda: torch._amp_foreach_non_finite_check_and_unscale_(grads(), found, one),
+    }
     fwd_bwd()
     times: dict[str, list[float]] = {k: [] for k in parts}
     for _ in range(rounds):
         for k, f in parts.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
+            with torch.set_grad_enabled(k == "fwd_bwd"):
+                start = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - start)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     sgd = ms["fwd_bwd"] + ms["sgd_step"]
+    perturb_restore = ms["norm"] + ms["backup_copy"] + ms["scaled_add"] + ms["copy_back"]
     return {**{f"{k}_ms": round(v, 2) for k, v in ms.items()},
-            "s2sam_floor_x_sgd": round((sgd + ms["perturb_restore"]) / sgd, 3),
-            "sam_floor_x_sgd": round((sgd + ms["fwd_bwd"] + ms["perturb_restore"]) / sgd, 3)}
+            "s2sam_floor_x_sgd": round((sgd + perturb_restore) / sgd, 3),
+            "sam_floor_x_sgd": round((sgd + ms["fwd_bwd"] + perturb_restore) / sgd, 3)}
 
 
 def memory(name: str, width: int, x, y) -> tuple[float, float]:
@@ -149,6 +161,9 @@ def main() -> None:
                      + " | ".join(str(r[f"{m}_x_sgd"]) for m in methods)
                      + f" | {r['s2sam_floor_x_sgd']} | {r['sam_floor_x_sgd']} |")
     big = rows[-1]
+    passes = ["fwd_bwd", "sgd_step", "norm", "backup_copy", "scaled_add", "copy_back", "scale_in_place", "fused_check"]
+    lines += ["", f"Each pass timed alone at H = {big['width']} (ms): "
+              + ", ".join(f"{p} {big[f'{p}_ms']}" for p in passes) + "."]
     lines += ["", f"Memory at H = {big['width']} ({big['parameters'] / 1e6:.1f}M parameters), "
               "in copies of the parameters:", "",
               "| method | own state | step's peak above SGD's |", "|---|---:|---:|"]
