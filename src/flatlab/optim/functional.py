@@ -19,6 +19,7 @@ __all__ = [
     "global_dot",
     "copy_",
     "scale_",
+    "add_l2_perturbation_",
     "local",
     "shard_group",
     "lp_perturbation",
@@ -57,6 +58,22 @@ def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
 def scale_(tensors: list[Tensor], factor: Tensor, *, foreach: bool = True) -> None:
     """``tensors[i] *= factor`` for a 0-d ``factor`` that stays on its device (no host sync)."""
     _scaled(tensors, factor, foreach, in_place=True)
+
+
+def add_l2_perturbation_(weights: list[Tensor], grads: list[Tensor], radius: float, *, foreach: bool = True) -> None:
+    """``w += radius * g / ||g||_2`` (SAM's eps added to w) in one pass, with no parameter-sized
+    temporary and ``grads`` left as they are; the factor stays on the device (no host sync)."""
+    if not weights:
+        return
+    factor = _over(radius, global_norm(grads, 2.0, foreach=foreach))
+    weights, grads = local(weights), local(grads)
+    if foreach and len({t.device for t in weights}) == 1:
+        # a 0-d factor broadcasts in addcmul: w + g * factor without materialising g * factor
+        on = factor.to(weights[0].device)
+        torch._foreach_addcmul_(weights, grads, [on] * len(weights))
+        return
+    for w, g in zip(weights, grads):
+        w.addcmul_(g, factor.to(device=w.device, dtype=w.dtype))
 
 
 def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

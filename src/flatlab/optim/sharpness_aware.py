@@ -23,7 +23,7 @@ from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import copy_, global_norm, local, scale_, shard_group
+from .functional import add_l2_perturbation_, copy_, global_norm, local, scale_, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -396,38 +396,45 @@ class SharpnessAware(torch.optim.Optimizer):
     # the perturbation
 
     def _perturb(self, params: list[Tensor], directions: list[Tensor], norm: float | None = None) -> None:
-        """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps.
+        """Builds eps from ``directions`` (aligned with ``params``), saves w and moves to w + eps,
+        the cheapest way the policies allow, with no parameter-sized temporary:
 
-        eps is written over the directions (the gradients themselves, or a source's new tensors)
-        unless the descent keeps the gradient at w: no parameter-sized temporary, so the optimizer
-        holds one extra copy of the weights (the backup) and no more. The perturbed tensors' .grad
-        is then dropped (None): it holds eps now, and the coming backward must start from zero.
+        - ``norm`` given (S2-SAM: the directions' L2 norm, read on the host by the step's check):
+          one scaled add; ``.grad`` stays as it was;
+        - an L2 ball, unmasked, one ascent step (SAM and most presets): ``w += rho d / ||d||`` in
+          one pass, the factor kept on the device;
+        - otherwise eps is built in the memory of the directions (unless the descent keeps the
+          gradient at w), masked, and added.
 
-        ``norm``: the directions' L2 norm on the host, when the step has synchronised for it
-        already (S2-SAM's check): w + eps is then one scaled add, and the gradient stays as it was.
-        """
+        In the last two the perturbed tensors' ``.grad`` is dropped (None): its memory is spent, and
+        the coming backward at w + eps must start from zero."""
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radius = self.radius() * self.coordinates.scale
-        if norm is not None:
-            copy_(self._backups(chosen), chosen)
-            # a zero gradient gives no perturbation (radius / tiny could overflow to inf * 0)
-            torch._foreach_add_(local(chosen), local(directions), alpha=radius / norm if norm > 0 else 0.0)
-            self.phase = Phase.PERTURBED
-            self._perturbed = chosen
-            return
-        adaptive = self._adaptive_of(chosen)
-        in_place = not self.descent.needs_clean_gradient
-        eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place)
-        self._apply_masks(chosen, eps)
-        if chosen:
-            copy_(self._backups(chosen), chosen)
-            torch._foreach_add_(chosen, eps)
-        for p in chosen:
-            p.grad = None
         self.phase = Phase.PERTURBED
         self._perturbed = chosen
-        self._eps = eps if self.ascent_steps > 1 else None
+        self._eps = None
+        if not chosen:
+            return
+        copy_(self._backups(chosen), chosen)
+        if norm is not None:
+            # a zero gradient gives no perturbation (radius / tiny could overflow to inf * 0)
+            torch._foreach_add_(local(chosen), local(directions), alpha=radius / norm if norm > 0 else 0.0)
+            return
+        masks = self._masks_for(chosen)
+        if self.shape.normalises_by_l2 and self.ascent_steps == 1 and all(m is None for m in masks):
+            add_l2_perturbation_(chosen, directions, radius, foreach=self.foreach)
+        else:
+            adaptive = self._adaptive_of(chosen)
+            in_place = not self.descent.needs_clean_gradient
+            eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place)
+            pairs = [(e, m) for e, m in zip(eps, masks) if m is not None]
+            if pairs:
+                torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
+            torch._foreach_add_(local(chosen), local(eps))
+            self._eps = eps if self.ascent_steps > 1 else None
+        for p in chosen:
+            p.grad = None
 
     def _apply_masks(self, params: list[Tensor], eps: list[Tensor]) -> None:
         pairs = [(e, m) for e, m in zip(eps, self._masks_for(params)) if m is not None]
