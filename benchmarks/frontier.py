@@ -73,10 +73,21 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig = Figure(figsize=(6, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    # a method far below SGD would squash the rest: it is drawn on the lower edge, its value written
+    floor = -3.0
+    off_scale = 0
     for i, r in enumerate(rows):
-        ax.errorbar(r["time_x_sgd"], r["gain"], yerr=r["gain_std"] or 0.0, fmt="o", capsize=3, color=f"C{i % 10}",
-                    label=r["method"])
-        ax.annotate(r["method"], (r["time_x_sgd"], r["gain"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        style = {"capsize": 3, "color": f"C{i % 10}", "label": r["method"]}
+        text = {"fontsize": 7, "xytext": (4, 3), "textcoords": "offset points"}
+        if r["gain"] < floor:
+            ax.plot(r["time_x_sgd"], floor, "v", color=style["color"], label=r["method"])
+            text["xytext"] = (4, 6 + 10 * off_scale)  # stacked, so that neighbours stay readable
+            off_scale += 1
+            ax.annotate(f"{r['method']} ({r['gain']:+.1f}, off scale)", (r["time_x_sgd"], floor), **text)
+            continue
+        ax.errorbar(r["time_x_sgd"], r["gain"], yerr=r["gain_std"] or 0.0, fmt="o", **style)
+        ax.annotate(r["method"], (r["time_x_sgd"], r["gain"]), **text)
+    ax.set_ylim(bottom=floor - 0.3)
     ax.axhline(0.0, color="0.7", lw=0.8)
     ax.set(xlabel="step time (x SGD, step-cost benchmark)", ylabel="test top-1 gain over SGD (points, paired)",
            title=title)
