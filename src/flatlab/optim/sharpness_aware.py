@@ -428,18 +428,11 @@ class SharpnessAware(torch.optim.Optimizer):
             adaptive = self._adaptive_of(chosen)
             in_place = not self.descent.needs_clean_gradient
             eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place)
-            pairs = [(e, m) for e, m in zip(eps, masks) if m is not None]
-            if pairs:
-                torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
+            _mask_(eps, masks)
             torch._foreach_add_(local(chosen), local(eps))
             self._eps = eps if self.ascent_steps > 1 else None
         for p in chosen:
             p.grad = None
-
-    def _apply_masks(self, params: list[Tensor], eps: list[Tensor]) -> None:
-        pairs = [(e, m) for e, m in zip(eps, self._masks_for(params)) if m is not None]
-        if pairs:
-            torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
 
     def _restore(self) -> None:
         """Puts w back by copy (subtracting eps would not give w back in low precision)."""
@@ -478,7 +471,7 @@ class SharpnessAware(torch.optim.Optimizer):
         size = (self.ascent_step_size if self.ascent_step_size is not None else rho) * scale
         # the adaptive operator T is taken at w, not at the perturbed point
         delta = self.shape.perturbation(grads, backups, adaptive, size, self.foreach)
-        self._apply_masks(weights, delta)
+        _mask_(delta, self._masks_for(weights))
         eps = torch._foreach_add(self._eps, delta)
         eps = self.shape.project(eps, backups, adaptive, rho * scale, self.foreach)
         copy_(weights, backups)
@@ -784,7 +777,6 @@ class SharpnessAware(torch.optim.Optimizer):
             and type(self.coordinates) is AllCoordinates
             and not self.weight_masks
             and type(self.base).__module__.startswith("torch.optim")
-            and self.ascent_steps == 1
             and (not self.skip_nonfinite or _norm_checks(grads))
         )
 
@@ -884,6 +876,13 @@ class SharpnessAware(torch.optim.Optimizer):
             parts.append(f"ascent_steps={self.ascent_steps}")
         base = "\n    ".join(repr(self.base).splitlines())
         return f"{type(self).__name__}({', '.join(parts)},\n    base={base})"
+
+
+def _mask_(eps: list[Tensor], masks: list[Tensor | None]) -> None:
+    """Zeroes the coordinates of eps outside its tensor's mask (None: keep all)."""
+    pairs = [(e, m) for e, m in zip(eps, masks) if m is not None]
+    if pairs:
+        torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
 
 
 def _norm_checks(tensors: list[Tensor]) -> bool:
