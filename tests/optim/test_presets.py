@@ -85,15 +85,22 @@ def test_s2sam_restore_after_reload_with_reordered_groups_and_frozen_parameters(
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    assert opt.is_perturbed
-    with opt.unperturbed():
-        w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert opt.phase is flatlab.optim.Phase.PENDING  # the model holds w between steps
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
     saved = {"model": model.state_dict(), "optimizer": opt.state_dict()}
 
     fresh = tiny_net(seed=5)
-    fresh.load_state_dict(saved["model"])  # w + eps
+    fresh.load_state_dict(saved["model"])
     opt2 = build(fresh)
     opt2.load_state_dict(saved["optimizer"])
+    assert opt2.phase is flatlab.optim.Phase.PENDING
+    # the next training forward of either applies the same perturbation to the same tensors
+    x, y = batches(1)[0]
+    for m in (model, fresh):
+        m(x)
+    assert opt.is_perturbed and opt2.is_perturbed
+    for (n, p), q in zip(fresh.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), n
     opt2.restore_weights()
     assert not opt2.is_perturbed
     for n, p in fresh.named_parameters():

@@ -339,10 +339,12 @@ def test_nonfinite_gradient_leaves_weights_and_state_untouched(name, where, data
 @pytest.mark.parametrize("name", SINGLE_PASS)
 def test_nonfinite_gradient_of_a_single_pass_step_restores_w_and_skips(name, data):
     model, opt, before, momentum = _state_before_step(name, data)
-    assert opt.is_perturbed  # the pass below runs at w + eps
+    assert opt.phase is flatlab.optim.Phase.PENDING  # w, until the training forward below
     x, y = data[1]
     opt.zero_grad()
-    (F.cross_entropy(model(x), y) * float("nan")).backward()
+    out = model(x)
+    assert opt.is_perturbed  # the pass runs at w + eps
+    (F.cross_entropy(out, y) * float("nan")).backward()
     opt.step()
     _assert_untouched(model, opt, before, momentum)
 

@@ -204,15 +204,19 @@ def test_streaming_image_folder_trains(tmp_path):
     assert summary["final_test_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-4)
 
 
-def test_load_trained_of_a_run_saved_mid_perturbation_gives_w(quick):
-    # S2-SAM's checkpoint holds w + eps in the model and w in the optimizer; load_trained must
-    # hand back w, which the finished run also exported as model.pt
+def test_a_single_pass_run_checkpoints_w_and_its_pending_perturbation(quick):
+    # S2-SAM's checkpoint between steps holds w in the model (what the finished run exported as
+    # model.pt) and the perturbation still to apply in the optimizer's state; load_trained gives w
     from flatlab.train import load_trained
 
     run_dir = train(quick(optimizer="s2sam", epochs=1), log=lambda *_: None).run_dir
     exported = torch.load(run_dir / "model.pt")["model"]
-    perturbed = load_checkpoint(run_dir / "checkpoint.pt")["model"]
-    assert any(not torch.equal(exported[k], perturbed[k]) for k in exported)  # really mid-perturbation
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    for k, v in checkpoint["model"].items():
+        assert torch.equal(v, exported[k]), k
+    own = checkpoint["optimizer"]["sharpness_aware"]
+    assert own["phase"] == "pending" and own["perturbed"]
+    assert all("pending" in own["state"][i] for i in own["perturbed"])
     model, _, _ = load_trained(run_dir, checkpoint="checkpoint.pt")
     for k, v in model.state_dict().items():
         assert torch.equal(v, exported[k]), k

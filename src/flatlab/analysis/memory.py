@@ -28,14 +28,17 @@ class PeakMemory:
     retained: int
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> PeakMemory:
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu",
+                setup: Callable[[], object] | None = None) -> PeakMemory:
     """Runs ``fn`` once and measures its peak allocation on ``device``.
 
     On CUDA this reads the caching allocator's counters. On the CPU, which keeps no such counters,
     it replays the allocations and frees that ``torch.profiler`` records (every one, with its
-    size and time), in time order. A block allocated before the call and freed during it is not
-    seen (the profiler does not know its size): start ``fn`` without such blocks (e.g. call
-    ``zero_grad(set_to_none=True)`` first when measuring a training step).
+    size and time), in time order. A block allocated before the profiler started and freed during
+    it is not seen (the profiler does not know its size): start ``fn`` without such blocks (e.g.
+    call ``zero_grad(set_to_none=True)`` first when measuring a training step), or pass ``setup``,
+    which runs first under the profiler but outside the measurement, so that what it allocates
+    and ``fn`` frees is seen (e.g. the previous training step, whose state the next one frees).
 
     Example::
 
@@ -51,6 +54,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     """
     device = torch.device(device)
     if device.type == "cuda":
+        if setup is not None:
+            setup()
         torch.cuda.synchronize(device)
         start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -65,17 +70,30 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        if setup is not None:
+            setup()
+        with torch.profiler.record_function(_MARK):
+            pass
         result = fn()
     del result
+    events = list(prof.profiler.kineto_results.events())
+    start = next(e.start_ns() for e in events if e.name() == _MARK)
     # The raw records, not prof.events(): those book frees inside an operator or a
     # record_function scope (such as Optimizer.step) at the scope's start, which breaks the order.
-    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    records.sort(key=lambda e: e.start_ns())
+    records = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
     held = peak = 0
     for record in records:
         held += record.nbytes()
-        peak = max(peak, held)
-    return PeakMemory(peak, held)
+        if record.start_ns() < start:
+            peak = held  # what setup holds is the baseline
+        else:
+            peak = max(peak, held)
+    baseline = sum(r.nbytes() for r in records if r.start_ns() < start)
+    return PeakMemory(peak - baseline, held - baseline)
+
+
+#: the profiler event that separates setup from the measured call
+_MARK = "flatlab.peak_memory.start"
 
 
 def state_bytes(optimizer: torch.optim.Optimizer, params: nn.Module | list[torch.Tensor] | None = None) -> int:

@@ -1,10 +1,11 @@
 """Every flatlab method under PyTorch Lightning (the ``flatlab[lightning]`` extra).
 
 Lightning's automatic optimization hands the optimizer a closure that returns the mean loss, which
-runs SAM, ASAM, SSAM-D or S2-SAM but not ESAM's data selection (per-sample losses) or SSAM-F's mask
-refresh from data. :class:`SharpnessAwareModule` switches to manual optimization and steps the
-optimizer with ``flatlab.micro_batches`` over ``accumulate`` batches (the step equals one step on
-their concatenation; ESAM ranks all of them).
+runs every method but ESAM's data selection (per-sample losses) and SSAM-F's mask refresh from data;
+its ``accumulate_grad_batches`` runs the earlier micro-batches outside the step, where a two-pass
+method cannot re-evaluate them at w + eps, so the step refuses it. :class:`SharpnessAwareModule`
+switches to manual optimization and steps the optimizer with ``flatlab.micro_batches`` over
+``accumulate`` batches (the step equals one step on their concatenation; ESAM ranks all of them).
 
 Example::
 
@@ -35,6 +36,7 @@ import lightning as L
 from torch import Tensor
 
 from ..optim import SharpnessAware, micro_batches
+from ._window import check_window_feeds_mask
 
 __all__ = ["SharpnessAwareModule"]
 
@@ -60,6 +62,13 @@ class SharpnessAwareModule(L.LightningModule):
         """The ``(inputs, targets)`` batches an SSAM-F mask refresh reads when the optimizer has no
         ``mask_data``: by default the current batches, taken as ``(inputs, targets)`` pairs."""
         return [(b[0], b[1]) for b in batches]
+
+    def on_train_start(self) -> None:
+        opt = self.optimizers().optimizer
+        if isinstance(opt, SharpnessAware):
+            size = getattr(self.trainer.train_dataloader, "batch_size", None)
+            rows = None if size is None else size * self.accumulate
+            check_window_feeds_mask(opt, rows, "the accumulation window (the loader's batch_size x accumulate rows)")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         self._window.append(batch)

@@ -31,6 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from ..optim import SharpnessAware, create_optimizer, micro_batches
 from ..optim.registry import BASE_OPTIMIZERS, base_options
+from ._window import check_window_feeds_mask
 
 __all__ = ["SharpnessAwareTrainer", "per_example_loss", "rows_of"]
 
@@ -140,9 +141,9 @@ class SharpnessAwareTrainer(Trainer):
     the optimizer's ``mask_data`` when it has one; otherwise from the current accumulation window,
     as ``(input_ids, labels)`` pairs (``num_samples`` must then not exceed the window's rows).
     Under fp16 the step scales each of its backward passes with accelerate's GradScaler.
-    Single-pass methods (S2-SAM, MSAM) keep w + eps in the weights between steps: evaluation runs
-    inside ``optimizer.unperturbed()`` and ``save_model`` saves w; checkpoints keep w + eps with
-    the optimizer state that restores w, so resuming is exact.
+    The weights hold w whenever the Trainer reads them (evaluation, checkpoints, the best model,
+    ``save_model``): a single-pass method (S2-SAM, MSAM) applies its perturbation inside the step,
+    and its checkpointed optimizer state carries the pending one, so resuming is exact.
     """
 
     def __init__(self, *args, method: str | Callable[[torch.optim.Optimizer], SharpnessAware] = "sam",
@@ -196,6 +197,9 @@ class SharpnessAwareTrainer(Trainer):
     def _adopt(self, opt: SharpnessAware) -> None:
         if opt.max_grad_norm is None and self.args.max_grad_norm and self.args.max_grad_norm > 0:
             opt.max_grad_norm = float(self.args.max_grad_norm)
+        rows = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        check_window_feeds_mask(opt, rows, "the accumulation window (per_device_train_batch_size x "
+                                "gradient_accumulation_steps rows)")
         self.sharpness_aware = opt
         self.optimizer = _WindowOptimizer(opt)
 
@@ -264,17 +268,11 @@ class SharpnessAwareTrainer(Trainer):
             self.optimizer.scaler = None
 
     # ---------------------------------------------------------------------------------------
-    # evaluation and export at w
+    # the best model
 
-    def evaluation_loop(self, *args, **kwargs):
-        if self.sharpness_aware is None:
-            return super().evaluation_loop(*args, **kwargs)
-        with self.sharpness_aware.unperturbed():
-            return super().evaluation_loop(*args, **kwargs)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if _internal_call or self.sharpness_aware is None:
-            # a checkpoint keeps the weights as they are: its optimizer state restores w
-            return super().save_model(output_dir, _internal_call)
-        with self.sharpness_aware.unperturbed():
-            return super().save_model(output_dir, _internal_call)
+    def _load_best_model(self) -> None:
+        # A single-pass method's pending perturbation belongs to the last step's weights, not to
+        # the best checkpoint's that replace them: drop it, so that nothing ever adds it to those.
+        if self.sharpness_aware is not None:
+            self.sharpness_aware.restore_weights()
+        super()._load_best_model()

@@ -54,7 +54,10 @@ def empirical_fisher(
     finally:
         model.train(was_training)
     if seen < num_samples:
-        raise ValueError(f"the data gave {seen} samples, fewer than num_samples={num_samples}")
+        raise ValueError(
+            f"the data gave {seen} samples, fewer than num_samples={num_samples}: pass num_samples={seen} "
+            "(or fewer), or data with more samples (the optimizer's mask_data=)"
+        )
     by_id = {id(p): scores[name] for name, p in names.items()}
     return [by_id.get(id(p), torch.zeros_like(p, dtype=torch.float32)) for p in params]
 

@@ -20,6 +20,8 @@ __all__ = [
     "copy_",
     "scale_",
     "add_l2_perturbation_",
+    "add_scaled_",
+    "l2_factor",
     "local",
     "shard_group",
     "lp_perturbation",
@@ -63,17 +65,31 @@ def scale_(tensors: list[Tensor], factor: Tensor, *, foreach: bool = True) -> No
 def add_l2_perturbation_(weights: list[Tensor], grads: list[Tensor], radius: float, *, foreach: bool = True) -> None:
     """``w += radius * g / ||g||_2`` (SAM's eps added to w) in one pass, with no parameter-sized
     temporary and ``grads`` left as they are; the factor stays on the device (no host sync)."""
+    if weights:
+        add_scaled_(weights, grads, l2_factor(radius, grads, foreach=foreach), foreach=foreach)
+
+
+def l2_factor(radius: float, grads: list[Tensor], *, foreach: bool = True) -> Tensor:
+    """``radius / ||grads||_2`` as a 0-d tensor on the gradients' device (0 for a zero gradient)."""
+    return _over(radius, global_norm(grads, 2.0, foreach=foreach))
+
+
+def add_scaled_(weights: list[Tensor], directions: list[Tensor], factor: float | Tensor, *,
+                foreach: bool = True) -> None:
+    """``w += factor * d``: a host float as ``add``'s alpha, a 0-d tensor (kept on the device, no
+    host sync) as ``addcmul``'s broadcast factor, so ``factor * d`` is never materialised."""
+    weights, directions = local(weights), local(directions)
     if not weights:
         return
-    factor = _over(radius, global_norm(grads, 2.0, foreach=foreach))
-    weights, grads = local(weights), local(grads)
-    if foreach and len({t.device for t in weights}) == 1:
-        # a 0-d factor broadcasts in addcmul: w + g * factor without materialising g * factor
-        on = factor.to(weights[0].device)
-        torch._foreach_addcmul_(weights, grads, [on] * len(weights))
+    if not isinstance(factor, Tensor):
+        torch._foreach_add_(weights, directions, alpha=factor)
         return
-    for w, g in zip(weights, grads):
-        w.addcmul_(g, factor.to(device=w.device, dtype=w.dtype))
+    if foreach and len({t.device for t in weights}) == 1:
+        on = factor.to(weights[0].device)
+        torch._foreach_addcmul_(weights, directions, [on] * len(weights))
+        return
+    for w, d in zip(weights, directions):
+        w.addcmul_(d, factor.to(device=w.device, dtype=w.dtype))
 
 
 def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

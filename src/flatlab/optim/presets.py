@@ -130,13 +130,15 @@ class S2SAM(SharpnessAware):
     the gradient of the previous step, applied at the end of ``step()`` so that the next forward
     runs at w + eps: one forward/backward per step, no closure needed. The first step is a base step.
 
-    Between steps the weights hold w + eps: evaluate inside ``with opt.unperturbed():``. The
+    Outside the step the weights hold w: with ``model=`` the perturbation is applied when the
+    model's next training forward starts, with a closure inside ``step``; built without either,
+    the weights hold w + eps between steps (evaluate inside ``with opt.unperturbed():``). The
     source policy is :class:`~flatlab.optim.PreviousGradient`; any other preset becomes
     single-pass with ``source=PreviousGradient()``.
 
     Example::
 
-        opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+        opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05, model=model)
         for x, y in loader:
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()

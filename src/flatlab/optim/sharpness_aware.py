@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from ..errors import check_number
+from ..errors import UsageError, check_number
 from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import add_l2_perturbation_, copy_, global_norm, local, scale_, shard_group
+from .functional import add_scaled_, copy_, global_norm, l2_factor, local, scale_, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -44,6 +44,10 @@ class Phase(enum.Enum):
     SKIPPED = "skipped"
     #: the schedule skipped the perturbation: ``.grad`` holds the gradient at w to descend with
     PLAIN = "plain"
+    #: a single-pass method between steps: the parameters hold w and the next training forward of
+    #: ``model`` (or the next ``step(closure)``) moves them to w + eps, built from
+    #: ``state[p]["pending"]`` times a factor
+    PENDING = "pending"
 
 
 class SharpnessAware(torch.optim.Optimizer):
@@ -194,7 +198,10 @@ class SharpnessAware(torch.optim.Optimizer):
         self._warned_discard = False
         self._in_step = False
         self._backward_outside = False  # a backward ran since the last step, outside of it
-        self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED
+        self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED (or soon: PENDING)
+        self._pending_factor: float | Tensor = 1.0  # w + eps = w + factor * state[p]["pending"]
+        self._backward_while_pending = False  # a gradient was taken at w where w + eps was due
+        self._closure_steps = False  # the step in progress came with a closure (so will the next)
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
         self._descent_checked = False  # a plain step's gradient was read finite by its schedule
 
@@ -210,6 +217,10 @@ class SharpnessAware(torch.optim.Optimizer):
             )
         self._adaptive = self._adaptive_flags(model)
         _watch_backwards(self, params)
+        # A single-pass method's weights hold w between steps, so that whatever reads them outside
+        # the step (evaluation, state_dict, checkpoints, a framework's best-model copy) sees w; the
+        # perturbation waits for the next training forward of the model (or step(closure)).
+        self._forward_hook = _perturb_before_training_forward(self, model) if self.source.lagged and model else None
         self.coordinates.bind(params, self.generator, self.state)
         self.source.bind(self.state, base)
         self.descent.bind(self.state)
@@ -271,8 +282,9 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @property
     def is_perturbed(self) -> bool:
-        """Whether the parameters hold w + eps right now (between ``first_step`` and ``second_step``,
-        or between steps for a single-pass method)."""
+        """Whether the parameters hold w + eps right now: between ``first_step`` and
+        ``second_step``; for a single-pass method from its training forward to its step (and
+        between steps when the optimizer was built without ``model=``)."""
         return self.phase is Phase.PERTURBED
 
     @property
@@ -400,14 +412,17 @@ class SharpnessAware(torch.optim.Optimizer):
         the cheapest way the policies allow, with no parameter-sized temporary:
 
         - ``norm`` given (S2-SAM: the directions' L2 norm, read on the host by the step's check):
-          one scaled add; ``.grad`` stays as it was;
+          one scaled add;
         - an L2 ball, unmasked, one ascent step (SAM and most presets): ``w += rho d / ||d||`` in
           one pass, the factor kept on the device;
         - otherwise eps is built in the memory of the directions (unless the descent keeps the
           gradient at w), masked, and added.
 
-        In the last two the perturbed tensors' ``.grad`` is dropped (None): its memory is spent, and
-        the coming backward at w + eps must start from zero."""
+        A single-pass method that knows its model, or is stepped with a closure, keeps w and leaves
+        the move to the next training forward or ``step(closure)`` (``PENDING``): the directions are
+        held in ``state[p]["pending"]`` until then. The
+        perturbed tensors' ``.grad`` is dropped (None), except by an immediate scaled add: its
+        memory is spent or held, and the coming backward at w + eps must start from zero."""
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radius = self.radius() * self.coordinates.scale
@@ -416,27 +431,59 @@ class SharpnessAware(torch.optim.Optimizer):
         self._eps = None
         if not chosen:
             return
-        copy_(self._backups(chosen), chosen)
         if norm is not None:
             # a zero gradient gives no perturbation (radius / tiny could overflow to inf * 0)
-            torch._foreach_add_(local(chosen), local(directions), alpha=radius / norm if norm > 0 else 0.0)
-            return
-        masks = self._masks_for(chosen)
-        if self.shape.normalises_by_l2 and self.ascent_steps == 1 and all(m is None for m in masks):
-            add_l2_perturbation_(chosen, directions, radius, foreach=self.foreach)
+            factor: float | Tensor = radius / norm if norm > 0 else 0.0
         else:
-            adaptive = self._adaptive_of(chosen)
-            in_place = not self.descent.needs_clean_gradient
-            eps = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach, in_place=in_place)
-            _mask_(eps, masks)
-            torch._foreach_add_(local(chosen), local(eps))
-            self._eps = eps if self.ascent_steps > 1 else None
-        for p in chosen:
-            p.grad = None
+            masks = self._masks_for(chosen)
+            if self.shape.normalises_by_l2 and self.ascent_steps == 1 and all(m is None for m in masks):
+                factor = l2_factor(radius, directions, foreach=self.foreach)
+            else:
+                adaptive = self._adaptive_of(chosen)
+                in_place = not self.descent.needs_clean_gradient
+                directions = self.shape.perturbation(directions, chosen, adaptive, radius, self.foreach,
+                                                     in_place=in_place)
+                _mask_(directions, masks)
+                factor = 1.0
+                self._eps = directions if self.ascent_steps > 1 else None
+        if self.source.lagged and (self._forward_hook is not None or self._closure_steps):
+            for p, d in zip(chosen, directions):
+                state = self.state[p]
+                state["pending"] = d
+                # the state stays one copy of the weights: the backup is allocated again when w + eps
+                # is applied, as the gradients are at each backward
+                state.pop("backup", None)
+                p.grad = None  # held as the pending direction: no zero_grad or backward may write into it
+            self._pending_factor = factor
+            self.phase = Phase.PENDING
+            return
+        copy_(self._backups(chosen), chosen)
+        add_scaled_(chosen, directions, factor, foreach=self.foreach)
+        if norm is None:
+            for p in chosen:
+                p.grad = None
+
+    @torch.no_grad()
+    def _apply_pending(self) -> None:
+        """PENDING -> PERTURBED: saves w and adds the held perturbation, as ``_perturb`` would have."""
+        if self.phase is not Phase.PENDING:
+            return
+        chosen = self._perturbed
+        directions = [self.state[p].pop("pending") for p in chosen]
+        copy_(self._backups(chosen), chosen)
+        add_scaled_(chosen, directions, self._pending_factor, foreach=self.foreach)
+        self._pending_factor = 1.0
+        self.phase = Phase.PERTURBED
+        if self.weight_masks:
+            # a sparse schedule may have pruned weights since eps was built: they stay zero
+            pairs = [(w, self.weight_masks[w]) for w in chosen if w in self.weight_masks]
+            if pairs:
+                torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
 
     def _restore(self) -> None:
-        """Puts w back by copy (subtracting eps would not give w back in low precision)."""
-        if self._perturbed:
+        """Puts w back by copy (subtracting eps would not give w back in low precision), or drops
+        a perturbation still pending."""
+        if self.phase is Phase.PERTURBED and self._perturbed:
             weights = self._perturbed
             copy_(weights, self._backups(weights))
             if self.weight_masks:
@@ -444,15 +491,20 @@ class SharpnessAware(torch.optim.Optimizer):
                 pairs = [(w, self.weight_masks[w]) for w in weights if w in self.weight_masks]
                 if pairs:
                     torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
+        elif self.phase is Phase.PENDING:
+            for p in self._perturbed:
+                self.state[p].pop("pending", None)
+            self._pending_factor = 1.0
         self.phase = Phase.AT_W
         self._perturbed = []
         self._eps = None
 
     @torch.no_grad()
     def restore_weights(self) -> None:
-        """Puts w back into the parameters for good and drops the pending perturbation, e.g. to
-        export the weights of a run stopped between steps of a single-pass method (whose
-        parameters carry the next step's perturbation). The next step then starts at w."""
+        """Puts w back into the parameters for good and drops the pending perturbation, e.g.
+        before loading other weights into the model (a best checkpoint) or to export the weights
+        of a single-pass method built without ``model=`` (whose parameters carry the next step's
+        perturbation between steps). The next step then starts at w."""
         self._restore()
 
     @torch.no_grad()
@@ -651,26 +703,45 @@ class SharpnessAware(torch.optim.Optimizer):
             raise TypeError("with scaler=, pass flatlab.per_sample(fn): the optimizer scales each backward itself")
         self._loss_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         if closure is not None:
-            self._warn_if_gradients_would_be_discarded()
+            self._drop_gradients_from_outside(closure)
+        outermost = not self._in_step  # GradScaler.step calls step() again from inside
+        if outermost:
+            self._closure_steps = closure is not None
         self._in_step = True
         try:
             return self._step(closure, scaler)
         finally:
-            self._loss_scale = 1.0
-            self._in_step = False
-            self._backward_outside = False
+            if outermost:
+                self._loss_scale = 1.0
+                self._in_step = False
+                self._backward_outside = False
 
-    def _warn_if_gradients_would_be_discarded(self) -> None:
-        """The common accumulation mistake: backward on micro-batches 1..N-1, then step(closure) on
-        the last; the closure's passes replace those gradients, so the step sees one micro-batch."""
-        if self._warned_discard or not self._backward_outside:
+    def _drop_gradients_from_outside(self, closure: Callable) -> None:
+        """A two-pass step takes its gradients at w and at w + eps from the closure's batch alone:
+        gradients that ``backward()`` calls before ``step`` left in ``.grad`` (micro-batches
+        accumulated the plain way) have no pass at w + eps, so they are dropped, with a warning
+        that says so; under Lightning (whose accumulation does exactly this) the step refuses. A
+        single-pass step keeps them: taken at w + eps like the closure's, they count in full."""
+        if self.source.lagged or not self._backward_outside:
             return
-        if any(p.grad is not None for p in self._params()):
+        held = [p for p in self._params() if p.grad is not None]
+        if not held:
+            return
+        if _is_lightning(closure):
+            raise UsageError(
+                "Trainer(accumulate_grad_batches>1) with automatic optimization runs the earlier micro-batches "
+                "outside the optimizer step, where a sharpness-aware step cannot re-evaluate them at w + eps: "
+                "use flatlab.integrations.lightning.SharpnessAwareModule with accumulate = k instead"
+            )
+        for p in held:
+            p.grad = None
+        if not self._warned_discard:
             warnings.warn(
-                    "step(closure) found gradients from an earlier backward; the closure's passes replace "
-                    "them, so they do not count. To accumulate micro-batches, pass them all to "
-                    "flatlab.micro_batches(batches, fn) and call step once (or zero_grad() before step)",
-                stacklevel=3,
+                "step(closure) dropped the gradients that backward() calls before it left in .grad: a two-pass "
+                "step takes its gradients at w and w + eps from the closure's batch alone. To accumulate "
+                "micro-batches, pass them all to flatlab.micro_batches(batches, fn) and call step once; "
+                "zero_grad() before step() silences this",
+                stacklevel=4,
             )
             self._warned_discard = True
 
@@ -734,11 +805,13 @@ class SharpnessAware(torch.optim.Optimizer):
     def _lagged_step(self, closure: Callable[[], Any] | None, scaler) -> Any:
         loss = None
         if closure is not None:
+            self._apply_pending()  # the closure's passes run at w + eps
             loss, _ = self._evaluate(closure, scaler=scaler)
         if scaler is not None:
             scaler.step(self)  # -> step() without closure: the descent below
             scaler.update()
             return loss
+        self._check_gradients_were_perturbed()
         self._refresh_if_due()
         self._restore()
         params = [p for p in self._params() if p.grad is not None]
@@ -765,6 +838,20 @@ class SharpnessAware(torch.optim.Optimizer):
         self.steps += 1
         return loss
 
+    def _check_gradients_were_perturbed(self) -> None:
+        """A single-pass step descends with gradients taken at w + eps: refuse those taken at w
+        while the perturbation waited for a forward of ``model`` that never came."""
+        at_w, self._backward_while_pending = self._backward_while_pending, False
+        if not (at_w or self.phase is Phase.PENDING and any(p.grad is not None for p in self._perturbed)):
+            return
+        self._restore()
+        raise UsageError(
+            "the gradients of this single-pass step were taken at w, not at w + eps: the perturbation is "
+            "applied by a training-mode forward of the module given as model= (or by step(closure)), and none "
+            "ran before the backward. Pass the module you call as model=; under Lightning, accumulate with "
+            "SharpnessAwareModule (accumulate = k) instead of Trainer(accumulate_grad_batches=k)"
+        )
+
     def _check_norm_builds_eps(self, grads: list[Tensor]) -> bool:
         """Whether the descent gradient's L2 norm is also the next perturbation's: the direction is
         that gradient, unclipped and unmasked, the shape divides by its L2 norm, and the base step
@@ -785,9 +872,9 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @contextmanager
     def unperturbed(self) -> Iterator[None]:
-        """Holds w (not w + eps) in the parameters inside the block, e.g. to evaluate a model
-        trained with a single-pass method, whose weights carry the next perturbation between steps."""
-        if not self._perturbed:
+        """Holds w (not w + eps) in the parameters inside the block. Needed only where the weights
+        hold w + eps outside a step: a single-pass method built without ``model=``."""
+        if self.phase is not Phase.PERTURBED or not self._perturbed:
             yield
             return
         weights = self._perturbed
@@ -809,7 +896,8 @@ class SharpnessAware(torch.optim.Optimizer):
             # a backup is only meaningful while its tensor holds w + eps, a clean gradient during a step
             kept = {
                 k: v for k, v in state.items()
-                if (k != "backup" or p in perturbed) and (k != "clean_grad" or self.phase is not Phase.AT_W)
+                if (k != "backup" or p in perturbed and self.phase is Phase.PERTURBED)
+                and (k != "clean_grad" or self.phase is not Phase.AT_W)
             }
             if kept:
                 per_param[index[p]] = kept
@@ -819,6 +907,7 @@ class SharpnessAware(torch.optim.Optimizer):
             "rho": self.rho,
             "phase": self.phase.value,
             "perturbed": [index[p] for p in self._perturbed],
+            "pending_factor": self._pending_factor,
             "generator": self.generator.get_state(),
             "source": self.source.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -862,6 +951,8 @@ class SharpnessAware(torch.optim.Optimizer):
         self.phase = Phase(own["phase"])
         self._perturbed = [params[int(i)] for i in own["perturbed"]]
         self._eps = None
+        factor = own.get("pending_factor", 1.0)
+        self._pending_factor = factor.to(params[0].device) if isinstance(factor, Tensor) else float(factor)
 
     def __repr__(self) -> str:
         parts = [f"rho={self.rho:g}", f"shape={self.shape.describe()}"]
@@ -901,10 +992,36 @@ def _watch_backwards(optimizer: SharpnessAware, params: list[Tensor]) -> None:
         opt = ref()
         if opt is not None and not opt._in_step:
             opt._backward_outside = True
+            if opt.phase is Phase.PENDING:
+                opt._backward_while_pending = True
 
     for p in params:
         if p.requires_grad and p.is_leaf:
             p.register_post_accumulate_grad_hook(accumulated)
+
+
+def _is_lightning(closure: Callable) -> bool:
+    """Whether ``closure`` is Lightning's automatic-optimization closure (a partial of its
+    precision plugin's method)."""
+    owner = getattr(getattr(closure, "func", closure), "__self__", closure)
+    return type(owner).__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+
+
+def _perturb_before_training_forward(optimizer: SharpnessAware, model: nn.Module):
+    """Registers the forward pre-hook that moves a single-pass method's weights from w to the
+    pending w + eps when a training forward of ``model`` starts (train mode, gradients on); an
+    evaluation forward, a state_dict or a checkpoint between steps reads w. Prepended, so that it
+    runs before FSDP's own pre-forward hook gathers the (then perturbed) shards. The hook holds
+    the optimizer weakly."""
+    ref = weakref.ref(optimizer)
+
+    @torch.compiler.disable  # runs eagerly before a compiled forward, never traced into it
+    def perturb(module: nn.Module, args: Any) -> None:
+        opt = ref()
+        if opt is not None and opt.phase is Phase.PENDING and module.training and torch.is_grad_enabled():
+            opt._apply_pending()
+
+    return model.register_forward_pre_hook(perturb, prepend=True)
 
 
 def _schedule(schedule: Schedule | None, every: int | None, sam_probability: float | None) -> Schedule:

@@ -167,7 +167,9 @@ class TrainConfig:
                 "instead of replicating them (DDP)"})
     accumulate: int = field(default=1, metadata={
         "help": "gradient accumulation: split each process's batch into this many parts, one part's "
-                "activations in memory at a time; the step equals the step on the whole batch"})
+                "activations in memory at a time; the step equals the step on the whole batch for models "
+                "whose layers treat samples apart, not with BatchNorm, which normalises each part by its "
+                "own statistics (the default CNN and the ResNets have it; the mlp does not)"})
     lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, step or constant"})
     warmup_epochs: float = field(default=0.0, metadata={
         "help": "linear learning-rate warm-up over this many (possibly fractional) epochs"})
