@@ -74,7 +74,7 @@ def test_a_step_after_earlier_backwards_warns_once():
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1))
     (x, y), (x2, y2) = batches(2)
     F.cross_entropy(model(x[:8]), y[:8]).backward()  # the mistake: micro-batch 1 by hand
-    with pytest.warns(UserWarning, match="micro_batches"):
+    with pytest.warns(UserWarning, match="micro_batches"):  # and says they were dropped
         opt.step(flatlab.per_sample(lambda idx: rows_of(model, x[8:], y[8:], idx)))
     F.cross_entropy(model(x2), y2).backward()
     with warnings.catch_warnings():
@@ -89,3 +89,49 @@ def test_a_closure_loop_does_not_warn():
         warnings.simplefilter("error")
         for x, y in batches(3):
             opt.step(flatlab.per_sample(lambda idx, x=x, y=y: rows_of(model, x, y, idx)))
+
+
+def closure_of(opt, model, x, y):
+    """A torch-style closure that does not zero the gradients (as Lightning's does inside an
+    accumulation window): what backward() left before the step would enter its ascent."""
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
+@pytest.mark.parametrize("name", ["sam", "wsam"])
+def test_a_two_pass_step_drops_earlier_gradients_and_says_so(name):
+    # the step equals one on the closure's batch alone: the earlier gradients, which have no pass
+    # at w + eps, enter neither the ascent nor the descent (WSAM's descent mixes both gradients:
+    # half of them was how it climbed under Lightning's accumulation)
+    (x, y), _ = batches(2)
+    dropped, clean = mlp(), mlp()
+    opt_dropped = flatlab.create_optimizer(name, dropped, lr=0.1)
+    opt_clean = flatlab.create_optimizer(name, clean, lr=0.1)
+    F.cross_entropy(dropped(x[:8]), y[:8]).backward()
+    with pytest.warns(UserWarning, match="dropped the gradients"):
+        opt_dropped.step(closure_of(opt_dropped, dropped, x[8:], y[8:]))
+    opt_clean.step(closure_of(opt_clean, clean, x[8:], y[8:]))
+    for p, q in zip(dropped.parameters(), clean.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", ["s2sam", "msam"])
+def test_a_single_pass_step_keeps_earlier_gradients_without_warning(name):
+    # both micro-batches run at w + eps: the step descends with their sum, the whole batch's
+    data = batches(3)
+    whole, split = mlp(), mlp()
+    opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, momentum=0.9)
+    opt_split = flatlab.create_optimizer(name, split, lr=0.1, momentum=0.9)
+    for x, y in data:
+        opt_whole.zero_grad()
+        opt_whole.step(closure_of(opt_whole, whole, x, y))
+        opt_split.zero_grad()
+        (F.cross_entropy(split(x[:8]), y[:8]) / 2).backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt_split.step(lambda x=x, y=y: (F.cross_entropy(split(x[8:]), y[8:]) / 2).backward())
+    for p, q in zip(whole.parameters(), split.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)

@@ -162,3 +162,12 @@ def test_check_optimizer_turns_the_optimizers_argument_errors_into_usage_errors(
     with pytest.raises(UsageError, match="beta"):
         check_optimizer(TrainConfig(optimizer="esam", beta=1.5))
     check_optimizer(TrainConfig(optimizer="esam", beta=0.5))
+
+
+def test_the_accumulate_help_says_where_the_step_is_not_the_whole_batch_step(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    accumulate = text[text.rindex("--accumulate ACCUMULATE"):][:600]
+    assert "whole batch" in accumulate and "BatchNorm" in accumulate

@@ -204,12 +204,13 @@ def test_streaming_image_folder_trains(tmp_path):
     assert summary["final_test_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-4)
 
 
-def test_a_single_pass_run_checkpoints_w_and_its_pending_perturbation(quick):
-    # S2-SAM's checkpoint between steps holds w in the model (what the finished run exported as
+@pytest.mark.parametrize("optimizer", ["s2sam", "msam"])
+def test_a_single_pass_run_checkpoints_w_and_its_pending_perturbation(quick, optimizer):
+    # the checkpoint between steps holds w in the model (what the finished run exported as
     # model.pt) and the perturbation still to apply in the optimizer's state; load_trained gives w
     from flatlab.train import load_trained
 
-    run_dir = train(quick(optimizer="s2sam", epochs=1), log=lambda *_: None).run_dir
+    run_dir = train(quick(optimizer=optimizer, epochs=1), log=lambda *_: None).run_dir
     exported = torch.load(run_dir / "model.pt")["model"]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     for k, v in checkpoint["model"].items():
