@@ -420,9 +420,9 @@ class SharpnessAware(torch.optim.Optimizer):
 
         A single-pass method that knows its model, or is stepped with a closure, keeps w and leaves
         the move to the next training forward or ``step(closure)`` (``PENDING``): the directions are
-        held in ``state[p]["pending"]`` until then. The
-        perturbed tensors' ``.grad`` is dropped (None), except by an immediate scaled add: its
-        memory is spent or held, and the coming backward at w + eps must start from zero."""
+        held in ``state[p]["pending"]`` until then. The perturbed tensors' ``.grad`` is dropped
+        (None), except by an immediate scaled add: its memory is spent or held, and the coming
+        backward at w + eps must start from zero."""
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radius = self.radius() * self.coordinates.scale
