@@ -11,8 +11,8 @@ The file names the shared settings, the methods (each a set of config changes) a
       sam: {optimizer: sam, rho: 0.05}
     hessian: {batches: 4, iters: 20}     # optional: top Hessian eigenvalue of each final model
 
-Relative paths in the file (``out``, ``extends``, ``data_root``) are relative to the file's folder, so
-the study means the same from any working directory.
+Relative paths in the file (``out``, which defaults to ``runs/NAME``, ``extends``, ``data_root``) are
+relative to the file's folder, so the study means the same from any working directory.
 
 ``flatlab study FILE`` runs every (method, seed) not finished yet (an interrupted run is resumed from
 its checkpoint, a finished one skipped), then writes ``results.json``, ``results.csv``,
@@ -98,7 +98,7 @@ class Study:
         try:
             taken = optimizer_fields(optimizer)
         except UsageError as err:
-            self._refuse("methods." + method + ".optimizer" if "optimizer" in entry else "base.optimizer", str(err))
+            self._refuse(f"methods.{method}.optimizer" if "optimizer" in entry else "base.optimizer", str(err))
         for key in OPTIMIZER_FIELDS:  # a method option set for a method that does not read it
             if values.get(key) is not None and key not in taken:
                 self._refuse(f"methods.{method}.{key}" if key in entry else f"base.{key}", _not_taken(optimizer, [key]))
@@ -219,7 +219,7 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...], origins: dict[str, str]
         for key in ("base", "methods"):
             if isinstance(merged.get(key), dict):
                 merged[key] = _with_root(merged[key], here)
-        base = {**merged.get("base", {}), **(spec.pop("base", None) or {})}
+        base = {**(merged.get("base") or {}), **(spec.pop("base", None) or {})}
         merged.update(spec)
         merged["base"] = {k: v for k, v in base.items() if v is not None}
         spec = merged
