@@ -87,7 +87,7 @@ def test_a_study_method_with_an_option_it_does_not_read_is_one_line(tmp_path, ca
     code, _, err = cli(capsys, "study", path)
     assert code == 2
     line = one_error(err, "study")
-    assert "method 'sam'" in line and "does not take beta" in line
+    assert f"{path}: methods.sam.beta: optimizer 'sam' does not take beta" in line
 
 
 def test_create_optimizer_names_the_method_and_what_it_takes():

@@ -1,5 +1,11 @@
 import json
 import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,16 +50,44 @@ def test_study_runs_skips_finished_and_resumes(tmp_path):
     assert "[study] sgd-seed1: resuming" in logs
 
 
-def test_study_file_errors_name_the_problem(tmp_path):
+@pytest.mark.parametrize("changes, expected", [
+    ({"colour": "red"}, r"s\.yaml: colour: unknown study key"),
+    ({"methds": {}}, r"s\.yaml: methds: unknown study key; did you mean 'methods'\?"),
+    ({"base": {"optimzer": "sgd"}}, r"s\.yaml: base\.optimzer: unknown config key; did you mean 'optimizer'\?$"),
+    ({"base": {"lr": "fast"}}, r"s\.yaml: base\.lr: expected a number, got 'fast'$"),
+    ({"base": {"epochs": 0}}, r"s\.yaml: base\.epochs: epochs must be an integer >= 1"),
+    ({"methods": {"sam": {"optimizer": "sam", "rhoo": 0.05}}},
+     r"s\.yaml: methods\.sam\.rhoo: unknown config key; did you mean 'rho'\?$"),
+    ({"methods": {"x": {"optimizer": "sam", "rho": -1}}}, r"s\.yaml: methods\.x\.rho: rho must be >= 0, got rho=-1"),
+    ({"methods": {"x": {"optimizer": "ssam-f", "mask_sparsity": 1.5}}}, r"s\.yaml: methods\.x\.mask_sparsity: "),
+    ({"methods": {"x": {"optimizer": "sgdd"}}}, r"s\.yaml: methods\.x\.optimizer: unknown optimizer 'sgdd'"),
+    ({"methods": {"x": {"sam": {"rhoo": 1}}}}, r"s\.yaml: methods\.x\.sam\.rhoo: unknown key in section 'sam'"),
+    ({"methods": {"x": ["sgd"]}}, r"s\.yaml: methods\.x: expected a mapping of config keys, got list$"),
+    ({"base": {"rho": 0.1}, "methods": {"sgd": {"optimizer": "sgd"}}},
+     r"s\.yaml: base\.rho: optimizer 'sgd' does not take rho"),
+], ids=lambda v: str(v)[:40])
+def test_a_mistake_in_a_study_file_names_the_file_and_the_key_path(tmp_path, capsys, changes, expected):
+    values = spec(tmp_path, hessian=None)
+    for key, value in changes.items():
+        values[key] = {**values[key], **value} if key == "base" else value
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(spec(tmp_path, colour="red")))
-    with pytest.raises(ValueError, match="unknown study keys: colour"):
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ValueError, match=expected):
         load_study(path)
-    path.write_text(yaml.safe_dump(spec(tmp_path, methods={"x": {"optimizer": "sam", "rho": -1}})))
-    with pytest.raises(ValueError, match="method 'x'.*rho=-1"):
-        load_study(path)
-    path.write_text(yaml.safe_dump(spec(tmp_path, methods={"x": {"epochs": 0}})))
     assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s.yaml: " in err and "<dict>" not in err
+
+
+def test_a_mistake_in_an_extended_study_names_the_file_that_holds_it(tmp_path):
+    (tmp_path / "cpu.yaml").write_text(yaml.safe_dump(spec(tmp_path, base={"optimzer": "sgd", "epochs": 1})))
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump({"extends": "cpu.yaml", "base": {"epochs": 2}}))
+    with pytest.raises(ValueError, match=r"cpu\.yaml: base\.optimzer: unknown config key"):
+        load_study(tmp_path / "gpu.yaml")
+    (tmp_path / "cpu.yaml").write_text(yaml.safe_dump(spec(tmp_path, base={"epochs": 1})))
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump({"extends": "cpu.yaml", "base": {"epochs": -2}}))
+    with pytest.raises(ValueError, match=r"gpu\.yaml: base\.epochs: epochs must be"):
+        load_study(tmp_path / "gpu.yaml")
 
 
 def test_sparse_training_through_the_cli(tmp_path, capsys):
@@ -136,3 +170,118 @@ def test_table_pairs_seeds_against_sgd_and_one_seed_shows_no_spread(tmp_path):
              "wall_time_s_mean": 20.0, "vs_sgd_paired_mean": 0.03, "vs_sgd_paired_std": 0.01414}]
     table = format_study(rows)
     assert "| sam | 53.00 ± 10.00 | 42.00, 64.00 | +3.00 ± 1.41 |" in table
+
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_relative_paths_in_a_study_file_are_relative_to_that_file(tmp_path, monkeypatch):
+    studies = tmp_path / "repo" / "studies"
+    (studies / "gpu").mkdir(parents=True)
+    (studies / "cpu.yaml").write_text(yaml.safe_dump(
+        spec(tmp_path, out="../results/cpu", base={"dataset": "digits", "data_root": "../data", "epochs": 1},
+             methods={"sgd": {"optimizer": "sgd"}, "sam": {"optimizer": "sam", "sam": {"data_root": "../sam"}}})))
+    (studies / "gpu" / "big.yaml").write_text(yaml.safe_dump({"extends": "../cpu.yaml", "out": "../../runs/big"}))
+    monkeypatch.chdir(tmp_path)  # neither the repository nor the studies' folder
+    cpu = load_study(Path("repo/studies/cpu.yaml"))
+    assert cpu.out.resolve() == tmp_path / "repo" / "results" / "cpu"
+    assert Path(cpu.config("sgd", 0).data_root).resolve() == tmp_path / "repo" / "data"
+    assert Path(cpu.config("sam", 0).data_root).resolve() == tmp_path / "repo" / "sam"
+    big = load_study(studies / "gpu" / "big.yaml")  # the parent's paths still mean what they meant there
+    assert big.out.resolve() == tmp_path / "repo" / "runs" / "big"
+    assert Path(big.config("sgd", 0).data_root).resolve() == tmp_path / "repo" / "data"
+    assert Path(big.config("sam", 0).data_root).resolve() == tmp_path / "repo" / "sam"
+
+
+def test_committed_studies_use_their_committed_results_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in sorted((ROOT / "benchmarks" / "studies").glob("*.yaml")):
+        study = load_study(path)
+        where = ROOT / ("runs" if path.name.startswith("paper-") else "benchmarks/results") / path.stem
+        assert study.out.resolve() == where, path.name
+        data_root = Path(study.config(next(iter(study.methods)), 0).data_root).resolve()
+        assert data_root in (ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT / "data"), path.name
+
+
+def _outputs(out: Path) -> dict[str, tuple[bytes, int]]:
+    return {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns)
+            for name in ("results.json", "results.csv", "results.md", "curves.png", "tradeoff.png")}
+
+
+def test_tabulating_unchanged_runs_again_writes_nothing(tmp_path, monkeypatch):
+    study = Study(spec(tmp_path, seeds=[0], hessian=None))
+    run_study(study, log=lambda _: None, progress=False)
+    before = _outputs(study.out)
+    # another working directory, command line and --jobs: none of them changes a run
+    monkeypatch.chdir(tmp_path / "study")
+    monkeypatch.setattr("sys.argv", ["/elsewhere/flatlab", "study", "again.yaml", "--jobs", "2"])
+    logs = []
+    run_study(study, log=logs.append, progress=False, jobs=2)
+    assert _outputs(study.out) == before  # same bytes, not even rewritten
+    assert "[study] sgd-seed0: finished, skipped" in logs
+    result = json.loads((study.out / "results.json").read_text())
+    assert result["jobs"] == 1 and "again.yaml" not in result["command"]  # the session that trained them
+
+
+def test_a_figure_with_the_same_pixels_is_left_alone(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    from flatlab.train.study import plot_tradeoff
+
+    rows = [{"method": "sgd", "is_reference": True, "test_top1_mean": 0.5, "test_top1_std": 0.01,
+             "speed_vs_sgd": 1.0},
+            {"method": "sam", "test_top1_mean": 0.52, "test_top1_std": 0.01, "speed_vs_sgd": 0.5,
+             "vs_sgd_paired_mean": 0.02, "vs_sgd_paired_std": 0.005}]
+    path = plot_tradeoff(rows, tmp_path / "tradeoff.png", title="t")
+    assert b"Software" not in path.read_bytes()  # it would name matplotlib's version
+    # the same picture as another matplotlib and zlib write it (committed elsewhere): other bytes
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "Matplotlib version0.0")
+    Image.open(path).save(path, pnginfo=info, compress_level=1)
+    committed = path.read_bytes()
+    plot_tradeoff(rows, path, title="t")
+    assert path.read_bytes() == committed
+    rows[1]["vs_sgd_paired_mean"] = 0.03  # another picture is written
+    plot_tradeoff(rows, path, title="t")
+    assert path.read_bytes() != committed
+
+
+def test_a_committed_study_tabulated_again_is_unchanged(tmp_path):
+    # a copy, laid out as in the repository: the study file and its finished runs (no checkpoints)
+    for name in ("sparse-overfit.yaml", "cpu-evidence.yaml"):
+        (tmp_path / "benchmarks" / "studies").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "benchmarks" / "studies" / name, tmp_path / "benchmarks" / "studies" / name)
+    committed = ROOT / "benchmarks" / "results" / "sparse-overfit"
+    copy = tmp_path / "benchmarks" / "results" / "sparse-overfit"
+    shutil.copytree(committed, copy)
+    logs = []
+    run_study(load_study(tmp_path / "benchmarks" / "studies" / "sparse-overfit.yaml"), log=logs.append)
+    assert not [line for line in logs if "starting" in line or "resuming" in line]
+    for name in ("results.json", "results.csv", "results.md"):
+        assert (copy / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_ctrl_c_stops_parallel_runs_with_one_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec(tmp_path, hessian=None, base={
+        "dataset": "digits", "model": "cnn", "width": 0.5, "epochs": 200, "threads": 1})))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a session of its own: Ctrl-C goes to the whole process group, workers included, as in a terminal
+    study = subprocess.Popen([sys.executable, "-m", "flatlab.cli", "study", str(path), "--jobs", "2"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        trained = 0
+        for line in study.stdout:  # both workers are past their first checkpoint
+            trained += re.search(r"\] epoch +2/", line) is not None
+            if trained == 2:
+                break
+        os.killpg(study.pid, signal.SIGINT)
+        _, err = study.communicate(timeout=120)
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+    assert study.returncode == 130
+    assert err.splitlines() == ["flatlab study: interrupted; completed runs and epochs are checkpointed: "
+                                "run the command again"]
+    run = tmp_path / "study" / "sgd-seed0"
+    assert (run / "checkpoint.pt").is_file() and not (run / "summary.json").exists()  # resumed next time

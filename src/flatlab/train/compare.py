@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError
+from ..fileio import atomic_write
 
 __all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table"]
 
@@ -174,7 +176,27 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | 
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Writes the matplotlib figure ``fig`` as a PNG, unless ``path`` already shows the same pixels: a
+    figure drawn again from unchanged runs leaves its file alone, also one written by another
+    matplotlib or zlib (whose bytes differ). No "Software" entry, which names matplotlib's version."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    if not (path.is_file() and _pixels(path.read_bytes()) == _pixels(buffer.getvalue())):
+        with atomic_write(path) as f:
+            f.write(buffer.getvalue())
     return path
+
+
+def _pixels(png: bytes) -> tuple[Any, ...] | None:
+    from PIL import Image  # a dependency of matplotlib
+
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            return image.size, image.convert("RGBA").tobytes()
+    except (OSError, ValueError):  # not a PNG: rewrite it
+        return None

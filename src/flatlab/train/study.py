@@ -11,9 +11,14 @@ The file names the shared settings, the methods (each a set of config changes) a
       sam: {optimizer: sam, rho: 0.05}
     hessian: {batches: 4, iters: 20}     # optional: top Hessian eigenvalue of each final model
 
+Relative paths in the file (``out``, which defaults to ``runs/NAME``, ``extends``, ``data_root``) are
+relative to the file's folder, so the study means the same from any working directory.
+
 ``flatlab study FILE`` runs every (method, seed) not finished yet (an interrupted run is resumed from
 its checkpoint, a finished one skipped), then writes ``results.json``, ``results.csv``,
 ``results.md``, ``curves.png`` and ``tradeoff.png`` into ``out``. Interrupt and rerun it at will.
+Tabulating unchanged runs again reproduces these files byte for byte (a figure whose pixels are
+unchanged is not rewritten), so a study committed with its results stays clean when rerun.
 
 ``--jobs N`` trains N runs at a time, each in its own process (give each ``threads`` = cores / N: on a
 small CPU model two one-thread runs make more images per second than one two-thread run). Every run's
@@ -22,14 +27,22 @@ images/s is then measured beside N-1 others, the same for every method, so the r
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import difflib
 import io
 import json
 import math
 import os
 import platform
+import re
+import signal
 import sys
+import threading
 import time
+import traceback
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +52,9 @@ from .. import __version__
 from ..analysis import top_eigenvalues
 from ..errors import UsageError, check_number
 from ..fileio import atomic_write_json, atomic_write_text, unwritable
-from ..optim import is_base_optimizer
-from .compare import _number, format_mean_std, load_run, markdown_table, mean_std, plot_runs
-from .config import TrainConfig, load_config_file
+from ..optim import is_base_optimizer, list_optimizers
+from .compare import _number, _save_png, format_mean_std, load_run, markdown_table, mean_std, plot_runs
+from .config import OPTIMIZER_FIELDS, TrainConfig, _not_taken, convert, load_config_file, optimizer_fields
 from .run import check_optimizer, load_trained, resume, train
 
 __all__ = ["Study", "load_study", "run_study", "summarise", "plot_tradeoff", "machine_info"]
@@ -50,61 +63,168 @@ _KEYS = {"name", "out", "seeds", "base", "methods", "hessian", "device", "extend
 
 
 class Study:
-    def __init__(self, spec: dict[str, Any], source: str = "<dict>"):
-        unknown = sorted(set(spec) - _KEYS)
-        if unknown:
-            allowed = ", ".join(sorted(_KEYS))
-            raise UsageError(f"{source}: unknown study keys: {', '.join(unknown)} (allowed: {allowed})")
+    """A study from its mapping ``spec``. ``source`` names the file in errors; ``root`` is the folder that
+    relative paths in ``spec`` are relative to (the file's; default the working directory);
+    ``origins`` names, for a study that extends another, the file each key was read from (``"base.lr"``,
+    ``"methods"``), so that an error points at the file to fix."""
+
+    def __init__(self, spec: dict[str, Any], source: str = "<dict>", *, root: str | Path | None = None,
+                 origins: dict[str, str] | None = None):
+        self.source = source
+        self._origins = origins or {}
+        for key in spec:
+            if key not in _KEYS:
+                self._refuse(key, f"unknown study key{_did_you_mean(key, _KEYS)} (allowed: {', '.join(sorted(_KEYS))})")
         if not isinstance(spec.get("methods"), dict) or not spec["methods"]:
-            raise UsageError(f"{source}: a study needs a non-empty 'methods' mapping")
+            self._refuse("methods", "a study needs a non-empty mapping of methods, e.g. 'sgd: {optimizer: sgd}'")
         seeds = spec.get("seeds", [0])
         if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                                 for s in seeds):
-            raise UsageError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+            self._refuse("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+        self.root = Path(root) if root is not None else None
         self.name = spec.get("name", "study")
-        self.out = Path(spec.get("out", f"runs/{self.name}"))
-        self.seeds = [int(s) for s in spec.get("seeds", [0])]
-        self.base = dict(spec.get("base", {}))
-        self.methods = {str(k): dict(v or {}) for k, v in spec["methods"].items()}
+        self.out = self._path(spec.get("out", f"runs/{self.name}"))
+        self.seeds = [int(s) for s in seeds]
+        self.base = self._entry("base", spec.get("base"))
+        self.methods = {str(k): self._entry(f"methods.{k}", v) for k, v in spec["methods"].items()}
         self.hessian = spec.get("hessian")
-        self.source = source
         for method in self.methods:
             self.config(method, self.seeds[0])  # validates every method's config up front
 
     def config(self, method: str, seed: int) -> TrainConfig:
-        run = {"seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
-        values = {**self.base, **self.methods[method], **run}
+        entry = self.methods[method]
+        values = {**self.base, **entry}
+        optimizer = values.get("optimizer", _DEFAULT_OPTIMIZER)
         try:
-            config = TrainConfig.from_dict(values)
+            taken = optimizer_fields(optimizer)
+        except UsageError as err:
+            self._refuse(f"methods.{method}.optimizer" if "optimizer" in entry else "base.optimizer", str(err))
+        for key in OPTIMIZER_FIELDS:  # a method option set for a method that does not read it
+            if values.get(key) is not None and key not in taken:
+                self._refuse(f"methods.{method}.{key}" if key in entry else f"base.{key}", _not_taken(optimizer, [key]))
+        run = {"seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
+        try:
+            config = TrainConfig.from_dict({**_with_root(values, self.root), **run}, source=self.source)
             check_optimizer(config)
             return config
-        except UsageError as err:
-            raise UsageError(f"{self.source}: method {method!r}: {err}") from err
+        except UsageError as err:  # a value out of range: the message names the field, find who set it
+            self._refuse(self._setter(method, str(err)), str(err))
 
     def run_dir(self, method: str, seed: int) -> Path:
         return self.out / f"{method}-seed{seed}"
+
+    def _refuse(self, key_path: str, message: str) -> typing.NoReturn:
+        """Raises ``FILE: KEY.PATH: message``, FILE being the file that holds the key."""
+        head = key_path.split(".")[0]
+        source = self._origins.get(".".join(key_path.split(".")[:2]) if head == "base" else head, self.source)
+        raise UsageError(f"{source}: {key_path}: {message}")
+
+    def _path(self, value: str) -> Path:
+        return Path(_join(self.root, value)) if self.root is not None else Path(value)
+
+    def _entry(self, where: str, values: Any) -> dict[str, Any]:
+        """``base`` or one method's changes, checked key by key: an unknown key, a value of the wrong
+        type or a method option in another method's section is refused with its key path."""
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            self._refuse(where, f"expected a mapping of config keys, got {type(values).__name__}")
+        for key, value in values.items():
+            if isinstance(value, dict) and key in list_optimizers():  # a section, used when that method runs
+                for option, setting in value.items():
+                    if option == "optimizer" or option not in TrainConfig.field_names():
+                        self._refuse(f"{where}.{key}.{option}", f"unknown key in section {key!r}"
+                                     f"{_did_you_mean(option, TrainConfig.field_names())}")
+                    if option in OPTIMIZER_FIELDS and setting is not None and option not in optimizer_fields(key):
+                        self._refuse(f"{where}.{key}.{option}", _not_taken(key, [option]))
+                    self._convert(f"{where}.{key}.{option}", option, setting)
+            elif key in TrainConfig.field_names():
+                self._convert(f"{where}.{key}", key, value)
+            else:
+                self._refuse(f"{where}.{key}", f"unknown config key{_did_you_mean(key, TrainConfig.field_names())}")
+        return dict(values)
+
+    def _convert(self, key_path: str, key: str, value: Any) -> None:
+        try:
+            convert(key, value)
+        except UsageError as err:
+            self._refuse(key_path, str(err))
+
+    def _setter(self, method: str, message: str) -> str:
+        """The key path of the value ``message`` refuses: the first key of the method's entry, then of
+        ``base``, whose field (or optimizer argument) the message names."""
+        for where, values in ((f"methods.{method}", self.methods[method]), ("base", self.base)):
+            for key in values:
+                names = {key, OPTIMIZER_FIELDS.get(key, key)}
+                if any(re.search(rf"\b{re.escape(name)}\b", message) for name in names):
+                    return f"{where}.{key}"
+        return f"methods.{method}"
+
+
+_DEFAULT_OPTIMIZER = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "optimizer")
+
+
+def _did_you_mean(key: str, choices) -> str:
+    close = difflib.get_close_matches(str(key), sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _join(root: str | Path, value: str) -> str:
+    """``value`` relative to ``root`` (lexically normalised); an absolute or ``~`` path unchanged."""
+    if os.path.isabs(os.path.expanduser(value)):
+        return value
+    return os.path.normpath(os.path.join(root, value))
+
+
+def _with_root(values: dict[str, Any], root: str | Path | None) -> dict[str, Any]:
+    """``values`` with a relative ``data_root`` (also in a method's section) made relative to ``root``."""
+    if root is None:
+        return values
+    out = {}
+    for key, value in values.items():
+        if key == "data_root" and isinstance(value, str):
+            value = _join(root, value)
+        elif isinstance(value, dict) and key != "model_args":
+            value = _with_root(value, root)
+        out[key] = value
+    return out
 
 
 def load_study(path: str | Path) -> Study:
     """Reads a study file. ``extends: other.yaml`` (relative to this file) starts from that study: this
     file's ``base`` entries override the other's one by one (``null`` restores a field's default), every
-    other key replaces the other's. A paper-scale study is then the CPU study plus what scale changes."""
-    return Study(_resolve_extends(Path(path), seen=()), source=str(path))
+    other key replaces the other's. A paper-scale study is then the CPU study plus what scale changes.
+    Relative paths in each file are relative to that file's folder."""
+    path = Path(path)
+    origins: dict[str, str] = {}
+    spec = _resolve_extends(path, seen=(), origins=origins)
+    return Study(spec, source=str(path), root=path.parent, origins=origins)
 
 
-def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _resolve_extends(path: Path, seen: tuple[Path, ...], origins: dict[str, str]) -> dict[str, Any]:
+    """The study in ``path`` merged over the one it extends, with the parent's relative paths made
+    relative to this file's folder; ``origins`` gets the file each top-level and ``base.`` key comes from."""
     spec = load_config_file(path)
     parent = spec.pop("extends", None)
-    if parent is None:
-        return spec
-    parent_path = (path.parent / parent).resolve()
-    if parent_path in seen or parent_path == path.resolve():
-        raise UsageError(f"{path}: 'extends' makes a cycle through {parent_path}")
-    merged = _resolve_extends(parent_path, seen + (path.resolve(),))
-    base = {**merged.get("base", {}), **spec.pop("base", {})}
-    merged.update(spec)
-    merged["base"] = {k: v for k, v in base.items() if v is not None}
-    return merged
+    own = {key: str(path) for key in spec}
+    if isinstance(spec.get("base"), dict):
+        own.update({f"base.{key}": str(path) for key in spec["base"]})
+    if parent is not None:
+        parent_path = (path.parent / parent).resolve()
+        if parent_path in seen or parent_path == path.resolve():
+            raise UsageError(f"{path}: extends: makes a cycle through {parent_path}")
+        merged = _resolve_extends(parent_path, seen + (path.resolve(),), origins)
+        here = os.path.relpath(parent_path.parent, path.resolve().parent)
+        if isinstance(merged.get("out"), str):
+            merged["out"] = _join(here, merged["out"])
+        for key in ("base", "methods"):
+            if isinstance(merged.get(key), dict):
+                merged[key] = _with_root(merged[key], here)
+        base = {**(merged.get("base") or {}), **(spec.pop("base", None) or {})}
+        merged.update(spec)
+        merged["base"] = {k: v for k, v in base.items() if v is not None}
+        spec = merged
+    origins.update(own)
+    return spec
 
 
 def machine_info() -> dict[str, Any]:
@@ -164,8 +284,6 @@ def _run_one(study: Study, method: str, seed: int, log=print, progress: bool | N
     if rerun:
         log(f"[study] {run_dir.name}: training again (--rerun)")
         train(study.config(method, seed), overwrite=True, log=log, progress=progress)
-    elif (run_dir / "summary.json").is_file():
-        log(f"[study] {run_dir.name}: finished, skipped")
     elif (run_dir / "checkpoint.pt").is_file():
         log(f"[study] {run_dir.name}: resuming")
         resume(run_dir, log=log, progress=progress)
@@ -181,12 +299,69 @@ def _prefixed_print(prefix: str):
     return log
 
 
-def _worker(task: tuple[Study, str, int, bool]) -> str:
+def _worker(task: tuple[Study, str, int, bool], results) -> None:
+    """One run in its own process; sends ``(name, error, traceback)`` back through ``results``."""
     study, method, seed, rerun = task
-    _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False, rerun=rerun)
-    if study.hessian:  # here rather than in the summary, so that it runs in parallel too
-        _top_eigenvalue(study.run_dir(method, seed), dict(study.hessian))
-    return f"{method}-seed{seed}"
+    try:
+        _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False, rerun=rerun)
+        if study.hessian:  # here rather than in the summary, so that it runs in parallel too
+            _top_eigenvalue(study.run_dir(method, seed), dict(study.hessian))
+        results.send((f"{method}-seed{seed}", None, None))
+    except Exception as err:  # raised again by the study's process
+        results.send((f"{method}-seed{seed}", err, traceback.format_exc()))
+
+
+def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> None:
+    """Trains ``tasks`` ``jobs`` at a time, each in a fresh process (spawn: no forked torch thread pools;
+    one run per process: a long study does not accumulate memory).
+
+    The terminal sends Ctrl-C to every process of the command: the runs' processes ignore it from
+    their start (they would each print a traceback), and this one stops them. Their checkpoints are
+    written atomically, so running the study again resumes them."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+    from multiprocessing.pool import RemoteTraceback
+
+    context = multiprocessing.get_context("spawn")
+    pending, running = list(tasks), {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(pending.pop(0), send))
+                with _sigint_ignored():
+                    process.start()
+                send.close()
+                running[receive] = process
+            for receive in wait(list(running)):
+                process = running.pop(receive)
+                try:
+                    name, error, trace = receive.recv()
+                except EOFError:  # it died without a word (killed, out of memory)
+                    process.join()
+                    raise RuntimeError(f"a study run's process ended with exit code {process.exitcode}") from None
+                process.join()
+                if error is not None:
+                    raise error from RemoteTraceback(trace)
+                log(f"[study] {name}: done")
+    finally:
+        for process in running.values():
+            process.terminate()
+            process.join()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignores Ctrl-C while a process starts: it inherits that, and Python then installs no handler
+    for it. (A Ctrl-C in these few milliseconds is lost.)"""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1,
@@ -202,25 +377,50 @@ def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: in
     if reason:
         raise UsageError(f"cannot write the study into {study.out}: {reason}")
     study.out.mkdir(parents=True, exist_ok=True)
-    # seed-major: a study cut short still has every method at its first seeds
-    tasks = [(study, m, s, rerun) for s in study.seeds for m in study.methods]
+    tasks = []
+    for seed in study.seeds:  # seed-major: a study cut short still has every method at its first seeds
+        for method in study.methods:
+            if not rerun and (study.run_dir(method, seed) / "summary.json").is_file():
+                log(f"[study] {method}-seed{seed}: finished, skipped")  # here: no process started for it
+            else:
+                tasks.append((study, method, seed, rerun))
     if jobs == 1:
         for _, method, seed, _ in tasks:
             _run_one(study, method, seed, log=log, progress=progress, rerun=rerun)
     else:
-        import multiprocessing
-
-        # spawn: a fresh interpreter per run (no forked torch thread pools); one task per process so a
-        # long study does not accumulate memory. Ctrl-C terminates the workers; their checkpoints are
-        # written atomically, so rerunning resumes them.
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(processes=jobs, maxtasksperchild=1) as pool:
-            for name in pool.imap_unordered(_worker, tasks):
-                log(f"[study] {name}: done")
-    return summarise(study, log=log, jobs=jobs)
+        _run_parallel(tasks, jobs, log)
+    return summarise(study, log=log, session=_session(jobs) if tasks else None)
 
 
-def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
+# where the runs were trained: kept as recorded when a study is only tabulated again
+_SESSION_KEYS = ("flatlab", "torch", "jobs", "machine", "command")
+
+
+def _session(jobs: int) -> dict[str, Any]:
+    return {"flatlab": __version__, "torch": torch.__version__, "jobs": jobs, "machine": machine_info(),
+            "command": " ".join(sys.argv)}
+
+
+def _recorded_session(path: Path) -> dict[str, Any] | None:
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {key: recorded.get(key) for key in _SESSION_KEYS} if isinstance(recorded, dict) else None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Writes ``text`` unless ``path`` holds it already (its time stamp then says when it changed)."""
+    if not (path.is_file() and path.read_bytes() == text.encode()):
+        atomic_write_text(path, text)
+
+
+def summarise(study: Study, log=print, session: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Tabulates the finished runs into ``results.{json,csv,md}``, ``curves.png`` and ``tradeoff.png``.
+    ``session`` says where the runs were trained (versions, ``jobs``, machine, command); without it the
+    one ``results.json`` records is kept (the current process's where there is none), so that
+    tabulating unchanged runs again writes the same files."""
+    session = session or _recorded_session(study.out / "results.json") or _session(1)
     rows = []
     for method in study.methods:
         runs = [load_run(study.run_dir(method, s)) for s in study.seeds]
@@ -255,22 +455,26 @@ def summarise(study: Study, log=print, jobs: int = 1) -> list[dict[str, Any]]:
         # the per-seed difference to SGD is far less noisy than the two means apart
         diffs = [a - b for a, b in zip(row["test_top1_per_seed"], sgd["test_top1_per_seed"])] if sgd else []
         row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = mean_std(diffs)
+    # the study file relative to the results, which holds wherever the study is run from
+    source = study.source
+    if os.path.isfile(source):
+        source = os.path.relpath(os.path.abspath(source), os.path.abspath(study.out))
     result = {
         "study": study.name,
-        "source": study.source,
-        "flatlab": __version__,
-        "torch": torch.__version__,
+        "source": source,
+        "flatlab": session["flatlab"],
+        "torch": session["torch"],
         "threads_per_run": study.base.get("threads"),
-        "jobs": jobs,
-        "machine": machine_info(),
-        "command": " ".join(sys.argv),
+        "jobs": session["jobs"],
+        "machine": session["machine"],
+        "command": session["command"],
         "base": study.base,
         "rows": rows,
     }
-    atomic_write_json(study.out / "results.json", _nan_to_none(result))  # strict JSON: no NaN
-    atomic_write_text(study.out / "results.csv", _csv(rows))
+    _write_text(study.out / "results.json", json.dumps(_nan_to_none(result), indent=2) + "\n")  # strict: no NaN
+    _write_text(study.out / "results.csv", _csv(rows))
     table = format_study(rows)
-    atomic_write_text(study.out / "results.md", f"# {study.name}\n\n{table}\n")
+    _write_text(study.out / "results.md", f"# {study.name}\n\n{table}\n")
     try:
         grid = [(m, s) for m in study.methods for s in study.seeds]
         plot_runs([study.run_dir(m, s) for m, s in grid], study.out / "curves.png", labels=[m for m, _ in grid])
@@ -319,10 +523,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "")
     if has_eig:
         axes[1].set(xlabel="top Hessian eigenvalue of the final model", ylabel="test top-1 (%)", xscale="log")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save_png(fig, path)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
