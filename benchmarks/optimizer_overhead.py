@@ -108,10 +108,15 @@ def memory(name: str, width: int, x, y) -> tuple[float, float]:
     model, opt = build(name, width)
     for _ in range(2):
         train_step(model, opt, x, y)
-    # the profiler sees no free of a block allocated before it started: start without gradients
-    opt.zero_grad(set_to_none=True)
     own = state_bytes(opt) if isinstance(opt, flatlab.SharpnessAware) else 0
-    return own, peak_memory(lambda: train_step(model, opt, x, y)).peak
+
+    def previous_step():
+        # under the profiler, so that it sees the frees of what this step leaves (gradients, a
+        # single-pass method's pending direction) when the measured step releases them
+        train_step(model, opt, x, y)
+        opt.zero_grad(set_to_none=True)
+
+    return own, peak_memory(lambda: train_step(model, opt, x, y), setup=previous_step).peak
 
 
 def main() -> None:
