@@ -1,6 +1,7 @@
 """`flatlab train` under torchrun (2 CPU processes, gloo) against one process with the same global batch."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,16 +16,24 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 COMMON = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, lr=0.05, crop_padding=0, flip=False,
               threads=1)  # no augmentation and no BatchNorm: the maths makes both runs equal
+INTERRUPTED = Path(__file__).with_name("interrupted_train.py")  # stops (Ctrl-C) after a given step
+
+
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def flags(config: dict) -> list[str]:
+    args = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        args += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    return args
 
 
 def torchrun(tmp_path, name, **config):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "flatlab.cli", "train", "--out", str(tmp_path), "--name", name]
-    for key, value in {**COMMON, **config}.items():
-        flag = "--" + key.replace("_", "-")
-        args += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    args = [*LAUNCH, "-m", "flatlab.cli", "train", "--out", str(tmp_path), "--name", name, *flags({**COMMON, **config})]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / name
 
@@ -86,22 +95,56 @@ def test_fsdp_equals_one_process_with_the_global_batch(tmp_path, optimizer, extr
 def test_fsdp_run_resumes_exactly(tmp_path):
     """Stopped in epoch 2 (after its checkpoint of epoch 1), resumed: the same weights as straight."""
     straight = torchrun(tmp_path, "straight", optimizer="sam", fsdp=True, epochs=3)
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(Path(__file__).with_name("interrupted_train.py")), "30", "train", "--out", str(tmp_path),
-            "--name", "stopped", "--optimizer", "sam", "--fsdp", "--epochs", "3"]
-    for key, value in COMMON.items():
-        if key == "epochs":
-            continue
-        flag = "--" + key.replace("_", "-")
-        args += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)  # exits 130: interrupted
+    args = [*LAUNCH, str(INTERRUPTED), "30", "train", "--out", str(tmp_path), "--name", "stopped",
+            *flags({**COMMON, "optimizer": "sam", "fsdp": True, "epochs": 3})]
+    subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)  # exits 130: interrupted
     assert (tmp_path / "stopped" / "checkpoint.pt").exists() and not (tmp_path / "stopped" / "model.pt").exists()
-    resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-              "flatlab.cli", "train", "--resume", str(tmp_path / "stopped")]
-    done = subprocess.run(resume, capture_output=True, text=True, timeout=300, env=env)
+    resume = [*LAUNCH, "-m", "flatlab.cli", "train", "--resume", str(tmp_path / "stopped")]
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=300, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     a = torch.load(straight / "model.pt")["model"]
     b = torch.load(tmp_path / "stopped" / "model.pt")["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_rank_0_alone_reports_and_writes_the_global_values(tmp_path):
+    """Rank 1 once wrote its own summary.json (no history: "epochs": 0, NaN) over rank 0's, printed a
+    second done: line (nan% in a new run, the checkpoint's stale values after a resume), and the
+    epoch's train loss/accuracy were rank 0's half of the batch. Three runs (--seeds), the first
+    interrupted in epoch 2 and resumed: one report, one writer, the values of one process with the
+    global batch."""
+    seeds, epochs = (0, 1, 2), 2
+    config = {**COMMON, "optimizer": "sam", "sync_first_pass": True, "epochs": epochs}  # DDP == one process
+    cli = ["train", "--out", str(tmp_path), "--name", "r", "--seeds", ",".join(map(str, seeds)), *flags(config)]
+    # 22 steps an epoch: stopped in epoch 2 of seed 0, after its checkpoint of epoch 1
+    subprocess.run([*LAUNCH, str(INTERRUPTED), "30", *cli], capture_output=True, text=True, timeout=300, env=ENV)
+    assert (tmp_path / "r-seed0" / "checkpoint.pt").exists() and not (tmp_path / "r-seed0" / "summary.json").exists()
+    # the same command again resumes seed 0 and trains seeds 1 and 2; --tee prefixes each line with its rank
+    done = subprocess.run([*LAUNCH, "--tee", "3", "-m", "flatlab.cli", *cli], capture_output=True, text=True,
+                          timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert not [x for x in lines if x.startswith("[default1]")], done.stdout  # rank 1 says nothing
+    assert sum("resuming" in x for x in lines) == 1
+    done_lines = [x for x in lines if "done:" in x]
+    assert len(done_lines) == len(seeds) and not any("nan" in x for x in done_lines), done_lines
+    assert sum(x.startswith("[default0]:| sam | 3 |") for x in lines) == 1  # the --seeds table, once
+
+    for seed, line in zip(seeds, done_lines):
+        run_dir = tmp_path / f"r-seed{seed}"
+        assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+            ["config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt"])  # no temporaries
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert summary["epochs"] == epochs and [r["epoch"] for r in rows] == [1, 2]
+        assert all(math.isfinite(v) for v in summary.values() if isinstance(v, float)), summary
+        assert summary["final_train_loss"] == rows[-1]["train_loss"]
+        assert f"top-1 {100 * summary['final_test_top1']:.2f}%" in line and str(run_dir) in line
+        # one process over the same global batches (no augmentation, no BatchNorm)
+        one = train(TrainConfig(**config, seed=seed, out=str(tmp_path / "one"), name=f"s{seed}"), log=lambda *_: None)
+        ones = [json.loads(x) for x in (one.run_dir / "metrics.jsonl").read_text().splitlines()]
+        for r, o in zip(rows, ones, strict=True):
+            assert r["train_loss"] == pytest.approx(o["train_loss"], rel=1e-4)
+            assert r["train_acc"] == pytest.approx(o["train_acc"], abs=1.5 / 1408)  # 22 batches of 64
+            assert r["test_top1"] == pytest.approx(o["test_top1"], abs=1 / 360 + 1e-9)

@@ -19,6 +19,7 @@ from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
 from ..train.config import Layer, _field_kinds, convert
+from ..train.distributed import launched_rank
 from ..train.run import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
 from .analysis import add_analysis_commands
@@ -118,18 +119,19 @@ def _train(args: argparse.Namespace) -> int:
     # one directory per seed whatever the name; a seed already trained with this config is kept (or
     # resumed), so that an interrupted --seeds run finishes when run again
     configs = [config.replace(seed=s, name=f"{config.name}-seed{s}" if config.name else None) for s in args.seeds]
+    say = print if launched_rank() == 0 else lambda *_: None  # under torchrun, rank 0 reports for all
     run_dirs = []
     for seed_config in configs:
         run_dir = Path(seed_config.out) / seed_config.run_name()
         same = not args.overwrite and _holds_same_run(run_dir, seed_config)
         if same and (run_dir / "summary.json").is_file():
-            print(f"{run_dir}: already trained with this config, kept")
+            say(f"{run_dir}: already trained with this config, kept")
         elif same and (run_dir / "checkpoint.pt").is_file():
             resume(run_dir, progress=args.progress)
         else:
             train(seed_config, overwrite=args.overwrite, progress=args.progress)
         run_dirs.append(run_dir)
-    print(format_table(compare_runs(run_dirs)))
+    say(format_table(compare_runs(run_dirs)))
     return 0
 
 

@@ -26,14 +26,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..optim import SharpnessAware, create_optimizer, micro_batches
 from ..optim.registry import BASE_OPTIMIZERS, base_options
 from ._window import check_window_feeds_mask
 
-__all__ = ["SharpnessAwareTrainer", "per_example_loss", "rows_of"]
+__all__ = ["SharpnessAwareTrainer", "per_example_loss", "rows_of", "shifts_labels", "base_model"]
 
 
 def per_example_loss(logits: Tensor, labels: Tensor, *, shift: bool = False, problem_type: str | None = None) -> Tensor:
@@ -59,6 +59,63 @@ def per_example_loss(logits: Tensor, labels: Tensor, *, shift: bool = False, pro
     if problem_type == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1)
     return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def shifts_labels(model: nn.Module, batch: dict[str, Any]) -> bool | None:
+    """Whether ``model``'s own loss on ``batch`` is a causal LM's (logits at t scored against the
+    label at t + 1): True or False when it clearly matches the shifted or the unshifted token mean
+    of the same forward's logits; None when the model gives no loss or logits, or matches neither
+    clearly (a loss with an added auxiliary term, ties of an untrained model).
+
+    The model's own loss is the reference :func:`per_example_loss` must agree with, and it is there
+    whatever wraps the model (peft, ``torch.compile``, DDP, FSDP, DeepSpeed) and whatever the model
+    is (a vision-language model, remote code), where its class name would need a list that misses
+    some. It costs one forward of one batch, without gradients and in eval mode: no dropout, so no
+    random numbers are drawn and a resumed run still takes the steps of a straight one.
+    """
+    labels = batch.get("labels")
+    if not isinstance(labels, Tensor) or labels.dim() != 2:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**batch)
+    finally:
+        model.train(was_training)
+    loss, logits = (out.get("loss"), out.get("logits")) if isinstance(out, dict) else (None, None)
+    if loss is None or not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        return None
+
+    def gap(shift: bool) -> float:
+        x, y = (logits[:, :-1], labels[:, 1:]) if shift else (logits, labels)
+        mean = F.cross_entropy(x.float().transpose(1, 2), y, ignore_index=-100)  # the token mean, as models take it
+        return abs(float(loss) - float(mean))
+
+    shifted, plain = gap(True), gap(False)
+    # "clearly": the model's loss equals the same logits' matching mean to rounding (a loss taken in
+    # bf16 is off by ~1e-2), while the other one is off by tenths even untrained (0.2 for the tests'
+    # random tiny GPT-2: a tied embedding predicts the current token) and by nats once trained
+    if shifted * 10 < plain:
+        return True
+    if plain * 10 < shifted:
+        return False
+    return None
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model inside wrappers: peft (``get_base_model()``), ``torch.compile``
+    (``_orig_mod``), DDP, FSDP, DeepSpeed and accelerate's wrappers (``module``)."""
+    while not isinstance(model, PreTrainedModel):
+        if hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        else:
+            inner = getattr(model, "_orig_mod", None)
+            inner = getattr(model, "module", None) if inner is None else inner
+        if not isinstance(inner, nn.Module) or inner is model:
+            break
+        model = inner
+    return model
 
 
 def rows_of(inputs: dict[str, Any], idx: Tensor | None) -> dict[str, Any]:
@@ -154,6 +211,7 @@ class SharpnessAwareTrainer(Trainer):
         self._per_example_loss = per_example_loss
         self._window: list[dict[str, Any]] = []
         self._scaler = None
+        self._shift: bool | None = None  # whether labels are shifted (a causal LM); see _decide_shift
         self.sharpness_aware: SharpnessAware | None = None
         super().__init__(*args, **kwargs)
         if isinstance(self.optimizer, SharpnessAware):
@@ -225,7 +283,15 @@ class SharpnessAwareTrainer(Trainer):
         return getattr(self.accelerator.unwrap_model(self.model), "config", None)
 
     def _is_causal_lm(self) -> bool:
-        return self.accelerator.unwrap_model(self.model)._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        if self._shift is None:  # no batch decided it (a custom per_example_loss): the model's class
+            self._shift = type(base_model(self.model)).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        return self._shift
+
+    def _decide_shift(self, model: nn.Module, batch: dict[str, Any]) -> None:
+        """Decides, once, from the model's own loss on the first batch (:func:`shifts_labels`);
+        the model's class decides where that loss cannot."""
+        if self._shift is None and self._per_example_loss is None:
+            self._shift = shifts_labels(model, batch)
 
     def _problem_type(self, labels: Tensor) -> str | None:
         config = self._config()
@@ -244,6 +310,7 @@ class SharpnessAwareTrainer(Trainer):
         if not self.accelerator.sync_gradients:
             return torch.zeros((), device=self.args.device)
         window, self._window = self._window, []
+        self._decide_shift(model, window[0])
         if opt.mask_due and not opt.coordinates.has_data_source:
             opt.update_mask(self.model, [(b["input_ids"], b["labels"]) for b in window], self._fisher_loss)
         scale = self._scaler.get_scale() if self._scaler is not None else None

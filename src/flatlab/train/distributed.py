@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "setup_distributed", "launched_rank"]
 
 
 @dataclass
@@ -37,13 +39,26 @@ class Distributed:
         dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             # The DDP module of the run (in reference cycles with its optimizer) must be freed
             # while the process group lives: a reducer destroyed at interpreter exit tears down
             # gloo threads mid-flight and aborts ("terminate called without an active exception").
+            # The group itself lives on for the process's next run (see setup_distributed).
             gc.collect()
-            dist.destroy_process_group()
+
+
+def launched_rank() -> int:
+    """This process's rank under torchrun (0 when not launched by it), before any process group."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def setup_distributed(device: torch.device) -> Distributed:
@@ -51,8 +66,17 @@ def setup_distributed(device: torch.device) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
-    rank = int(os.environ["RANK"])
+    rank = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # One group for the life of the process: a group destroyed and created again in the same
+        # torchrun worker (the runs of `flatlab train --seeds`) hangs in its rendezvous.
+        atexit.register(_destroy)
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()

@@ -446,6 +446,10 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
         except ImportError as err:
             raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard "
                                          "(or flatlab[tensorboard])") from err
+    if not dist.is_main:
+        # rank 0 alone reports and writes the run, with the values reduced over all ranks; the
+        # others' own views (an empty or stale history) would contradict it
+        log = _silent
     run = _Run(config, run_dir, dist, device)
     board = None
     history: list[dict[str, Any]] = []
@@ -455,8 +459,8 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
         check_checkpoint_matches(state, config, checkpoint_path)
         _load_states(run, state, checkpoint_path)
         # metrics written after the last checkpoint belong to an epoch that will be redone
-        history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)
         if dist.is_main:
+            history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)
             _write_metrics(run_dir / "metrics.jsonl", history)
             meta_path = run_dir / "config.json"
             if json.loads(meta_path.read_text()).get("config") != config.to_dict():  # a new --data-root
@@ -495,10 +499,12 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
             raise TrainingInterrupted(f"interrupted in the first epoch, before any checkpoint: nothing was "
                                       f"saved{kept}") from None
         run.epoch = epoch + 1
-        row: dict[str, Any] = {"epoch": run.epoch, "train_loss": stats.loss, "train_acc": stats.accuracy}
-        counts = dist.all_reduce_sum([stats.images, stats.seconds], device)
-        row["images_per_s"] = counts[0] / (counts[1] / dist.world_size)
-        row["train_time_s"] = counts[1] / dist.world_size
+        # each rank saw its shard of the epoch: sums over all ranks give the epoch's loss and accuracy
+        loss_sum, correct, images, seconds = dist.all_reduce_sum(
+            [stats.loss * stats.images, round(stats.accuracy * stats.images), stats.images, stats.seconds], device)
+        row: dict[str, Any] = {"epoch": run.epoch, "train_loss": loss_sum / images, "train_acc": correct / images}
+        row["images_per_s"] = images / (seconds / dist.world_size)
+        row["train_time_s"] = seconds / dist.world_size
         row["lr"] = run.optimizer.param_groups[0]["lr"]
         if run.epoch % config.eval_every == 0 or run.epoch == config.epochs:
             if dist.is_main or run.sharded:  # a sharded forward needs every rank
@@ -524,22 +530,27 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
 
     if board is not None:
         board.close()
-    summary = _summary(run, history)
+    summary = _summary(run, history) if dist.is_main else None
     with _unperturbed(run.optimizer):
         # saved inside the block: the state dict refers to the parameters, which hold w only here
         final = run.model_state() if dist.is_main or run.sharded else None
         if dist.is_main:
             save_checkpoint(run_dir / "model.pt", {"model": final, "config": config.to_dict()})
-        atomic_write_json(run_dir / "summary.json", summary)
-        if "sparsity" in summary:
-            log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
-                f"{summary['sparsity']['overall']['weight_sparsity']:.4f}), training FLOPs "
-                f"{summary['training_flops_vs_dense_sgd']:.3f} x dense SGD")
-        split = "test" if config.holdout is None else "held-out"
-        log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% "
-            f"(best {100 * summary['best_test_top1']:.2f}%), "
-            f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
+            atomic_write_json(run_dir / "summary.json", summary)
+    summary = dist.broadcast(summary)  # every rank returns the summary rank 0 wrote
+    if "sparsity" in summary:
+        log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
+            f"{summary['sparsity']['overall']['weight_sparsity']:.4f}), training FLOPs "
+            f"{summary['training_flops_vs_dense_sgd']:.3f} x dense SGD")
+    split = "test" if config.holdout is None else "held-out"
+    log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% "
+        f"(best {100 * summary['best_test_top1']:.2f}%), "
+        f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
     return RunResult(run_dir, summary)
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
