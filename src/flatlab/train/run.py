@@ -48,6 +48,7 @@ from .data import build_data
 from .distributed import Distributed, setup_distributed
 from .lock import run_lock
 from .loop import StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
+from .memory import check_memory
 from .schedule import create_scheduler
 from .sharding import full_state, reshard_like, shard_model
 
@@ -194,6 +195,8 @@ class _Run:
         self.config, self.run_dir, self.dist, self.device = config, run_dir, dist, device
         torch.manual_seed(config.seed)
         self.data = build_data(config, device, dist.rank, dist.world_size)
+        check_memory(config, self.data.num_classes, self.data.in_channels, self.data.image_size, device,
+                     dist.world_size)
         model = create_model(
             config.resolved_model(), num_classes=self.data.num_classes, in_channels=self.data.in_channels,
             width=config.width, **config.model_args,
