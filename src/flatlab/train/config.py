@@ -87,7 +87,8 @@ class TrainConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits (embedded, no files), cifar10, cifar100, fashion-mnist, mnist or imagefolder"})
     data_root: str | None = field(default=None, metadata={
-        "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache)"})
+        "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache; none for the "
+                "embedded digits)"})
     download: bool = field(default=False, metadata={
         "help": "download missing official dataset files (CIFAR, MNIST, Fashion-MNIST)"})
     stream: bool = field(default=False, metadata={
@@ -199,7 +200,7 @@ class TrainConfig:
         "help": "evaluate on the test set every N epochs (and after the last)"})
     out: str = field(default="runs", metadata={"help": "folder that holds the run directories"})
     name: str | None = field(default=None, metadata={
-        "help": "run directory name under --out (default: derived from the config)"})
+        "help": "run directory name under --out, a plain name without '/' (default: derived from the config)"})
     tensorboard: bool = field(default=False, metadata={
         "help": "also write the per-epoch metrics for TensorBoard into RUN/tensorboard (needs the tensorboard "
                 "package: pip install flatlab[tensorboard])"})
