@@ -77,6 +77,16 @@ def test_an_old_digits_run_that_saved_a_data_root_still_loads(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_a_saved_config_drops_what_had_no_effect_and_keeps_the_rest():
+    old = {"optimizer": "sgd", "rho": 0.05, "dataset": "digits", "data_root": "/data"}
+    config = TrainConfig.from_dict(old, "config.json", lenient=True)
+    assert (config.rho, config.data_root, config.optimizer) == (None, None, "sgd")
+    cifar = TrainConfig.from_dict({**old, "dataset": "cifar10"}, "config.json", lenient=True)
+    assert (cifar.rho, cifar.data_root) == (None, "/data")
+    with pytest.raises(ValueError, match="data_root"):
+        TrainConfig.from_dict({"data_root": "/data"}, "config.json")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train-subset", "1438"], "train_subset=1438 is more than the 1437 training samples of digits"),
     (["--test-subset", "361"], "test_subset=361 is more than the 360 test samples of digits"),

@@ -316,10 +316,10 @@ class TrainConfig:
         extra = [k for k in OPTIMIZER_FIELDS if merged.get(k) is not None and k not in taken]
         if extra and lenient:
             merged = {k: v for k, v in merged.items() if k not in extra}
-        if lenient and merged.get("data_root") is not None and is_embedded(merged.get("dataset", "digits")):
-            del merged["data_root"]
         elif extra:
             raise UsageError(_not_taken(method_optimizer, extra[:1], origin[extra[0]].where(extra[0], "set")))
+        if lenient and merged.get("data_root") is not None and is_embedded(merged.get("dataset", "digits")):
+            del merged["data_root"]
         base = base_of(method_optimizer, merged.get("base", "sgd"))
         for key, arg in _BASE_FIELDS.items():
             if key in merged and origin[key].source is None and arg not in base_options(base):
