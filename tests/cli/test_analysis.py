@@ -279,3 +279,16 @@ def test_flag_defaults_are_the_library_defaults():
         for name in ("batches", "batch_size", "split", "seed", "out", *(f for f, _, _ in command.flags)):
             assert getattr(args, name) == signature[name].default, (command.name, name)
         assert args.device == inspect.signature(open_run).parameters["device"].default
+
+
+def test_without_a_terminal_a_long_analysis_prints_plain_progress_lines(runs, capsys, monkeypatch):
+    """A 6-minute ``flatlab hessian`` logged to a file printed nothing until its table: now a line
+    every PLAIN_EVERY seconds (0 here: every step), and none with --no-progress."""
+    monkeypatch.setattr("flatlab.cli.analysis.PLAIN_EVERY", 0)
+    args = ["hessian", runs["sgd"], "--batches", 1, "--k", 1, "--iters", 4, "--trace-samples", 0, "--density", 0,
+            "--out", runs["sgd"] / "plain"]
+    assert cli(*args) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Lanczos" in line]
+    assert lines[0].startswith("sgd: Lanczos top-1: 1/4 (25%), ") and lines[-1].startswith("sgd: Lanczos top-1: 4/4")
+    assert cli(*args, "--no-progress") == 0
+    assert capsys.readouterr().err == ""

@@ -46,6 +46,14 @@ def _field_type(name: str):
     return parse
 
 
+def seed_list(text: str) -> list[int]:
+    """The ``type`` of ``--seeds``: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, e.g. 0,1,2, got {text!r}") from None
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
     for f in dataclasses.fields(TrainConfig):
@@ -68,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML or JSON file of config keys")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    train.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], metavar="0,1,2",
+    train.add_argument("--seeds", type=seed_list, metavar="0,1,2",
                        help="run the same config once per seed, then compare")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: on a terminal only)")

@@ -41,7 +41,7 @@ from ..analysis import plots as _plots_module
 from ..data import Batch, normalize
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError
 from ..fileio import atomic_write_json, unwritable
-from ..progress import Progress
+from ..progress import PLAIN_EVERY, Progress
 from ..train import load_trained, resolve_device
 from ..train.compare import markdown_table
 
@@ -285,12 +285,14 @@ def _no_progress(_desc: str) -> Iterator[None]:
     yield None
 
 
-def progress_bars(enabled: bool | None = None) -> ProgressFactory:
-    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`
-    (on a terminal only, unless ``enabled``)."""
+def progress_bars(enabled: bool | None = None, every: float | None = None) -> ProgressFactory:
+    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`:
+    a bar on a terminal (or where ``enabled``), else a plain line every ``every`` seconds (default
+    :data:`~flatlab.progress.PLAIN_EVERY`), so that a long analysis logged to a file shows it is alive;
+    nothing where ``enabled`` is False."""
     @contextlib.contextmanager
     def factory(desc: str) -> Iterator[Callable[[int, int], None]]:
-        bar = Progress(0, desc, enabled=enabled)
+        bar = Progress(0, desc, enabled=enabled, every=PLAIN_EVERY if every is None else every)
 
         def update(done: int, total: int) -> None:
             bar.total = total
@@ -769,7 +771,8 @@ def _common_flags(parser: argparse.ArgumentParser, analyse: Callable, several: s
     _flag(parser, analyse, "out", "output folder (default: RUN/analysis/; comparison figures: the first run's)",
           type=Path)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bars (default: on a terminal only)")
+                        help=f"progress bars on a terminal, elsewhere a line every {PLAIN_EVERY:g} s "
+                             "(default: on; --no-progress: neither)")
 
 
 def _setup(args: argparse.Namespace) -> dict:

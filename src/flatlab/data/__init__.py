@@ -24,7 +24,7 @@ from .errors import DatasetFormatError
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .imagefolder import ImageFolderDataset, load_image_folder
 from .loader import Batch, BatchLoader
-from .registry import DEFAULT_DATASET, list_datasets, load_dataset, register_dataset, unregister_dataset
+from .registry import DEFAULT_DATASET, is_embedded, list_datasets, load_dataset, register_dataset, unregister_dataset
 from .transforms import random_resized_crop, resize_center_crop
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "download_verified",
     "draw_augment",
     "hflip",
+    "is_embedded",
     "list_datasets",
     "load_cifar10",
     "load_cifar100",

@@ -57,6 +57,20 @@ _ALIASES = {
 }
 
 
+_EMBEDDED = {"digits"}  # shipped inside the package: no files to read, nothing to download
+
+
+def is_embedded(name: str) -> bool:
+    """Whether the dataset ``name`` ships inside flatlab (so a ``root`` has nothing to point at).
+
+    Example:
+        >>> is_embedded("digits"), is_embedded("CIFAR-10")
+        (True, False)
+    """
+    key = _canonical(name)
+    return _ALIASES.get(key, key) in _EMBEDDED
+
+
 def list_datasets() -> list[str]:
     """Names accepted by ``load_dataset``, sorted.
 

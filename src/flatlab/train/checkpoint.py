@@ -35,11 +35,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if "Unsupported global" in str(err):
             raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values (written by "
                              "an older flatlab, or not by flatlab): refused, as loading it could run code") from err
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"checkpoint {path} is unreadable, corrupt or not a flatlab checkpoint: {first}") from err
+        raise UsageError(f"checkpoint {path} is unreadable, corrupt or not a flatlab checkpoint"
+                         f"{_reason(err)}") from err
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint {path} is not a flatlab checkpoint (it holds a {type(state).__name__})")
     return state
+
+
+def _reason(err: Exception) -> str:
+    """What torch found wrong with a file, as ``": <reason>"``, without its advice to retry with
+    ``weights_only=False``: that would run code, and for a corrupt file it fails anyway."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # the reason follows torch's advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not any(c.isalpha() for c in first) or "weights_only" in first.lower() or "weights only" in first.lower():
+        return ""
+    return f": {first[:200]}"
 
 
 def rng_state() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data import is_embedded
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
 from ..optim import base_of, base_options, list_optimizers, method_options
 
@@ -86,7 +87,8 @@ class TrainConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits (embedded, no files), cifar10, cifar100, fashion-mnist, mnist or imagefolder"})
     data_root: str | None = field(default=None, metadata={
-        "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache)"})
+        "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache; none for the "
+                "embedded digits)"})
     download: bool = field(default=False, metadata={
         "help": "download missing official dataset files (CIFAR, MNIST, Fashion-MNIST)"})
     stream: bool = field(default=False, metadata={
@@ -200,7 +202,7 @@ class TrainConfig:
         "help": "evaluate on the test set every N epochs (and after the last)"})
     out: str = field(default="runs", metadata={"help": "folder that holds the run directories"})
     name: str | None = field(default=None, metadata={
-        "help": "run directory name under --out (default: derived from the config)"})
+        "help": "run directory name under --out, a plain name without '/' (default: derived from the config)"})
     tensorboard: bool = field(default=False, metadata={
         "help": "also write the per-epoch metrics for TensorBoard into RUN/tensorboard (needs the tensorboard "
                 "package: pip install flatlab[tensorboard])"})
@@ -251,6 +253,13 @@ class TrainConfig:
         check_number("sparse_fraction", self.sparse_fraction, low=0, high=1)
         check_number("sparse_end", self.sparse_end, low=0, low_open=True, high=1)
         need(isinstance(self.model_args, dict), f"model_args must be a mapping, got {self.model_args!r}")
+        # the run directory is out/name: a name that is a path would put the run outside --out
+        need(self.name is None or (self.name not in ("", ".", "..") and not any(s in self.name for s in "/\\\0")),
+             f"name must be a plain folder name (not empty, '.' or '..', and without '/' or '\\'): the run goes "
+             f"into out/name; got name={self.name!r}")
+        need(self.data_root is None or not is_embedded(self.dataset),
+             f"the {self.dataset} dataset is embedded in flatlab and reads no files: drop data_root "
+             f"(--data-root {self.data_root})")
         taken = optimizer_fields(self.optimizer)
         extra = [k for k in OPTIMIZER_FIELDS if getattr(self, k) is not None and k not in taken]
         if extra:
@@ -265,8 +274,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | None = "<dict>", *, lenient: bool = False) -> TrainConfig:
         """A config from one mapping of fields (and method sections); ``source`` names it in errors.
-        ``lenient`` drops method options the chosen method does not read instead of refusing them
-        (for configs saved by older versions, where such options had no effect)."""
+        ``lenient`` drops method options the chosen method does not read, and a data root of an
+        embedded dataset, instead of refusing them (for configs saved by older versions, where such
+        options had no effect)."""
         return cls.from_layers([Layer(values, source)], lenient=lenient)
 
     @classmethod
@@ -310,6 +320,8 @@ class TrainConfig:
             merged = {k: v for k, v in merged.items() if k not in extra}
         elif extra:
             raise UsageError(_not_taken(method_optimizer, extra[:1], origin[extra[0]].where(extra[0], "set")))
+        if lenient and merged.get("data_root") is not None and is_embedded(merged.get("dataset", "digits")):
+            del merged["data_root"]
         base = base_of(method_optimizer, merged.get("base", "sgd"))
         for key, arg in _BASE_FIELDS.items():
             if key in merged and origin[key].source is None and arg not in base_options(base):

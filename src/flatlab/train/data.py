@@ -45,8 +45,10 @@ class RunData:
 #: the draw of the held-out samples: fixed, and apart from the seeds that draw training subsets
 HOLDOUT_SEED = 2**31 - 1
 
-def _subset(images: Tensor, labels: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    if n is None or n >= images.shape[0]:
+def _subset(images: Tensor, labels: Tensor, n: int | None, seed: int, what: str, of: str) -> tuple[Tensor, Tensor]:
+    if n is not None and n > images.shape[0]:
+        raise UsageError(f"{what}={n} is more than the {images.shape[0]} {of}: lower it, or drop it to use them all")
+    if n is None or n == images.shape[0]:
         return images, labels
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return images[idx], labels[idx]
@@ -119,8 +121,11 @@ def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: 
     if config.holdout is not None:
         test_x, test_y, pool_x, pool_y = _hold_out(pool_x, pool_y, config.holdout)
     else:
-        test_x, test_y = _subset(arrays.test_images, arrays.test_labels, config.test_subset, 0)
-    train_x, train_y = _subset(pool_x, pool_y, config.train_subset, config.seed)
+        test_x, test_y = _subset(arrays.test_images, arrays.test_labels, config.test_subset, 0, "test_subset",
+                                 f"test samples of {arrays.name}")
+    left = " left after the holdout" if config.holdout is not None else ""
+    train_x, train_y = _subset(pool_x, pool_y, config.train_subset, config.seed, "train_subset",
+                               f"training samples of {arrays.name}{left}")
     arrays = ImageArrays(train_x, train_y, test_x, test_y, arrays.classes, arrays.name)
     mean, std = arrays.mean_std()
     channels, height, width = arrays.image_shape

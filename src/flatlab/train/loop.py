@@ -155,35 +155,38 @@ def train_one_epoch(
     """Trains over ``loader`` once. The loss is checked for inf/NaN every ``check_every`` steps
     and at the end (a host sync per check, not per step)."""
     runner.model.train()
-    bar = Progress(len(loader), desc, enabled=progress)
     total_loss = torch.zeros((), dtype=torch.float64, device=runner.device)
     correct = torch.zeros((), dtype=torch.int64, device=runner.device)
     images = 0
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if before_step is not None:
-            before_step()
-        loss, hits = runner(x, y)
-        if after_step is not None:
-            after_step()
-        total_loss += loss.double() * y.shape[0]
-        correct += hits
-        images += y.shape[0]
-        if (i + 1) % check_every == 0 or i + 1 == len(loader):
-            mean = float(total_loss) / images
-            last = float(loss)
-            if not (math.isfinite(last) and math.isfinite(mean)) or max(last, mean) > DIVERGED_LOSS:
-                bar.close()
-                what = "became" if not math.isfinite(last) else f"diverged (above {DIVERGED_LOSS:g}):"
-                raise TrainingDiverged(f"the training loss {what} {last:g} at step {i + 1} of {desc}")
-            bar.update((i + 1) - bar.count, loss=mean, acc=100.0 * float(correct) / images,
-                       **{"img/s": images / (time.perf_counter() - start)})
+    bar = Progress(len(loader), desc, enabled=progress)  # its clock starts with the loop
+    try:
+        for i, (x, y) in enumerate(loader):
+            if before_step is not None:
+                before_step()
+            loss, hits = runner(x, y)
+            if after_step is not None:
+                after_step()
+            total_loss += loss.double() * y.shape[0]
+            correct += hits
+            images += y.shape[0]
+            fields = {}
+            if (i + 1) % check_every == 0 or i + 1 == len(loader):
+                mean = float(total_loss) / images
+                last = float(loss)
+                if not (math.isfinite(last) and math.isfinite(mean)) or max(last, mean) > DIVERGED_LOSS:
+                    what = "became" if not math.isfinite(last) else f"diverged (above {DIVERGED_LOSS:g}):"
+                    raise TrainingDiverged(f"the training loss {what} {last:g} at step {i + 1} of {desc}")
+                fields = {"loss": mean, "acc": 100.0 * float(correct) / images,
+                          "img/s": images / (time.perf_counter() - start)}
+            bar.update(1, **fields)  # the count every step; the numbers (a host sync) with the checks
+    finally:
+        bar.close()  # also on Ctrl-C, before the message
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     seconds = time.perf_counter() - start
-    bar.close()
     if images == 0:
         raise UsageError("the training loader gave no batch: batch_size is larger than the training set")
     return EpochStats(float(total_loss) / images, float(correct) / images, images, seconds)

@@ -19,7 +19,7 @@ import platform
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,9 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import TrainConfig
 from .data import build_data
 from .distributed import Distributed, setup_distributed
+from .lock import run_lock
 from .loop import StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
+from .memory import check_memory
 from .schedule import create_scheduler
 from .sharding import full_state, reshard_like, shard_model
 
@@ -193,6 +195,8 @@ class _Run:
         self.config, self.run_dir, self.dist, self.device = config, run_dir, dist, device
         torch.manual_seed(config.seed)
         self.data = build_data(config, device, dist.rank, dist.world_size)
+        check_memory(config, self.data.num_classes, self.data.in_channels, self.data.image_size, device,
+                     dist.world_size)
         model = create_model(
             config.resolved_model(), num_classes=self.data.num_classes, in_channels=self.data.in_channels,
             width=config.width, **config.model_args,
@@ -339,10 +343,11 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        result = _train(config, device, dist, resume_dir, overwrite, progress, log)
-        # every rank waits for rank 0's last writes: tearing gloo down while a peer still talks to
-        # it aborts the process ("terminate called without an active exception")
-        dist.barrier()
+        with ExitStack() as held:  # the run directory's lock, once _train takes it
+            result = _train(config, device, dist, resume_dir, overwrite, progress, log, held)
+            # every rank waits for rank 0's last writes: tearing gloo down while a peer still talks to
+            # it aborts the process ("terminate called without an active exception")
+            dist.barrier()
         return result
     finally:
         dist.close()
@@ -435,7 +440,7 @@ def _check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
         raise UsageError(f"cannot write the run into {run_dir}: {reason}")
 
 
-def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunResult:
+def _train(config, device, dist, resume_dir, overwrite, progress, log, held: ExitStack) -> RunResult:
     check_optimizer(config)  # fail on a bad hyper-parameter before loading any data
     run_dir = Path(resume_dir) if resume_dir is not None else Path(config.out) / config.run_name()
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -451,6 +456,9 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log) -> RunRes
         # others' own views (an empty or stale history) would contradict it
         log = _silent
     run = _Run(config, run_dir, dist, device)
+    if dist.is_main:  # the one writer of the run directory takes its lock, and checks it again under it
+        held.enter_context(run_lock(run_dir))
+        _check_run_dir(run_dir, resume_dir is not None, overwrite)
     board = None
     history: list[dict[str, Any]] = []
     started = resume_dir is not None  # whether this run has its directory (written at its first checkpoint)
