@@ -41,6 +41,7 @@ def test_dry_run_runs_every_part_and_passes(tmp_path):
     assert set(parts) == {"amp", "memory", "compile", "training"}
     assert not any("error" in part for part in parts.values())
     assert result["checks"] and all(c["passed"] for c in result["checks"]) and result["passed"]
+    assert result["complete"] and result["parts_requested"] == ["amp", "memory", "compile", "training"]
 
     training = {r["optimizer"]: r for r in parts["training"]["rows"]}
     assert list(training) == ["sgd", "sam", "esam", "aesam", "s2sam"]
@@ -68,20 +69,30 @@ def test_dry_run_runs_every_part_and_passes(tmp_path):
     assert set(result["seconds"]) == set(parts)
 
 
-def test_dry_run_refuses_to_write_over_the_committed_results():
+def run_main(gpu_check, monkeypatch, *args: str) -> str:
+    """The message main() exits with (it must exit before any work)."""
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", *args])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main()
+    return str(exit_.value.code)
+
+
+def test_dry_run_refuses_to_write_over_the_committed_results(gpu_check, monkeypatch):
     committed = ROOT / "benchmarks" / "results"
     before = sorted(p.name for p in committed.iterdir())
-    done = run_script("--dry-run", "--out", str(committed))
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("error: the dry run does not write over")
+    message = run_main(gpu_check, monkeypatch, "--dry-run", "--out", str(committed))
+    assert message.startswith("error: the dry run does not write over") and "\n" not in message
     assert sorted(p.name for p in committed.iterdir()) == before
 
 
-def test_missing_data_is_a_one_line_error(tmp_path):
-    done = run_script("--data-root", str(tmp_path / "nowhere"))
-    assert done.returncode != 0
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no CIFAR-10 at") and "--data-root" in lines[0]
+def test_missing_data_is_a_one_line_error(gpu_check, monkeypatch, tmp_path):
+    message = run_main(gpu_check, monkeypatch, "--data-root", str(tmp_path / "nowhere"))
+    assert message.startswith("error: no CIFAR-10 at") and "--data-root" in message and "\n" not in message
+
+
+def test_unknown_part_is_a_one_line_error(gpu_check, monkeypatch, tmp_path):
+    message = run_main(gpu_check, monkeypatch, "--dry-run", "--parts", "amp,speed", "--out", str(tmp_path))
+    assert message == "error: unknown part(s) speed; choose among amp, memory, compile, training"
 
 
 def test_data_root_finds_either_cifar_format(gpu_check, tmp_path):
