@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import torch
 import torch.nn.functional as F
 
 import flatlab
@@ -37,12 +38,16 @@ def warm_up(runs: dict, x, y, steps: int) -> None:
 
 def interleaved_medians(runs: dict, x, y, rounds: int, steps: int) -> dict[str, float]:
     """Median seconds per step of each ``name -> (model, optimizer)`` over ``rounds`` rounds of
-    ``steps`` steps, the optimizers interleaved within each round."""
+    ``steps`` steps, the optimizers interleaved within each round (on a GPU, each timing ends when
+    its kernels have)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (model, opt) in runs.items():
+            sync()
             start = time.perf_counter()
             for _ in range(steps):
                 train_step(model, opt, x, y)
+            sync()
             times[name].append((time.perf_counter() - start) / steps)
     return {name: statistics.median(t) for name, t in times.items()}
