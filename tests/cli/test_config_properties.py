@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 import flatlab.cli  # noqa: E402
 from flatlab.train import TrainConfig  # noqa: E402
 from flatlab.train.config import _field_kinds  # noqa: E402
-from flatlab.train.run import check_optimizer  # noqa: E402
+from flatlab.train.optimizer import check_optimizer  # noqa: E402
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 # one line of printable text (a flag's value is typed on one line)

@@ -20,7 +20,7 @@ from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, tra
 from ..train.compare import compare_runs, format_table, plot_runs
 from ..train.config import Layer, _field_kinds, convert
 from ..train.distributed import launched_rank
-from ..train.run import absolute_paths, load_run_config
+from ..train.rundir import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
 from .analysis import add_analysis_commands
 

@@ -55,7 +55,9 @@ from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..optim import is_base_optimizer, list_optimizers
 from .compare import _number, _save_png, format_mean_std, load_run, markdown_table, mean_std, plot_runs
 from .config import OPTIMIZER_FIELDS, TrainConfig, _not_taken, convert, load_config_file, optimizer_fields
-from .run import check_optimizer, load_trained, resume, train
+from .optimizer import check_optimizer
+from .run import resume, train
+from .trained import load_trained
 
 __all__ = ["Study", "load_study", "run_study", "summarise", "plot_tradeoff", "machine_info"]
 
