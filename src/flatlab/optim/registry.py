@@ -108,7 +108,7 @@ def method_options(name: str) -> set[str]:
             continue
         params = inspect.signature(klass.__init__).parameters
         found |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return found - {"base"} - cls.fixes
+    return found - {"base"} - cls.preset_options
 
 
 def base_options(base: str) -> set[str]:

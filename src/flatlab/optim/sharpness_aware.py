@@ -116,7 +116,7 @@ class SharpnessAware(torch.optim.Optimizer):
     """
 
     #: constructor options a preset sets itself (its policies), so a user cannot choose them
-    fixes: frozenset[str] = frozenset()
+    preset_options: frozenset[str] = frozenset()
 
     # GradScaler hands this optimizer found_inf/grad_scale instead of unscaling and skipping
     # step() itself: the weights must be restored from w + eps even when the step is skipped.
