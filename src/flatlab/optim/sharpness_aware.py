@@ -23,7 +23,7 @@ from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import add_scaled_, copy_, global_norm, l2_factor, local, scale_, shard_group
+from .functional import add_scaled_, copy_, global_norm, l2_factor, local_shards, scale_, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -220,7 +220,9 @@ class SharpnessAware(torch.optim.Optimizer):
         # A single-pass method's weights hold w between steps, so that whatever reads them outside
         # the step (evaluation, state_dict, checkpoints, a framework's best-model copy) sees w; the
         # perturbation waits for the next training forward of the model (or step(closure)).
-        self._forward_hook = _perturb_before_training_forward(self, model) if self.source.single_pass and model else None
+        self._forward_hook = (
+            _perturb_before_training_forward(self, model) if self.source.single_pass and model else None
+        )
         self.coordinates.bind(params, self.generator, self.state)
         self.source.bind(self.state, base)
         self.descent.bind(self.state)
@@ -359,7 +361,7 @@ class SharpnessAware(torch.optim.Optimizer):
             return bool(torch.isfinite(global_norm(grads, 2.0, foreach=self.foreach)))
         shards = shard_group(grads)
         by_device: dict[torch.device, list[Tensor]] = {}
-        for g in local(grads):
+        for g in local_shards(grads):
             by_device.setdefault(g.device, []).append(g)
         found = False
         for device, group in by_device.items():
@@ -402,7 +404,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             total = global_norm(grads, 2.0, foreach=self.foreach)
             coef = (self.max_grad_norm / (total + 1e-6)).clamp_max(1.0)  # stays on the device: no sync
-            torch._foreach_mul_(local(grads), coef.to(grads[0].device))
+            torch._foreach_mul_(local_shards(grads), coef.to(grads[0].device))
 
     # ----------------------------------------------------------------------------------------
     # the perturbation

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
-from .functional import copy_, local
+from .functional import copy_, local_shards
 from .policy import Policy
 
 __all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
@@ -112,7 +112,7 @@ class MomentumDirection(GradientSource):
             if buf is not None:
                 pairs.append((g, buf))
         copy_([g for g, _ in pairs], [b for _, b in pairs])
-        torch._foreach_neg_(local(grads))
+        torch._foreach_neg_(local_shards(grads))
         return grads
 
 
