@@ -39,7 +39,7 @@ from .samples import (
     per_sample,
 )
 from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
-from .shapes import Adaptive, LpBall, Shape
+from .shapes import AdaptiveBall, LpBall, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
 from .sources import BatchGradient, FriendlyGradient, GradientSource, MomentumDirection, PreviousGradient
 
@@ -52,7 +52,7 @@ __all__ = [
     "Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch",
     "Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse",
     "RhoSchedule", "LRProportional",
-    "Shape", "LpBall", "Adaptive",
+    "Shape", "LpBall", "AdaptiveBall",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
     "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches", "micro_batches",

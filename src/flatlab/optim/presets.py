@@ -11,7 +11,7 @@ from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
 from .radius import LRProportional
 from .samples import SharpnessSensitive
 from .schedules import AdaptiveSwitch, EveryK
-from .shapes import Adaptive, LpBall
+from .shapes import AdaptiveBall, LpBall
 from .sharpness_aware import SharpnessAware
 from .sources import FriendlyGradient, MomentumDirection, PreviousGradient
 
@@ -59,7 +59,7 @@ class ASAM(SharpnessAware):
     preset_options = frozenset({"shape"})
 
     def __init__(self, base: Optimizer, rho: float = 0.5, eta: float = 0.01, **options):
-        super().__init__(base, rho, shape=Adaptive(eta), **options)
+        super().__init__(base, rho, shape=AdaptiveBall(eta), **options)
 
 
 class ESAM(SharpnessAware):
