@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm  # torch's own base of every BatchNorm, private by name
 from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
 from ..errors import UsageError
