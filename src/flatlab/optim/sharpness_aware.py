@@ -1,7 +1,9 @@
-"""The one optimizer class of the SAM family: a wrapper around a base optimizer, composed of four
-policies (which gradient, how shaped, which coordinates, which samples).
+"""The one optimizer class of the SAM family: a wrapper around a base optimizer, composed of seven
+policies (which gradient, how shaped, which coordinates, which samples, when the extra pass is taken,
+how the descent gradient is formed, what radius).
 
-The named methods (SAM, ASAM, ESAM, SSAM, S2SAM) are presets of this class in ``presets.py``.
+The named methods (SAM, ASAM, ESAM, SSAM, S2-SAM, LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM,
+FriendlySAM) are presets of this class in ``presets.py``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Which gradient drives the perturbation: the current batch's (SAM: an extra forward/backward at w)
-or one the step already has (S2-SAM: the previous step's, so each step takes one pass).
+"""Which gradient drives the perturbation: the current batch's, from an extra forward/backward at w
+(SAM; FriendlySAM less its moving average), or one the step already has (S2-SAM: the previous
+step's; MSAM: the base optimizer's momentum), so that each step takes one pass.
 
 A *single-pass* source builds the next step's perturbation at the end of this step, after the base
-step, so the next forward/backward runs at w + eps directly and each step takes one pass. New
-sources (a momentum buffer, a gradient minus its moving average) are subclasses that say whether
-they are single-pass and how they turn the gradients they see into a direction.
+step, so the next forward/backward runs at w + eps directly. A source is a subclass that says
+whether it is single-pass and how it turns the gradients it sees into a direction.
 """
 
 from __future__ import annotations

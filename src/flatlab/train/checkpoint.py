@@ -1,4 +1,5 @@
-"""Checkpoints and run files, written atomically: a crash or Ctrl-C leaves the old file or the new one."""
+"""Checkpoints: written atomically (a crash or Ctrl-C leaves the old file or the new one), read back
+without running code, the RNG states they keep, and whether one belongs to the run that loads it."""
 
 from __future__ import annotations
 
