@@ -111,6 +111,19 @@ def test_no_flatlab_import_inside_a_function():
         "\n".join(hidden))
 
 
+def test_no_private_name_imported_from_another_module():
+    """A name with a leading underscore is its module's own: what another module needs is public
+    there (or moves down to where both see it)."""
+    private = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and _targets(node, module, path.name == "__init__.py"):
+                private += [f"{path.relative_to(SRC)}:{node.lineno}: {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, "private names imported across flatlab modules:\n" + "\n".join(private)
+
+
 @pytest.mark.parametrize("statement", ["import flatlab", "import flatlab; import flatlab.optim"])
 def test_import_flatlab_stays_light(statement):
     code = (f"import sys; {statement}; "

@@ -17,8 +17,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import flatlab.cli  # noqa: E402
 from flatlab.train import TrainConfig  # noqa: E402
-from flatlab.train.config import _field_kinds  # noqa: E402
-from flatlab.train.run import check_optimizer  # noqa: E402
+from flatlab.train.config import field_kinds  # noqa: E402
+from flatlab.train.optimizer import check_optimizer  # noqa: E402
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 # one line of printable text (a flag's value is typed on one line)
@@ -33,7 +33,7 @@ CHANGES = st.dictionaries(st.sampled_from(FIELDS), VALUES, min_size=1, max_size=
 
 
 def well_typed(config: TrainConfig) -> None:
-    for name, (kind, optional) in _field_kinds().items():
+    for name, (kind, optional) in field_kinds().items():
         value = getattr(config, name)
         if value is None:
             assert optional, name
@@ -84,7 +84,7 @@ def test_values_from_a_yaml_file(monkeypatch, capsys, changes):
 
 def flag_args(name: str, value) -> list[str]:
     flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool) and _field_kinds()[name][0] is bool:
+    if isinstance(value, bool) and field_kinds()[name][0] is bool:
         return [flag if value else "--no-" + flag[2:]]
     if isinstance(value, float) and not math.isfinite(value):
         return [f"{flag}={value}"]

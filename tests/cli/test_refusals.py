@@ -14,7 +14,7 @@ import torch
 
 from flatlab.cli import build_parser, main
 from flatlab.train import TrainConfig
-from flatlab.train.run import load_run_config
+from flatlab.train.rundir import load_run_config
 
 QUICK = ["--dataset", "digits", "--model", "cnn", "--width", "0.25", "--epochs", "1", "--threads", "1"]
 

@@ -104,7 +104,7 @@ def test_every_shipped_config_and_study_is_usable_with_every_method():
     from flatlab.optim import list_optimizers
     from flatlab.train import load_config_file
     from flatlab.train.config import Layer
-    from flatlab.train.run import check_optimizer
+    from flatlab.train.optimizer import check_optimizer
     from flatlab.train.study import load_study
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):

@@ -155,7 +155,7 @@ def test_flags_parse_to_their_field_types(tmp_path):
 
 
 def test_check_optimizer_turns_the_optimizers_argument_errors_into_usage_errors():
-    from flatlab.train.run import check_optimizer
+    from flatlab.train.optimizer import check_optimizer
 
     with pytest.raises(UsageError, match="nosuch"):
         check_optimizer(TrainConfig(optimizer="nosuch"))

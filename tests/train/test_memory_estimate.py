@@ -18,7 +18,7 @@ from flatlab.models import count_parameters, create_model
 from flatlab.train import TrainConfig
 from flatlab.train.loop import StepRunner
 from flatlab.train.memory import GiB, available_memory, check_memory, estimate_training_memory
-from flatlab.train.run import build_optimizer
+from flatlab.train.optimizer import build_optimizer
 
 SRC = str(Path(__file__).parents[2] / "src")
 

@@ -84,6 +84,8 @@ class SharpnessAwareModule(L.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         # LightningOptimizer.step would wrap the per-sample closure into a plain one; step the
         # flatlab optimizer directly and let Lightning count the step as its own step() does.
+        # _on_before_step/_on_after_step are Lightning's internals (what LightningOptimizer.step
+        # calls around the step); Lightning offers no public way to do this.
         lightning_opt._on_before_step()
         try:
             loss = opt.step(micro_batches(window, self.per_sample_loss), scaler=scaler)

@@ -318,7 +318,9 @@ class SharpnessAwareTrainer(Trainer):
             loss = opt.step(micro_batches(window, lambda b, idx: self.per_example_losses(model, rows_of(b, idx)),
                                           sizes=[_batch_size(b) for b in window]), scaler=self._scaler)
         if scale is not None and hasattr(self.optimizer, "_is_overflow"):
-            # the Trainer skips the LR scheduler's step after a skipped (overflowing) one
+            # the Trainer skips the LR scheduler's step after a skipped (overflowing) one; it reads
+            # accelerate's AcceleratedOptimizer.step_was_skipped, a read-only view of its internal
+            # _is_overflow, which only accelerate's own step sets: no public way to set it
             self.optimizer._is_overflow = self._scaler.get_scale() < scale
         opt.zero_grad(set_to_none=True)  # nothing left for the Trainer's clipping to touch
         return loss.detach().to(self.args.device)
@@ -338,6 +340,7 @@ class SharpnessAwareTrainer(Trainer):
     # the best model
 
     def _load_best_model(self) -> None:
+        # (Trainer's internal method, overridden: the one place that swaps in the best weights.)
         # A single-pass method's pending perturbation belongs to the last step's weights, not to
         # the best checkpoint's that replace them: drop it, so that nothing ever adds it to those.
         if self.sharpness_aware is not None:

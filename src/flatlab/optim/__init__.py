@@ -1,6 +1,8 @@
-"""The SAM family behind the torch.optim interface, composed from four policies: which gradient
-drives the perturbation (``sources``), how it is shaped (``shapes``), which coordinates move
-(``coordinates``) and which samples drive the descent (``samples``)."""
+"""The SAM family behind the torch.optim interface, composed from seven policies, one module each:
+which gradient drives the perturbation (``sources``), how it is shaped (``shapes``), which
+coordinates move (``coordinates``), which samples drive the descent (``samples``), when the extra
+pass is taken (``schedules``), how the descent gradient is formed (``descents``) and the radius over
+training (``radius``)."""
 
 from .batchnorm import frozen_bn_stats
 from .coordinates import (
@@ -39,7 +41,7 @@ from .samples import (
     per_sample,
 )
 from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
-from .shapes import Adaptive, LpBall, Shape
+from .shapes import AdaptiveBall, LpBall, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
 from .sources import BatchGradient, FriendlyGradient, GradientSource, MomentumDirection, PreviousGradient
 
@@ -52,7 +54,7 @@ __all__ = [
     "Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch",
     "Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse",
     "RhoSchedule", "LRProportional",
-    "Shape", "LpBall", "Adaptive",
+    "Shape", "LpBall", "AdaptiveBall",
     "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
     "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches", "micro_batches",

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from ..errors import check_number
-from .functional import copy_, global_dot, global_norm, local
+from .functional import copy_, global_dot, global_norm, local_shards
 from .policy import Policy
 
 __all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
@@ -30,7 +30,7 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _times(tensors: list[Tensor], factor: Tensor) -> list[Tensor]:
-    return torch._foreach_mul(local(tensors), factor.to(tensors[0].device)) if tensors else []
+    return torch._foreach_mul(local_shards(tensors), factor.to(tensors[0].device)) if tensors else []
 
 
 def _like(reference: Tensor, shard: Tensor) -> Tensor:
@@ -91,8 +91,8 @@ class SurrogateGap(Descent):
             return
         # g_perp = g - (<g, g_p> / ||g_p||^2) g_p
         coef = _ratio(global_dot(clean, grads), global_norm(grads) ** 2)
-        perp = torch._foreach_sub(local(clean), _times(grads, coef))
-        torch._foreach_add_(local(grads), perp, alpha=-self.alpha)
+        perp = torch._foreach_sub(local_shards(clean), _times(grads, coef))
+        torch._foreach_add_(local_shards(grads), perp, alpha=-self.alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}"
@@ -118,14 +118,14 @@ class WeightedSharpness(Descent):
     def sharpness_aware(self, params, clean, grads) -> None:
         if not grads:
             return
-        sharpness = torch._foreach_sub(local(grads), local(clean))
+        sharpness = torch._foreach_sub(local_shards(grads), local_shards(clean))
         if self.decoupled:
             for p, s in zip(params, sharpness):
                 self.state[p]["sharpness"] = s
             copy_(grads, clean)
         else:
             copy_(grads, clean)
-            torch._foreach_add_(local(grads), sharpness, alpha=self.alpha)
+            torch._foreach_add_(local_shards(grads), sharpness, alpha=self.alpha)
 
     def after_base_step(self, param_groups, sharpness_aware) -> None:
         if not (self.decoupled and sharpness_aware):
@@ -134,7 +134,7 @@ class WeightedSharpness(Descent):
             ps = [p for p in group["params"] if "sharpness" in self.state.get(p, ())]
             if ps:
                 ss = [self.state[p].pop("sharpness") for p in ps]
-                torch._foreach_add_(local(ps), ss, alpha=-group["lr"] * self.alpha)
+                torch._foreach_add_(local_shards(ps), ss, alpha=-group["lr"] * self.alpha)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, decoupled={self.decoupled}"
@@ -157,7 +157,7 @@ class OrthogonalReuse(Descent):
         if not grads:
             return
         coef = _ratio(global_dot(grads, clean), global_norm(clean) ** 2)
-        orthogonal = torch._foreach_sub(local(grads), _times(clean, coef))
+        orthogonal = torch._foreach_sub(local_shards(grads), _times(clean, coef))
         for p, g, gv in zip(params, grads, orthogonal):
             # kept sharded like its parameter when the parameter is (FSDP)
             self.state[p]["orthogonal"] = _like(g, gv)
@@ -168,7 +168,7 @@ class OrthogonalReuse(Descent):
             return
         gs, gvs = [g for g, _ in kept], [v for _, v in kept]
         scale = self.alpha * _ratio(global_norm(grads), global_norm(gvs))
-        torch._foreach_add_(local(gs), _times(gvs, scale))
+        torch._foreach_add_(local_shards(gs), _times(gvs, scale))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}"

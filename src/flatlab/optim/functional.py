@@ -22,7 +22,7 @@ __all__ = [
     "add_l2_perturbation_",
     "add_scaled_",
     "l2_factor",
-    "local",
+    "local_shards",
     "shard_group",
     "lp_perturbation",
     "adaptive_perturbation",
@@ -37,7 +37,7 @@ def dual_exponent(p: float) -> float:
     return 1.0 if math.isinf(p) else p / (p - 1.0)
 
 
-def local(tensors: list[Tensor]) -> list[Tensor]:
+def local_shards(tensors: list[Tensor]) -> list[Tensor]:
     """The local shards of sharded tensors (FSDP2's DTensor parameters, gradients, backups), the
     tensors themselves otherwise: elementwise work runs on shards, which are laid out alike."""
     return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
@@ -54,7 +54,7 @@ def shard_group(tensors: list[Tensor]):
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``dst[i].copy_(src[i])`` in one kernel, shard by shard for sharded tensors."""
     if dst:
-        torch._foreach_copy_(local(dst), local(src))
+        torch._foreach_copy_(local_shards(dst), local_shards(src))
 
 
 def scale_(tensors: list[Tensor], factor: Tensor, *, foreach: bool = True) -> None:
@@ -78,7 +78,7 @@ def add_scaled_(weights: list[Tensor], directions: list[Tensor], factor: float |
                 foreach: bool = True) -> None:
     """``w += factor * d``: a host float as ``add``'s alpha, a 0-d tensor (kept on the device, no
     host sync) as ``addcmul``'s broadcast factor, so ``factor * d`` is never materialised."""
-    weights, directions = local(weights), local(directions)
+    weights, directions = local_shards(weights), local_shards(directions)
     if not weights:
         return
     if not isinstance(factor, Tensor):
@@ -96,7 +96,7 @@ def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     """The inner product of two tensor lists taken as one vector (over every shard), in at least
     float32, as a 0-d tensor."""
     group = shard_group(a)
-    a, b = local(a), local(b)
+    a, b = local_shards(a), local_shards(b)
     if not a:
         return torch.zeros(())
     dtype = torch.promote_types(a[0].dtype, torch.float32)
@@ -117,7 +117,7 @@ def global_norm(tensors: list[Tensor], p: float = 2.0, *, foreach: bool = True) 
         return torch.zeros(())
     group = shard_group(tensors)
     if group is not None:
-        norm = global_norm(local(tensors), p, foreach=foreach)
+        norm = global_norm(local_shards(tensors), p, foreach=foreach)
         if math.isinf(p):
             dist.all_reduce(norm, op=dist.ReduceOp.MAX, group=group)
             return norm

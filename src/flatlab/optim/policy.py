@@ -10,7 +10,7 @@ __all__ = ["Policy"]
 
 
 class Policy:
-    """Base of the policy interfaces (sources, shapes, coordinates, samples, schedules, descents)."""
+    """Base of the policy interfaces (sources, shapes, coordinates, samples, schedules, descents, radius)."""
 
     name = "policy"
 

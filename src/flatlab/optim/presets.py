@@ -11,13 +11,13 @@ from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
 from .radius import LRProportional
 from .samples import SharpnessSensitive
 from .schedules import AdaptiveSwitch, EveryK
-from .shapes import Adaptive, LpBall
+from .shapes import AdaptiveBall, LpBall
 from .sharpness_aware import SharpnessAware
 from .sources import FriendlyGradient, MomentumDirection, PreviousGradient
 
 #: a single-pass preset sets its source, and takes no schedule, extra ascent steps, sample selection
 #: or descent combination (they all need the gradient at w of the current batch)
-SINGLE_PASS_FIXES = frozenset(
+SINGLE_PASS_OPTIONS = frozenset(
     {"source", "schedule", "every", "sam_probability", "ascent_steps", "ascent_step_size", "samples", "descent"}
 )
 
@@ -36,7 +36,7 @@ class SAM(SharpnessAware):
         opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
     """
 
-    fixes = frozenset({"shape"})
+    preset_options = frozenset({"shape"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, p: float = 2, ascent_steps: int = 1, **options):
         super().__init__(base, rho, shape=LpBall(p), ascent_steps=ascent_steps, **options)
@@ -56,10 +56,10 @@ class ASAM(SharpnessAware):
                                            lr=0.1), rho=0.5)
     """
 
-    fixes = frozenset({"shape"})
+    preset_options = frozenset({"shape"})
 
     def __init__(self, base: Optimizer, rho: float = 0.5, eta: float = 0.01, **options):
-        super().__init__(base, rho, shape=Adaptive(eta), **options)
+        super().__init__(base, rho, shape=AdaptiveBall(eta), **options)
 
 
 class ESAM(SharpnessAware):
@@ -76,7 +76,7 @@ class ESAM(SharpnessAware):
             model(x if idx is None else x[idx]), y if idx is None else y[idx], reduction="none")))
     """
 
-    fixes = frozenset({"coordinates", "samples"})
+    preset_options = frozenset({"coordinates", "samples"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, beta: float = 0.6, gamma: float = 0.5, **options):
         super().__init__(
@@ -98,7 +98,7 @@ class SSAM(SharpnessAware):
     random, at a ``drop_rate`` decayed by a cosine over ``total_steps``.
     """
 
-    fixes = frozenset({"coordinates"})
+    preset_options = frozenset({"coordinates"})
 
     def __init__(
         self,
@@ -145,7 +145,7 @@ class S2SAM(SharpnessAware):
             opt.step()
     """
 
-    fixes = SINGLE_PASS_FIXES
+    preset_options = SINGLE_PASS_OPTIONS
 
     def __init__(self, base: Optimizer, rho: float = 0.05, **options):
         super().__init__(base, rho, source=PreviousGradient(), **options)
@@ -162,7 +162,7 @@ class LookSAM(SharpnessAware):
         opt.step(closure)   # the closure runs once on the steps between SAM steps
     """
 
-    fixes = frozenset({"schedule", "every", "sam_probability", "descent"})
+    preset_options = frozenset({"schedule", "every", "sam_probability", "descent"})
 
     def __init__(self, base: Optimizer, rho: float = 0.1, k: int = 5, alpha: float = 0.7, **options):
         check_number("k", k, low=1, integer=True)
@@ -174,7 +174,7 @@ class AESAM(SharpnessAware):
     mean plus ``c_t`` moving standard deviations (:class:`~flatlab.optim.AdaptiveSwitch`); the
     others are base steps with one pass. ``opt.sam_fraction`` reports the share of SAM steps."""
 
-    fixes = frozenset({"schedule", "every", "sam_probability"})
+    preset_options = frozenset({"schedule", "every", "sam_probability"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, delta: float = 0.9, c_start: float = 1.0,
                  c_end: float = -1.0, total_steps: int | None = None, **options):
@@ -187,7 +187,7 @@ class RST(SharpnessAware):
     ``sam_probability``, drawn from the optimizer's generator, else a base step with one pass;
     ``every=k`` instead takes a SAM step every k-th step (MosaicML composer's interval)."""
 
-    fixes = frozenset({"schedule"})
+    preset_options = frozenset({"schedule"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, sam_probability: float | None = 0.5, **options):
         if options.get("every") is not None:
@@ -200,7 +200,7 @@ class MSAM(SharpnessAware):
     buffer, applied after each step so that the next (single) forward/backward runs there; no
     closure needed. rho = 3, the official configs' value (SAM's is 0.05 - 0.2)."""
 
-    fixes = SINGLE_PASS_FIXES
+    preset_options = SINGLE_PASS_OPTIONS
 
     def __init__(self, base: Optimizer, rho: float = 3.0, **options):
         super().__init__(base, rho, source=MomentumDirection(), **options)
@@ -212,7 +212,7 @@ class GSAM(SharpnessAware):
     ``rho`` (at the initial learning rate) down to ``rho_min`` (at learning rate 0; default
     ``rho / 2``, the ratio of the paper's ResNet settings, 0.04 and 0.02)."""
 
-    fixes = frozenset({"descent", "rho_schedule"})
+    preset_options = frozenset({"descent", "rho_schedule"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, rho_min: float | None = None, alpha: float = 0.4,
                  **options):
@@ -226,7 +226,7 @@ class WSAM(SharpnessAware):
     default decoupled (the base step uses the gradient at w, the sharpness term is applied after
     it, scaled by the learning rate), as in the paper."""
 
-    fixes = frozenset({"descent"})
+    preset_options = frozenset({"descent"})
 
     def __init__(self, base: Optimizer, rho: float = 0.05, gamma: float = 0.9, decoupled: bool = True, **options):
         super().__init__(base, rho, descent=WeightedSharpness(gamma, decoupled), **options)
@@ -236,7 +236,7 @@ class FriendlySAM(SharpnessAware):
     """FriendlySAM (Li et al. 2024): the ascent follows the batch gradient minus ``sigma`` times
     its exponential moving average (factor ``lmbda``), i.e. the batch-specific part of it."""
 
-    fixes = frozenset({"source"})
+    preset_options = frozenset({"source"})
 
     def __init__(self, base: Optimizer, rho: float = 0.1, sigma: float = 1.0, lmbda: float = 0.9, **options):
         super().__init__(base, rho, source=FriendlyGradient(sigma, lmbda), **options)

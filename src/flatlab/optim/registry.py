@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm  # torch's own base of every BatchNorm, private by name
 from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
 from ..errors import UsageError
@@ -108,7 +108,7 @@ def method_options(name: str) -> set[str]:
             continue
         params = inspect.signature(klass.__init__).parameters
         found |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return found - {"base"} - cls.fixes
+    return found - {"base"} - cls.preset_options
 
 
 def base_options(base: str) -> set[str]:

@@ -14,7 +14,7 @@ from ..errors import check_number
 from . import functional as F
 from .policy import Policy
 
-__all__ = ["Shape", "LpBall", "Adaptive"]
+__all__ = ["Shape", "LpBall", "AdaptiveBall"]
 
 
 class Shape(Policy):
@@ -73,8 +73,10 @@ class LpBall(Shape):
         return "p=inf" if math.isinf(self.p) else f"p={self.p:g}"
 
 
-class Adaptive(Shape):
-    """ASAM's scale-invariant perturbation, T = |w| + eta on adaptive tensors."""
+class AdaptiveBall(Shape):
+    """ASAM's scale-invariant perturbation, T = |w| + eta on adaptive tensors: the ball is an
+    ellipsoid stretched along large weights. (Not to be confused with the schedule
+    :class:`~flatlab.optim.AdaptiveSwitch`, AE-SAM's choice of when to perturb.)"""
 
     name = "adaptive"
     weight_dependent = True

@@ -1,7 +1,9 @@
-"""The one optimizer class of the SAM family: a wrapper around a base optimizer, composed of four
-policies (which gradient, how shaped, which coordinates, which samples).
+"""The one optimizer class of the SAM family: a wrapper around a base optimizer, composed of seven
+policies (which gradient, how shaped, which coordinates, which samples, when the extra pass is taken,
+how the descent gradient is formed, what radius).
 
-The named methods (SAM, ASAM, ESAM, SSAM, S2SAM) are presets of this class in ``presets.py``.
+The named methods (SAM, ASAM, ESAM, SSAM, S2-SAM, LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM,
+FriendlySAM) are presets of this class in ``presets.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .batchnorm import frozen_bn_stats
 from .coordinates import AllCoordinates, Coordinates, MaskedCoordinates
 from .cost import Pass
 from .descents import Descent, PerturbedGradient
-from .functional import add_scaled_, copy_, global_norm, l2_factor, local, scale_, shard_group
+from .functional import add_scaled_, copy_, global_norm, l2_factor, local_shards, scale_, shard_group
 from .radius import RhoSchedule
 from .samples import AllSamples, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
@@ -116,7 +118,7 @@ class SharpnessAware(torch.optim.Optimizer):
     """
 
     #: constructor options a preset sets itself (its policies), so a user cannot choose them
-    fixes: frozenset[str] = frozenset()
+    preset_options: frozenset[str] = frozenset()
 
     # GradScaler hands this optimizer found_inf/grad_scale instead of unscaling and skipping
     # step() itself: the weights must be restored from w + eps even when the step is skipped.
@@ -161,13 +163,13 @@ class SharpnessAware(torch.optim.Optimizer):
         self.descent = descent or PerturbedGradient()
         self.schedule = _schedule(schedule, every, sam_probability)
         self.rho_schedule = rho_schedule
-        if self.source.lagged and not isinstance(self.schedule, EveryStep):
+        if self.source.single_pass and not isinstance(self.schedule, EveryStep):
             raise ValueError("a single-pass method perturbs on every step; a schedule has nothing to save there")
-        if self.source.lagged and not isinstance(self.descent, PerturbedGradient):
+        if self.source.single_pass and not isinstance(self.descent, PerturbedGradient):
             raise ValueError(f"the {self.descent.name} descent needs the gradient at w: it needs a two-pass source")
-        if self.source.lagged and ascent_steps != 1:
+        if self.source.single_pass and ascent_steps != 1:
             raise ValueError(f"a single-pass method takes no extra ascent steps, got ascent_steps={ascent_steps}")
-        if self.source.lagged and self.samples.needs_per_sample:
+        if self.source.single_pass and self.samples.needs_per_sample:
             raise ValueError("sample selection needs a second pass; it cannot be combined with a single-pass source")
         if self.coordinates.has_data_source and model is None:
             raise ValueError("a mask that refreshes itself from data needs model= (the model it scores)")
@@ -220,7 +222,9 @@ class SharpnessAware(torch.optim.Optimizer):
         # A single-pass method's weights hold w between steps, so that whatever reads them outside
         # the step (evaluation, state_dict, checkpoints, a framework's best-model copy) sees w; the
         # perturbation waits for the next training forward of the model (or step(closure)).
-        self._forward_hook = _perturb_before_training_forward(self, model) if self.source.lagged and model else None
+        self._forward_hook = (
+            _perturb_before_training_forward(self, model) if self.source.single_pass and model else None
+        )
         self.coordinates.bind(params, self.generator, self.state)
         self.source.bind(self.state, base)
         self.descent.bind(self.state)
@@ -290,7 +294,7 @@ class SharpnessAware(torch.optim.Optimizer):
     @property
     def needs_closure(self) -> bool:
         """Whether ``step`` needs a closure (an ascent pass on the current batch)."""
-        return not self.source.lagged
+        return not self.source.single_pass
 
     @property
     def sam_fraction(self) -> float:
@@ -305,7 +309,7 @@ class SharpnessAware(torch.optim.Optimizer):
         """The forward/backward passes of one step on average, for cost accounting (FLOPs,
         benchmarks): a sharpness-aware step's passes at the schedule's rate, plus the plain
         steps' single pass."""
-        if self.source.lagged:
+        if self.source.single_pass:
             return (Pass(),)
         rate = self.schedule.expected_rate(self.sam_fraction if self.steps else None)
         late = self.schedule.needs_gradient  # the first pass is taken before the decision
@@ -359,7 +363,7 @@ class SharpnessAware(torch.optim.Optimizer):
             return bool(torch.isfinite(global_norm(grads, 2.0, foreach=self.foreach)))
         shards = shard_group(grads)
         by_device: dict[torch.device, list[Tensor]] = {}
-        for g in local(grads):
+        for g in local_shards(grads):
             by_device.setdefault(g.device, []).append(g)
         found = False
         for device, group in by_device.items():
@@ -402,7 +406,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             total = global_norm(grads, 2.0, foreach=self.foreach)
             coef = (self.max_grad_norm / (total + 1e-6)).clamp_max(1.0)  # stays on the device: no sync
-            torch._foreach_mul_(local(grads), coef.to(grads[0].device))
+            torch._foreach_mul_(local_shards(grads), coef.to(grads[0].device))
 
     # ----------------------------------------------------------------------------------------
     # the perturbation
@@ -446,7 +450,7 @@ class SharpnessAware(torch.optim.Optimizer):
                 _mask_(directions, masks)
                 factor = 1.0
                 self._eps = directions if self.ascent_steps > 1 else None
-        if self.source.lagged and (self._forward_hook is not None or self._closure_steps):
+        if self.source.single_pass and (self._forward_hook is not None or self._closure_steps):
             for p, d in zip(chosen, directions):
                 state = self.state[p]
                 state["pending"] = d
@@ -542,7 +546,7 @@ class SharpnessAware(torch.optim.Optimizer):
         ``.grad`` is None afterwards: eps is built in its memory (no parameter-sized temporary), and
         the backward at w + eps starts from zero, with or without a ``zero_grad`` in between.
         """
-        if self.source.lagged:
+        if self.source.single_pass:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
         self._first_step(None, zero_grad)
         self._descent_checked = False  # a backward may run before second_step
@@ -603,7 +607,7 @@ class SharpnessAware(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Restores w and takes the base optimizer's step with the gradient now in ``.grad``
         (computed at w + eps)."""
-        if self.source.lagged:
+        if self.source.single_pass:
             raise RuntimeError("a single-pass method has no second step; call step() once per batch")
         if self.phase is Phase.AT_W:
             raise RuntimeError("second_step() without first_step()")
@@ -722,7 +726,7 @@ class SharpnessAware(torch.optim.Optimizer):
         accumulated the plain way) have no pass at w + eps, so they are dropped, with a warning
         that says so; under Lightning (whose accumulation does exactly this) the step refuses. A
         single-pass step keeps them: taken at w + eps like the closure's, they count in full."""
-        if self.source.lagged or not self._backward_outside:
+        if self.source.single_pass or not self._backward_outside:
             return
         held = [p for p in self._params() if p.grad is not None]
         if not held:
@@ -750,8 +754,8 @@ class SharpnessAware(torch.optim.Optimizer):
             # before any forward, as update_mask is called: BatchNorm's running statistics, which
             # the Fisher scores are computed with, then do not include this batch yet
             self._refresh_if_due()
-        if self.source.lagged:
-            return self._lagged_step(closure, scaler)
+        if self.source.single_pass:
+            return self._single_pass_step(closure, scaler)
         if closure is None:
             if scaler is not None:
                 raise TypeError("scaler= comes with a closure; after first_step() call scaler.step(opt)")
@@ -802,7 +806,7 @@ class SharpnessAware(torch.optim.Optimizer):
         scaler.step(self)
         scaler.update()
 
-    def _lagged_step(self, closure: Callable[[], Any] | None, scaler) -> Any:
+    def _single_pass_step(self, closure: Callable[[], Any] | None, scaler) -> Any:
         loss = None
         if closure is not None:
             self._apply_pending()  # the closure's passes run at w + eps

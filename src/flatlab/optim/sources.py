@@ -1,10 +1,10 @@
-"""Which gradient drives the perturbation: the current batch's (SAM: an extra forward/backward at w)
-or one the step already has (S2-SAM: the previous step's, so each step takes one pass).
+"""Which gradient drives the perturbation: the current batch's, from an extra forward/backward at w
+(SAM; FriendlySAM less its moving average), or one the step already has (S2-SAM: the previous
+step's; MSAM: the base optimizer's momentum), so that each step takes one pass.
 
-A *lagged* source builds the next step's perturbation at the end of this step, after the base
-step, so the next forward/backward runs at w + eps directly. New sources (a momentum buffer, a
-gradient minus its moving average) are subclasses that say whether they are lagged and how they
-turn the gradients they see into a direction.
+A *single-pass* source builds the next step's perturbation at the end of this step, after the base
+step, so the next forward/backward runs at w + eps directly. A source is a subclass that says
+whether it is single-pass and how it turns the gradients it sees into a direction.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
-from .functional import copy_, local
+from .functional import copy_, local_shards
 from .policy import Policy
 
 __all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
@@ -26,13 +26,13 @@ class GradientSource(Policy):
 
     Attributes:
         name: short name for ``repr``.
-        lagged: False: the perturbation comes from an ascent pass at w on the current batch
+        single_pass: False: the perturbation comes from an ascent pass at w on the current batch
             (a closure is needed, two passes per step). True: it is built after the base step from
             what this step computed and applied before the next step's single pass.
     """
 
     name = "source"
-    lagged = False
+    single_pass = False
     #: keeps state derived from the gradients it sees (so it must never see a non-finite one)
     stateful = False
     #: ``direction`` returns the gradients themselves
@@ -49,7 +49,7 @@ class GradientSource(Policy):
         ``grads``, the gradients the step just used, which carry a loss scale ``scale``: the shape
         normalises the direction, but state kept across steps must be stored unscaled). Returns
         ``grads`` themselves or new tensors, never state it keeps: the optimizer writes eps over
-        the direction. Only a lagged source may write over ``grads`` (they are spent by then)."""
+        the direction. Only a single-pass source may write over ``grads`` (they are spent by then)."""
         raise NotImplementedError
 
 
@@ -58,7 +58,7 @@ class BatchGradient(GradientSource):
     """SAM's source: the gradient of the current batch at w, from an extra forward/backward."""
 
     name = "batch"
-    lagged = False
+    single_pass = False
     direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
@@ -70,7 +70,7 @@ class PreviousGradient(GradientSource):
     point), so the perturbation costs no extra pass; the first step of a run is a base step."""
 
     name = "previous"
-    lagged = True
+    single_pass = True
     direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
@@ -91,7 +91,7 @@ class MomentumDirection(GradientSource):
     """
 
     name = "momentum"
-    lagged = True
+    single_pass = True
 
     def bind(self, state, base) -> None:
         super().bind(state, base)
@@ -102,7 +102,7 @@ class MomentumDirection(GradientSource):
             raise ValueError(f"Momentum-SAM needs a base optimizer with a momentum buffer, got {type(base).__name__}")
 
     def direction(self, params, grads, base, scale=1.0):
-        # A lagged source runs after the base step: the gradients are spent (the optimizer drops
+        # A single-pass source runs after the base step: the gradients are spent (the optimizer drops
         # them once eps is built), so their memory holds -v and no temporary is allocated.
         pairs = []
         for p, g in zip(params, grads):
@@ -112,7 +112,7 @@ class MomentumDirection(GradientSource):
             if buf is not None:
                 pairs.append((g, buf))
         copy_([g for g, _ in pairs], [b for _, b in pairs])
-        torch._foreach_neg_(local(grads))
+        torch._foreach_neg_(local_shards(grads))
         return grads
 
 
@@ -125,7 +125,7 @@ class FriendlyGradient(GradientSource):
     """
 
     name = "friendly"
-    lagged = False
+    single_pass = False
     stateful = True
 
     def __init__(self, sigma: float = 1.0, lmbda: float = 0.9):

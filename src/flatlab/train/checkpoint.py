@@ -1,4 +1,5 @@
-"""Checkpoints and run files, written atomically: a crash or Ctrl-C leaves the old file or the new one."""
+"""Checkpoints: written atomically (a crash or Ctrl-C leaves the old file or the new one), read back
+without running code, the RNG states they keep, and whether one belongs to the run that loads it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from ..errors import UsageError, UserFileNotFoundError
 
 # atomic_write_text/json are re-exported for existing callers; they live in flatlab.fileio
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
+from .config import TrainConfig
 
-__all__ = ["atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+    "check_checkpoint_matches", "first_line",
+]  # fmt: skip
+
+# what must agree between a checkpoint and the run that loads it
+_IDENTITY = ("dataset", "optimizer", "base", "model", "width", "model_args", "sparse")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -40,6 +48,30 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint {path} is not a flatlab checkpoint (it holds a {type(state).__name__})")
     return state
+
+
+def check_checkpoint_matches(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Raises :class:`UsageError` when the checkpoint ``state`` was written by a run with another
+    dataset, optimizer, model or sparse method than ``config``."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"checkpoint {path} holds no run config: it was not written by flatlab train")
+    ours = config.to_dict()
+    ours["model"], saved = config.resolved_model(), dict(saved)
+    saved["model"] = saved.get("model") or ("cnn" if saved.get("dataset") == "digits" else "resnet18")
+    differ = [k for k in _IDENTITY if k in saved and saved[k] != ours[k]]
+    if differ:
+        theirs = ", ".join(f"{k} {saved[k]!r}" for k in differ)
+        mine = ", ".join(f"{k} {ours[k]!r}" for k in differ)
+        raise UsageError(f"checkpoint {path} was written by a run with {theirs}, but this run's config says {mine}: "
+                         "it belongs to another run")
+
+
+def first_line(err: Exception) -> str:
+    """The first line of an error's message (its type where the message is empty), at most 200
+    characters: what a one-line refusal of a checkpoint that does not fit quotes of torch's error."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def _reason(err: Exception) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError
 from ..fileio import atomic_write
 
-__all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table"]
+__all__ = ["compare_runs", "format_table", "plot_runs", "load_run", "mean_std", "format_mean_std", "markdown_table",
+           "format_number", "save_png"]
 
 _IGNORED = {"seed", "name", "out", "progress", "threads"}  # do not define the experiment
 
@@ -127,12 +128,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [[r["label"], len(r["seeds"]),
               format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]),
               format_mean_std(100 * r["best_top1_mean"], 100 * r["best_top1_std"]),
-              _number(r["images_per_s"], ".0f"), _number(r["speed_vs_sgd"], ".2f"), _number(r["wall_time_s"], ".0f")]
+              format_number(r["images_per_s"], ".0f"), format_number(r["speed_vs_sgd"], ".2f"),
+              format_number(r["wall_time_s"], ".0f")]
              for r in rows]
     return markdown_table(headers, cells)
 
 
-def _number(value: float, fmt: str) -> str:
+def format_number(value: float, fmt: str) -> str:
     """``value`` formatted, or ``-`` where it is undefined (no SGD row to compare the speed with)."""
     return "-" if value is None or math.isnan(value) else format(value, fmt)
 
@@ -176,10 +178,10 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | 
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
-def _save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
     """Writes the matplotlib figure ``fig`` as a PNG, unless ``path`` already shows the same pixels: a
     figure drawn again from unchanged runs leaves its file alone, also one written by another
     matplotlib or zlib (whose bytes differ). No "Software" entry, which names matplotlib's version."""

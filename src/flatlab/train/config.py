@@ -32,7 +32,8 @@ from ..data import is_embedded
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
 from ..optim import base_of, base_options, list_optimizers, method_options
 
-__all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS", "convert", "optimizer_fields", "Layer"]
+__all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS", "convert", "optimizer_fields", "Layer",
+           "not_taken_message", "field_kinds"]
 
 # Config fields that are hyper-parameters of the SAM-family optimizers (passed only where accepted).
 OPTIMIZER_FIELDS = {
@@ -71,7 +72,7 @@ def optimizer_fields(method: str) -> list[str]:
     return [key for key, arg in OPTIMIZER_FIELDS.items() if arg in accepted]
 
 
-def _not_taken(method: str, keys: list[str], where: str = "") -> str:
+def not_taken_message(method: str, keys: list[str], where: str = "") -> str:
     takes = optimizer_fields(method)
     offer = f"it takes {', '.join(takes)}" if takes else "it takes no method options"
     return (f"optimizer {method!r} does not take {', '.join(keys)}{where}; {offer}"
@@ -263,7 +264,7 @@ class TrainConfig:
         taken = optimizer_fields(self.optimizer)
         extra = [k for k in OPTIMIZER_FIELDS if getattr(self, k) is not None and k not in taken]
         if extra:
-            raise UsageError(_not_taken(self.optimizer, extra))
+            raise UsageError(not_taken_message(self.optimizer, extra))
 
     # ------------------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class TrainConfig:
         if extra and lenient:
             merged = {k: v for k, v in merged.items() if k not in extra}
         elif extra:
-            raise UsageError(_not_taken(method_optimizer, extra[:1], origin[extra[0]].where(extra[0], "set")))
+            raise UsageError(not_taken_message(method_optimizer, extra[:1], origin[extra[0]].where(extra[0], "set")))
         if lenient and merged.get("data_root") is not None and is_embedded(merged.get("dataset", "digits")):
             del merged["data_root"]
         base = base_of(method_optimizer, merged.get("base", "sgd"))
@@ -338,7 +339,7 @@ class TrainConfig:
             if key not in cls.field_names() or key == "optimizer":
                 raise UsageError(f"unknown key {key!r} in section {method!r}{layer.where(key)}")
             if key in OPTIMIZER_FIELDS and value is not None and key not in optimizer_fields(method):
-                raise UsageError(_not_taken(method, [key], where.where(key, "set")))
+                raise UsageError(not_taken_message(method, [key], where.where(key, "set")))
             out[key] = where.convert(key, value)
         return out
 
@@ -411,7 +412,7 @@ class Layer:
 
 
 @functools.cache
-def _field_kinds() -> dict[str, tuple[Any, bool]]:
+def field_kinds() -> dict[str, tuple[Any, bool]]:
     """``{field: (type, optional)}`` from the annotations (strings under PEP 563)."""
     hints = typing.get_type_hints(TrainConfig)
     kinds = {}
@@ -452,7 +453,7 @@ def convert(key: str, value: Any) -> Any:
     """``value`` as the type of the config field ``key``: numbers from their text (``"5e-4"``), whole
     floats to ints; a :class:`UsageError` "expected <type>, got <value>" for anything else (a string
     for a flag that is true or false, ``1.5`` for an integer, a list for a number...)."""
-    kind, optional = _field_kinds()[key]
+    kind, optional = field_kinds()[key]
     if value is None:
         if optional:
             return None

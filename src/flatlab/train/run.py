@@ -1,23 +1,14 @@
 """A whole run: build everything from a config, train with per-epoch checkpoints, resume exactly.
 
-A run directory holds::
-
-    config.json      the resolved config (and flatlab/torch versions, command, machine)
-    metrics.jsonl    one JSON line per epoch
-    checkpoint.pt    the latest epoch: model, optimizer (base state, masks, g_prev), scheduler,
-                     GradScaler, RNG states, epoch; written atomically
-    summary.json     the final result, written when the run ends
-    model.pt         the final weights (unperturbed), for analysis
+``train`` reads as its steps: check before any work, build the run (:class:`_Run`), take the run
+directory's lock, resume from the checkpoint, then per epoch train, evaluate, checkpoint and log,
+and finish with the final weights and summary. The run directory and its files are
+:mod:`flatlab.train.rundir`; a finished run is loaded back by :mod:`flatlab.train.trained`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
-import shutil
-import sys
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -28,33 +19,38 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from .. import __version__
-from ..errors import MissingDependencyError, UsageError, UserFileExistsError, UserFileNotFoundError
-from ..fileio import atomic_write_json, atomic_write_text, unwritable
+from ..errors import MissingDependencyError, UsageError
 from ..models import count_parameters, create_model
-from ..optim import (
-    SharpnessAware,
-    base_of,
-    base_options,
-    create_optimizer,
-    is_base_optimizer,
-    method_options,
-    step_passes,
-)
+from ..optim import SharpnessAware, step_passes
 from ..sparse import create_masking, masking_flops
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import check_checkpoint_matches, first_line, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_data
+from .device import resolve_device
 from .distributed import Distributed, setup_distributed
-from .lock import run_lock
-from .loop import StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
+from .loop import EpochStats, StepRunner, TrainingDiverged, TrainingInterrupted, evaluate, train_one_epoch
 from .memory import check_memory
+from .optimizer import build_optimizer, check_optimizer
+from .rundir import (
+    absolute_paths,
+    check_run_dir,
+    load_run_config,
+    locked_run_dir,
+    read_metrics,
+    save_config,
+    save_final,
+    start_run_dir,
+    write_metrics,
+)
 from .schedule import create_scheduler
 from .sharding import full_state, reshard_like, shard_model
+from .trained import load_trained
 
 __all__ = [
-    "train", "resume", "RunResult", "load_run_config", "load_trained", "build_optimizer", "check_optimizer",
-    "resolve_device", "absolute_paths", "check_checkpoint_matches",
+    "train", "resume", "RunResult",
+    # re-exported: they lived here before the run directory, loading and device choice had modules
+    "load_run_config", "load_trained", "build_optimizer", "check_optimizer", "resolve_device", "absolute_paths",
+    "check_checkpoint_matches",
 ]  # fmt: skip
 
 
@@ -62,130 +58,6 @@ __all__ = [
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; any other torch device name as is, with a readable
-    error when it names CUDA on a machine without it."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:  # torch's message for a malformed name
-        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run was trained with (its ``config.json``). Method options the method did not
-    read, which older versions saved without effect, are dropped."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise UsageError(f"{path} holds no run config")
-    return TrainConfig.from_dict(saved["config"], str(path), lenient=True)
-
-
-def load_trained(
-    run_dir: str | Path,
-    device: str | torch.device = "cpu",
-    checkpoint: str = "model.pt",
-    *,
-    overrides: dict[str, Any] | None = None,
-):
-    """The trained model of a run (weights of ``model.pt``, or of ``checkpoint.pt`` for an
-    unfinished run), its data and its config: what the analysis commands start from.
-
-    ``run_dir`` may also be a checkpoint file itself (``model.pt`` and ``checkpoint.pt`` both keep
-    the run's config), e.g. one copied away from its run directory. ``overrides`` replaces config
-    fields before the data is built, e.g. ``{"data_root": "/data/cifar10"}`` where the dataset lives
-    somewhere else now.
-
-    Returns ``(model, data, config)``; ``data`` is a :class:`~flatlab.train.data.RunData` whose
-    ``test`` and ``train`` loaders yield normalised batches (the train loader augments).
-    """
-    run_dir = Path(run_dir)
-    device = torch.device(device)
-    if run_dir.is_file():
-        path = run_dir
-        state = load_checkpoint(path, map_location=device)
-        if not isinstance(state.get("config"), dict):
-            raise UsageError(f"{path} holds no run config; pass its run directory instead")
-        config = TrainConfig.from_dict(state["config"], str(path), lenient=True)
-    else:
-        config = load_run_config(run_dir)
-        path = run_dir / checkpoint
-        if not path.is_file() and checkpoint == "model.pt":
-            path = run_dir / "checkpoint.pt"
-        state = load_checkpoint(path, map_location=device)
-    check_checkpoint_matches(state, config, path)
-    if overrides:
-        config = absolute_paths(config.replace(**overrides))
-    data = build_data(config, device)
-    model = create_model(
-        config.resolved_model(), num_classes=data.num_classes, in_channels=data.in_channels, width=config.width,
-        **config.model_args,
-    ).to(device)
-    try:
-        model.load_state_dict(state["model"])
-        if path.name == "checkpoint.pt" and isinstance(state.get("optimizer"), dict):
-            # A single-pass method stopped between steps leaves w + eps in the model and w in its
-            # state: rebuild the run's optimizer over this model and let it put w back.
-            optimizer = build_optimizer(config, model)
-            optimizer.load_state_dict(state["optimizer"])
-            if isinstance(optimizer, SharpnessAware):
-                optimizer.restore_weights()
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"{path} does not fit the run's model or optimizer: {first[:200]}") from err
-    return model.eval(), data, config
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | None = None) -> torch.optim.Optimizer:
-    """The optimizer a config asks for (hyper-parameters validated by the optimizer itself)."""
-    c = config
-    base = base_of(c.optimizer, c.base)
-    shared = dict(lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov)
-    accepted = base_options(base)
-    kwargs: dict[str, Any] = {k: v for k, v in shared.items() if k in accepted}
-    if not is_base_optimizer(c.optimizer):
-        kwargs.update(c.optimizer_kwargs())
-        kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
-        if total_steps is not None and "total_steps" in method_options(c.optimizer):
-            kwargs.setdefault("total_steps", total_steps)  # schedules over the run (SSAM-D's drop rate)
-    elif c.max_grad_norm is not None:
-        raise UsageError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
-    return create_optimizer(c.optimizer, params_or_model, base=base, **kwargs)
-
-
-def check_optimizer(config: TrainConfig) -> None:
-    """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
-    or hyper-parameter, before any training."""
-    try:
-        build_optimizer(config, [torch.zeros(1, requires_grad=True)])
-    except UsageError:
-        raise
-    except ValueError as err:  # on one dummy tensor, only the config's values can be wrong
-        raise UsageError(str(err)) from err
 
 
 class _Run:
@@ -312,18 +184,6 @@ def _unperturbed(optimizer: torch.optim.Optimizer):
     return optimizer.unperturbed() if isinstance(optimizer, SharpnessAware) else nullcontext()
 
 
-def _meta(config: TrainConfig) -> dict[str, Any]:
-    return {
-        "config": config.to_dict(),
-        "flatlab": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {platform.processor()}".strip(),
-        "threads": torch.get_num_threads(),
-        "command": " ".join(sys.argv),
-    }
-
-
 def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrite: bool = False,
           progress: bool | None = None, log=print) -> RunResult:
     """Runs (or resumes) one training run and returns its directory and summary.
@@ -353,14 +213,6 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
         dist.close()
 
 
-def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its data root made absolute, so that the run can be resumed and analysed from
-    any working directory."""
-    if config.data_root is None:
-        return config
-    return config.replace(data_root=os.path.abspath(os.path.expanduser(config.data_root)))
-
-
 def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None, **kwargs) -> RunResult:
     """Continues the run in ``run_dir`` from its last checkpoint, with its saved config.
     ``overrides`` changes what does not change the run: where its data lives now (``data_root``),
@@ -371,180 +223,169 @@ def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None, **kw
     return train(config, resume_dir=run_dir, **kwargs)
 
 
-_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt")
-# what must agree between a checkpoint and the run that loads it
-_IDENTITY = ("dataset", "optimizer", "base", "model", "width", "model_args", "sparse")
-
-
-def check_checkpoint_matches(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """Raises :class:`UsageError` when the checkpoint ``state`` was written by a run with another
-    dataset, optimizer, model or sparse method than ``config``."""
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise UsageError(f"checkpoint {path} holds no run config: it was not written by flatlab train")
-    ours = config.to_dict()
-    ours["model"], saved = config.resolved_model(), dict(saved)
-    saved["model"] = saved.get("model") or ("cnn" if saved.get("dataset") == "digits" else "resnet18")
-    differ = [k for k in _IDENTITY if k in saved and saved[k] != ours[k]]
-    if differ:
-        theirs = ", ".join(f"{k} {saved[k]!r}" for k in differ)
-        mine = ", ".join(f"{k} {ours[k]!r}" for k in differ)
-        raise UsageError(f"checkpoint {path} was written by a run with {theirs}, but this run's config says {mine}: "
-                         "it belongs to another run")
-
-
-def _load_states(run: _Run, state: dict[str, Any], path: Path) -> None:
-    try:
-        run.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"checkpoint {path} does not fit this run's model or optimizer: {first[:200]}") from err
-
-
-def _start_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Creates the run directory for a new run, replacing (all of) an earlier one in it."""
-    old = None
-    if run_dir.exists():
-        old = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(run_dir, old)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", _meta(config))
-    _write_metrics(run_dir / "metrics.jsonl", [])
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Refuses, before any work, a run directory that cannot be used."""
-    if resuming:
-        if not (run_dir / "checkpoint.pt").is_file():
-            raise UserFileNotFoundError(f"no checkpoint to resume in {run_dir}")
-        if (run_dir / "summary.json").is_file():
-            raise UsageError(f"run {run_dir} has finished; nothing to resume (its results: {run_dir / 'summary.json'})")
-        reason = unwritable(run_dir)
-    else:
-        if (run_dir / "checkpoint.pt").exists() or (run_dir / "summary.json").exists():
-            if not overwrite:
-                raise UserFileExistsError(
-                    f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
-                    "or choose another --name / --out (or --overwrite)"
-                )
-        elif run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / f).exists() for f in _RUN_FILES):
-            raise UserFileExistsError(f"{run_dir} exists and is not a flatlab run directory; choose another "
-                                      "--name / --out")
-        elif run_dir.exists() and not run_dir.is_dir():
-            raise UserFileExistsError(f"{run_dir} exists and is not a folder; choose another --name / --out")
-        reason = unwritable(run_dir.parent if run_dir.exists() else run_dir)
-    if reason:
-        raise UsageError(f"cannot write the run into {run_dir}: {reason}")
-
-
 def _train(config, device, dist, resume_dir, overwrite, progress, log, held: ExitStack) -> RunResult:
-    check_optimizer(config)  # fail on a bad hyper-parameter before loading any data
-    run_dir = Path(resume_dir) if resume_dir is not None else Path(config.out) / config.run_name()
-    checkpoint_path = run_dir / "checkpoint.pt"
-    _check_run_dir(run_dir, resume_dir is not None, overwrite)
-    if config.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                                         "(or flatlab[tensorboard])") from err
+    resuming = resume_dir is not None
+    run_dir = Path(resume_dir) if resuming else Path(config.out) / config.run_name()
+    _check_before_work(config, run_dir, resuming, overwrite)
     if not dist.is_main:
         # rank 0 alone reports and writes the run, with the values reduced over all ranks; the
         # others' own views (an empty or stale history) would contradict it
         log = _silent
     run = _Run(config, run_dir, dist, device)
-    if dist.is_main:  # the one writer of the run directory takes its lock, and checks it again under it
-        held.enter_context(run_lock(run_dir))
-        _check_run_dir(run_dir, resume_dir is not None, overwrite)
-    board = None
-    history: list[dict[str, Any]] = []
-    started = resume_dir is not None  # whether this run has its directory (written at its first checkpoint)
-    if resume_dir is not None:
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        check_checkpoint_matches(state, config, checkpoint_path)
-        _load_states(run, state, checkpoint_path)
-        # metrics written after the last checkpoint belong to an epoch that will be redone
-        if dist.is_main:
-            history = _read_metrics(run_dir / "metrics.jsonl", run.epoch)
-            _write_metrics(run_dir / "metrics.jsonl", history)
-            meta_path = run_dir / "config.json"
-            if json.loads(meta_path.read_text()).get("config") != config.to_dict():  # a new --data-root
-                atomic_write_json(meta_path, {**json.loads(meta_path.read_text()), "config": config.to_dict()})
-        if run.epoch < config.epochs:
-            log(f"resuming {run_dir} at epoch {run.epoch + 1}/{config.epochs}")
-        else:
-            log(f"{run_dir}: all {config.epochs} epochs are trained; writing its final model and summary")
+    if dist.is_main:  # the one writer of the run directory
+        held.enter_context(locked_run_dir(run_dir, resuming, overwrite))
+    files = _RunFiles(run, started=resuming)
+    if resuming:
+        _resume(run, files, log)
     if run.epoch == 0 and dist.is_main:
-        n_params = count_parameters(run.raw_model)
-        log(f"{config.run_name()}: {config.resolved_model()} ({n_params / 1e6:.2f}M params) on {config.dataset} "
-            f"({run.data.num_train} train), {type(run.optimizer).__name__}, {config.epochs} epochs, "
-            f"{device}{f' x{dist.world_size}' if dist.enabled else ''}")
-
-    wall_start = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
+        log(_start_line(run))
+    wall_start = time.perf_counter() - (files.history[-1]["wall_time_s"] if files.history else 0.0)
     while run.epoch < config.epochs:
-        epoch = run.epoch
-        run.data.train.set_epoch(epoch)
-        try:
-            stats = train_one_epoch(
-                run.runner, run.data.train, before_step=run.before_step, after_step=run.after_step,
-                desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress if dist.is_main else False,
-            )
-        except TrainingDiverged as err:
-            if started and checkpoint_path.exists():
-                advice = (f"the last good checkpoint is epoch {epoch} in {checkpoint_path}. Lower --lr (or --rho) "
-                          f"and start a new run, or resume from it: flatlab train --resume {run_dir}")
-            else:
-                advice = "it diverged in the first epoch, before any checkpoint. Lower --lr (or --rho) and start again"
-            raise TrainingDiverged(f"{err}. The run stopped; {advice}") from None
-        except KeyboardInterrupt:
-            if started:
-                raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}; epochs 1-{epoch} are checkpointed: "
-                                          f"continue with flatlab train --resume {run_dir}") from None
-            kept = f"; the earlier run in {run_dir} is untouched" if run_dir.exists() else ""
-            raise TrainingInterrupted(f"interrupted in the first epoch, before any checkpoint: nothing was "
-                                      f"saved{kept}") from None
-        run.epoch = epoch + 1
-        # each rank saw its shard of the epoch: sums over all ranks give the epoch's loss and accuracy
-        loss_sum, correct, images, seconds = dist.all_reduce_sum(
-            [stats.loss * stats.images, round(stats.accuracy * stats.images), stats.images, stats.seconds], device)
-        row: dict[str, Any] = {"epoch": run.epoch, "train_loss": loss_sum / images, "train_acc": correct / images}
-        row["images_per_s"] = images / (seconds / dist.world_size)
-        row["train_time_s"] = seconds / dist.world_size
-        row["lr"] = run.optimizer.param_groups[0]["lr"]
-        if run.epoch % config.eval_every == 0 or run.epoch == config.epochs:
-            if dist.is_main or run.sharded:  # a sharded forward needs every rank
-                row.update(run.evaluate())
-        row["wall_time_s"] = time.perf_counter() - wall_start
-        state = run.state_dict() if dist.is_main or run.sharded else None  # gathering shards is collective
-        if dist.is_main:
-            if not started:
-                _start_run_dir(run_dir, config)
-            save_checkpoint(checkpoint_path, state)
-            history.append(row)
-            _write_metrics(run_dir / "metrics.jsonl", history)
-            if config.tensorboard:
-                if board is None:  # purge_step: a resumed run drops what was logged after its checkpoint
-                    board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=run.epoch)
-                for key, value in row.items():
-                    if key != "epoch":
-                        board.add_scalar(key, value, run.epoch)
-                board.flush()
-            log(_epoch_line(row, config.epochs))
-        started = True
+        stats = _train_epoch(run, progress, files.started)
+        row = _epoch_row(run, stats, wall_start)
+        files.save_epoch(row)
+        log(_epoch_line(row, config.epochs))
         dist.barrier()
+    files.close()
+    return RunResult(run_dir, _finish(run, files.history, log))
 
-    if board is not None:
-        board.close()
+
+def _check_before_work(config: TrainConfig, run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuses a bad hyper-parameter, run directory or missing package before any data is loaded."""
+    check_optimizer(config)
+    check_run_dir(run_dir, resuming, overwrite)
+    if config.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as err:
+            raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                                         "(or flatlab[tensorboard])") from err
+
+
+def _resume(run: _Run, files: _RunFiles, log) -> None:
+    path = run.run_dir / "checkpoint.pt"
+    state = load_checkpoint(path, map_location=run.device)
+    check_checkpoint_matches(state, run.config, path)
+    try:
+        run.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"checkpoint {path} does not fit this run's model or optimizer: {first_line(err)}") from err
+    if run.dist.is_main:
+        files.resume()
+    epochs = run.config.epochs
+    if run.epoch < epochs:
+        log(f"resuming {run.run_dir} at epoch {run.epoch + 1}/{epochs}")
+    else:
+        log(f"{run.run_dir}: all {epochs} epochs are trained; writing its final model and summary")
+
+
+def _start_line(run: _Run) -> str:
+    config, dist = run.config, run.dist
+    n_params = count_parameters(run.raw_model)
+    return (f"{config.run_name()}: {config.resolved_model()} ({n_params / 1e6:.2f}M params) on {config.dataset} "
+            f"({run.data.num_train} train), {type(run.optimizer).__name__}, {config.epochs} epochs, "
+            f"{run.device}{f' x{dist.world_size}' if dist.enabled else ''}")
+
+
+def _train_epoch(run: _Run, progress: bool | None, started: bool) -> EpochStats:
+    """One epoch of training steps, with a divergence or Ctrl-C turned into advice on what is kept."""
+    epoch, epochs, run_dir = run.epoch, run.config.epochs, run.run_dir
+    checkpoint_path = run_dir / "checkpoint.pt"
+    run.data.train.set_epoch(epoch)
+    try:
+        stats = train_one_epoch(
+            run.runner, run.data.train, before_step=run.before_step, after_step=run.after_step,
+            desc=f"epoch {epoch + 1}/{epochs}", progress=progress if run.dist.is_main else False,
+        )
+    except TrainingDiverged as err:
+        if started and checkpoint_path.exists():
+            advice = (f"the last good checkpoint is epoch {epoch} in {checkpoint_path}. Lower --lr (or --rho) "
+                      f"and start a new run, or resume from it: flatlab train --resume {run_dir}")
+        else:
+            advice = "it diverged in the first epoch, before any checkpoint. Lower --lr (or --rho) and start again"
+        raise TrainingDiverged(f"{err}. The run stopped; {advice}") from None
+    except KeyboardInterrupt:
+        if started:
+            raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}; epochs 1-{epoch} are checkpointed: "
+                                      f"continue with flatlab train --resume {run_dir}") from None
+        kept = f"; the earlier run in {run_dir} is untouched" if run_dir.exists() else ""
+        raise TrainingInterrupted(f"interrupted in the first epoch, before any checkpoint: nothing was "
+                                  f"saved{kept}") from None
+    run.epoch = epoch + 1
+    return stats
+
+
+def _epoch_row(run: _Run, stats: EpochStats, wall_start: float) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl``: training numbers over all ranks, the test numbers on
+    evaluation epochs."""
+    dist = run.dist
+    # each rank saw its shard of the epoch: sums over all ranks give the epoch's loss and accuracy
+    loss_sum, correct, images, seconds = dist.all_reduce_sum(
+        [stats.loss * stats.images, round(stats.accuracy * stats.images), stats.images, stats.seconds], run.device)
+    row: dict[str, Any] = {"epoch": run.epoch, "train_loss": loss_sum / images, "train_acc": correct / images}
+    row["images_per_s"] = images / (seconds / dist.world_size)
+    row["train_time_s"] = seconds / dist.world_size
+    row["lr"] = run.optimizer.param_groups[0]["lr"]
+    if run.epoch % run.config.eval_every == 0 or run.epoch == run.config.epochs:
+        if dist.is_main or run.sharded:  # a sharded forward needs every rank
+            row.update(run.evaluate())
+    row["wall_time_s"] = time.perf_counter() - wall_start
+    return row
+
+
+class _RunFiles:
+    """What rank 0 writes into the run directory epoch by epoch: the checkpoint, the metrics (the
+    history so far), TensorBoard's scalars. Every rank knows whether the directory is written yet."""
+
+    def __init__(self, run: _Run, started: bool):
+        self.run, self.dir = run, run.run_dir
+        self.started = started  # whether this run has its directory (written at its first checkpoint)
+        self.history: list[dict[str, Any]] = []
+        self._board = None
+
+    def resume(self) -> None:
+        # metrics written after the last checkpoint belong to an epoch that will be redone
+        self.history = read_metrics(self.dir, self.run.epoch)
+        write_metrics(self.dir, self.history)
+        save_config(self.dir, self.run.config)  # a new --data-root
+
+    def save_epoch(self, row: dict[str, Any]) -> None:
+        run = self.run
+        state = run.state_dict() if run.dist.is_main or run.sharded else None  # gathering shards is collective
+        if run.dist.is_main:
+            if not self.started:
+                start_run_dir(self.dir, run.config)
+            save_checkpoint(self.dir / "checkpoint.pt", state)
+            self.history.append(row)
+            write_metrics(self.dir, self.history)
+            if run.config.tensorboard:
+                self._add_scalars(row)
+        self.started = True
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        if self._board is None:  # purge_step: a resumed run drops what was logged after its checkpoint
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(str(self.dir / "tensorboard"), purge_step=row["epoch"])
+        for key, value in row.items():
+            if key != "epoch":
+                self._board.add_scalar(key, value, row["epoch"])
+        self._board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+
+
+def _finish(run: _Run, history: list[dict[str, Any]], log) -> dict[str, Any]:
+    """Writes the final weights and summary (rank 0) and returns the summary on every rank."""
+    dist, config = run.dist, run.config
     summary = _summary(run, history) if dist.is_main else None
     with _unperturbed(run.optimizer):
         # saved inside the block: the state dict refers to the parameters, which hold w only here
         final = run.model_state() if dist.is_main or run.sharded else None
         if dist.is_main:
-            save_checkpoint(run_dir / "model.pt", {"model": final, "config": config.to_dict()})
-            atomic_write_json(run_dir / "summary.json", summary)
+            save_final(run.run_dir, final, config, summary)
     summary = dist.broadcast(summary)  # every rank returns the summary rank 0 wrote
     if "sparsity" in summary:
         log(f"sparsity {summary['sparsity']['overall']['mask_sparsity']:.4f} (weights equal to zero: "
@@ -553,8 +394,8 @@ def _train(config, device, dist, resume_dir, overwrite, progress, log, held: Exi
     split = "test" if config.holdout is None else "held-out"
     log(f"done: {split} top-1 {100 * summary['final_test_top1']:.2f}% "
         f"(best {100 * summary['best_test_top1']:.2f}%), "
-        f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run_dir}")
-    return RunResult(run_dir, summary)
+        f"{summary['images_per_s']:.0f} img/s, {summary['wall_time_s']:.1f}s -> {run.run_dir}")
+    return summary
 
 
 def _silent(*_args, **_kwargs) -> None:

@@ -53,9 +53,11 @@ from ..analysis import top_eigenvalues
 from ..errors import UsageError, check_number
 from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..optim import is_base_optimizer, list_optimizers
-from .compare import _number, _save_png, format_mean_std, load_run, markdown_table, mean_std, plot_runs
-from .config import OPTIMIZER_FIELDS, TrainConfig, _not_taken, convert, load_config_file, optimizer_fields
-from .run import check_optimizer, load_trained, resume, train
+from .compare import format_mean_std, format_number, load_run, markdown_table, mean_std, plot_runs, save_png
+from .config import OPTIMIZER_FIELDS, TrainConfig, convert, load_config_file, not_taken_message, optimizer_fields
+from .optimizer import check_optimizer
+from .run import resume, train
+from .trained import load_trained
 
 __all__ = ["Study", "load_study", "run_study", "summarise", "plot_tradeoff", "machine_info"]
 
@@ -101,7 +103,8 @@ class Study:
             self._refuse(f"methods.{method}.optimizer" if "optimizer" in entry else "base.optimizer", str(err))
         for key in OPTIMIZER_FIELDS:  # a method option set for a method that does not read it
             if values.get(key) is not None and key not in taken:
-                self._refuse(f"methods.{method}.{key}" if key in entry else f"base.{key}", _not_taken(optimizer, [key]))
+                where = f"methods.{method}.{key}" if key in entry else f"base.{key}"
+                self._refuse(where, not_taken_message(optimizer, [key]))
         run = {"seed": seed, "out": str(self.out), "name": f"{method}-seed{seed}"}
         try:
             config = TrainConfig.from_dict({**_with_root(values, self.root), **run}, source=self.source)
@@ -135,7 +138,7 @@ class Study:
                         self._refuse(f"{where}.{key}.{option}", f"unknown key in section {key!r}"
                                      f"{_did_you_mean(option, TrainConfig.field_names())}")
                     if option in OPTIMIZER_FIELDS and setting is not None and option not in optimizer_fields(key):
-                        self._refuse(f"{where}.{key}.{option}", _not_taken(key, [option]))
+                        self._refuse(f"{where}.{key}.{option}", not_taken_message(key, [option]))
                     self._convert(f"{where}.{key}.{option}", option, setting)
             elif key in TrainConfig.field_names():
                 self._convert(f"{where}.{key}", key, value)
@@ -523,7 +526,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "")
     if has_eig:
         axes[1].set(xlabel="top Hessian eigenvalue of the final model", ylabel="test top-1 (%)", xscale="log")
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -553,7 +556,7 @@ def format_study(rows: list[dict[str, Any]]) -> str:
             paired = "-" if math.isnan(diff) else format_mean_std(100 * diff, 100 * spread, "+.2f")
         line = [r["method"], format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]), seeds, paired,
                 f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}",
-                _number(r["speed_vs_sgd"], ".2f"),
+                format_number(r["speed_vs_sgd"], ".2f"),
                 "-" if r.get("sam_steps_per_step") is None else f"{r['sam_steps_per_step']:.2f}",
                 f"{r['wall_time_s_mean']:.0f}"]
         if has_eig:

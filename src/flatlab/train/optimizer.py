@@ -1,0 +1,41 @@
+"""The optimizer a training config asks for, built (and checked) through the optimizer registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from ..optim import base_of, base_options, create_optimizer, is_base_optimizer, method_options
+from .config import TrainConfig
+
+__all__ = ["build_optimizer", "check_optimizer"]
+
+
+def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | None = None) -> torch.optim.Optimizer:
+    """The optimizer a config asks for (hyper-parameters validated by the optimizer itself)."""
+    c = config
+    base = base_of(c.optimizer, c.base)
+    shared = dict(lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov)
+    accepted = base_options(base)
+    kwargs: dict[str, Any] = {k: v for k, v in shared.items() if k in accepted}
+    if not is_base_optimizer(c.optimizer):
+        kwargs.update(c.optimizer_kwargs())
+        kwargs.update(seed=c.seed, max_grad_norm=c.max_grad_norm)
+        if total_steps is not None and "total_steps" in method_options(c.optimizer):
+            kwargs.setdefault("total_steps", total_steps)  # schedules over the run (SSAM-D's drop rate)
+    elif c.max_grad_norm is not None:
+        raise UsageError("max_grad_norm is applied by the SAM-family optimizers; not with a plain base")
+    return create_optimizer(c.optimizer, params_or_model, base=base, **kwargs)
+
+
+def check_optimizer(config: TrainConfig) -> None:
+    """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
+    or hyper-parameter, before any training."""
+    try:
+        build_optimizer(config, [torch.zeros(1, requires_grad=True)])
+    except UsageError:
+        raise
+    except ValueError as err:  # on one dummy tensor, only the config's values can be wrong
+        raise UsageError(str(err)) from err
