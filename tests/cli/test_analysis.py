@@ -10,8 +10,8 @@ import torch
 
 import flatlab
 from flatlab.cli import main
-from flatlab.cli.analysis import open_run, output_dirs, select_batches
 from flatlab.train import TrainConfig, evaluate, train
+from flatlab.train.reports import open_run, output_dirs, select_batches
 
 
 @pytest.fixture(scope="module")

@@ -426,9 +426,9 @@ def test_analysis_without_matplotlib_writes_the_numbers(tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    from flatlab.cli import analysis
+    from flatlab.train.reports import common
 
-    monkeypatch.setattr(analysis._OptionalPlots, "noted", False)
+    monkeypatch.setattr(common._OptionalPlots, "noted", False)
     code, _, err = cli(capsys, "hessian", tmp_path / "a", "--batches", "1", "--k", "1", "--trace-samples", "0")
     assert code == 0, err
     assert "matplotlib is not installed" in err and "Traceback" not in err

@@ -11,7 +11,9 @@ import pytest
 
 from flatlab.cli import main
 from flatlab.errors import UsageError
+from flatlab.optim import BASE_OPTIMIZERS, list_optimizers
 from flatlab.train import TrainConfig
+from flatlab.train.config import field_help
 
 
 def one_error_line(capsys, command="train"):
@@ -136,12 +138,57 @@ def test_every_config_field_has_a_flag_with_help(monkeypatch, capsys):
     assert helps["--config"] == "YAML or JSON file of config keys"  # the parser of the parser
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        text = f.metadata.get("help", "")
+        text = field_help(f.name)
         assert text.strip(), f"{f.name} has no help"
         assert helps.get(flag), f"{flag} shows no help"
         assert " ".join(helps[flag].split()) == " ".join(text.split()), flag
+        if isinstance(f.metadata["help"], str):  # the field's own text, maybe with its default after it
+            assert text.startswith(f.metadata["help"]), flag
         if f.type.startswith("bool"):
             assert helps.get("--no-" + flag[2:]) == helps[flag]
+
+
+def help_screen(capsys, monkeypatch, command: str) -> dict[str, str]:
+    monkeypatch.setenv("COLUMNS", "1000")  # unwrapped: a wrapped line may break inside a name, after a hyphen
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    return option_help(capsys.readouterr().out)
+
+
+def names_listed(text: str) -> list[str]:
+    """``"a, b or c"`` -> ``["a", "b", "c"]``."""
+    return re.split(r", | or ", text)
+
+
+def test_the_optimizer_and_base_help_list_every_registered_name(monkeypatch, capsys):
+    """--optimizer listed 9 of the registry's methods (no looksam, ..., fsam) and --base left out adam:
+    both are built from the registries when the parser is."""
+    from flatlab.optim import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "my-sam", registry._REGISTRY["sam"])  # one registered late
+    helps = help_screen(capsys, monkeypatch, "train")
+    optimizers = names_listed(helps["--optimizer"].split(" (see")[0])
+    assert sorted(optimizers) == sorted(list_optimizers()) and {"looksam", "fsam", "my-sam"} <= set(optimizers)
+    bases = names_listed(helps["--base"].split(": ", 1)[1].split(" (default")[0])
+    assert sorted(bases) == sorted(BASE_OPTIMIZERS) == ["adam", "adamw", "sgd"]
+
+
+def test_every_flag_shows_its_default(monkeypatch, capsys):
+    helps = help_screen(capsys, monkeypatch, "train")
+    for f in dataclasses.fields(TrainConfig):
+        assert "(default" in helps["--" + f.name.replace("_", "-")], f.name
+    assert helps["--epochs"].endswith("(default: 10)") and helps["--lr"].endswith("(default: 0.05)")
+    assert helps["--milestones"].endswith("(default: 0.5,0.75)") and helps["--compile"].endswith("(default: off)")
+    assert helps["--accumulate"].endswith("(default: 1)") and helps["--optimizer"].endswith("(default: sam)")
+    assert helps["--gamma"].endswith("(default: the method's)")
+    budgets = {"landscape": "4", "hessian": "4", "gradstats": "8", "robustness": "all"}  # docs/analysis.md
+    for command, batches in budgets.items():
+        helps = help_screen(capsys, monkeypatch, command)
+        missing = [flag for flag, text in helps.items() if flag != "--help" and "default" not in text]
+        assert not missing, (command, missing)
+        assert helps["--batches"].endswith(f"(default {batches})"), command
+        assert "(default: torch's choice)" in helps["--threads"]
 
 
 def test_flags_parse_to_their_field_types(tmp_path):

@@ -18,7 +18,7 @@ from ..optim import describe_optimizer, list_optimizers
 from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
-from ..train.config import Layer, convert, field_kinds
+from ..train.config import Layer, field_kinds, convert, field_help
 from ..train.distributed import launched_rank
 from ..train.rundir import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
@@ -58,7 +58,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (defaults < --config file < flags)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
+        help_text = field_help(f.name)
         if field_kinds()[f.name][0] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data import is_embedded
+from ..data import is_embedded, list_datasets
 from ..errors import MissingDependencyError, UsageError, UserFileNotFoundError, check_number
-from ..optim import base_of, base_options, list_optimizers, method_options
+from ..optim import BASE_OPTIMIZERS, base_of, base_options, list_optimizers, method_options
+from ..sparse import list_sparse_methods
 
 __all__ = ["TrainConfig", "load_config_file", "OPTIMIZER_FIELDS", "convert", "optimizer_fields", "Layer",
-           "not_taken_message", "field_kinds"]
+           "not_taken_message", "field_kinds", "field_help"]
 
 # Config fields that are hyper-parameters of the SAM-family optimizers (passed only where accepted).
 OPTIMIZER_FIELDS = {
@@ -79,14 +80,37 @@ def not_taken_message(method: str, keys: list[str], where: str = "") -> str:
             " (a config file keeps other methods' settings in sections, e.g. 'esam: {beta: 0.6}')")
 
 
+def _one_of(names) -> str:
+    """``a, b or c``."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+# The help of a field whose values are registry names is built when the parser is (a callable in
+# its metadata), so that it lists every name registered by then, not a copy that falls behind.
+def _dataset_help() -> str:
+    return _one_of(f"{name} (embedded, no files)" if is_embedded(name) else name for name in list_datasets())
+
+
+def _optimizer_help() -> str:
+    return f"{_one_of(list_optimizers())} (see `flatlab list`)"
+
+
+def _base_help() -> str:
+    return f"base optimizer of a SAM-family method: {_one_of(BASE_OPTIMIZERS)}"
+
+
+def _sparse_help() -> str:
+    return f"sparse training: {_one_of(list_sparse_methods())} (default: dense)"
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run. Only the fields that differ between seeds of one experiment
     should be ``seed``; ``compare`` groups runs whose configs are equal but for it."""
 
     # data
-    dataset: str = field(default="digits", metadata={
-        "help": "digits (embedded, no files), cifar10, cifar100, fashion-mnist, mnist or imagefolder"})
+    dataset: str = field(default="digits", metadata={"help": _dataset_help})
     data_root: str | None = field(default=None, metadata={
         "help": "folder (or .tar.gz for imagefolder) of the dataset files (default: the data cache; none for the "
                 "embedded digits)"})
@@ -96,12 +120,13 @@ class TrainConfig:
         "help": "decode an image folder too large for memory (ImageNet) per batch, with --workers"})
     workers: int = field(default=4, metadata={"help": "data-loading processes for --stream"})
     train_subset: int | None = field(default=None, metadata={
-        "help": "train on this many (seeded random) training samples, for CPU-scale studies"})
+        "help": "train on this many (seeded random) training samples, for CPU-scale studies (default: all)"})
     test_subset: int | None = field(default=None, metadata={
-        "help": "evaluate on this many (fixed random) test samples"})
+        "help": "evaluate on this many (fixed random) test samples (default: all)"})
     holdout: int | None = field(default=None, metadata={
         "help": "evaluate on this many training samples held out of training (the same for every seed) "
-                "instead of the test set: tune hyper-parameters without touching the test set"})
+                "instead of the test set: tune hyper-parameters without touching the test set (default: none, "
+                "the test set)"})
     crop_padding: int | None = field(default=None, metadata={
         "help": "padding in pixels of the random crop (default: 4 for images >= 28 px, 1 below)"})
     flip: bool | None = field(default=None, metadata={
@@ -109,15 +134,14 @@ class TrainConfig:
     cutout: int = field(default=0, metadata={"help": "side in pixels of the square erased per training image (0: off)"})
     # model
     model: str | None = field(default=None, metadata={
-        "help": "model name (see `flatlab list`); default cnn for digits, resnet18 otherwise"})
+        "help": "model name (see `flatlab list`) (default: cnn for digits, resnet18 otherwise)"})
     width: float = field(default=1.0, metadata={
         "help": "channel multiplier of the model, for CPU-scale runs (1.0: the published one)"})
     model_args: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "extra model options as JSON, e.g. '{\"alpha\": 270}'"})
+        "help": "extra model options as JSON, e.g. '{\"alpha\": 270}' (default: none)"})
     # optimizer
-    optimizer: str = field(default="sam", metadata={
-        "help": "sgd, adamw, sam, sam-sign, asam, esam, ssam-f, ssam-d or s2sam (see `flatlab list`)"})
-    base: str = field(default="sgd", metadata={"help": "base optimizer of a SAM-family method: sgd or adamw"})
+    optimizer: str = field(default="sam", metadata={"help": _optimizer_help})
+    base: str = field(default="sgd", metadata={"help": _base_help})
     lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD base optimizer"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for the SGD base optimizer"})
@@ -160,7 +184,7 @@ class TrainConfig:
         "help": "FriendlySAM: weight of the gradient average removed from the ascent direction"})
     lmbda: float | None = field(default=None, metadata={"help": "FriendlySAM: factor of the gradient average"})
     max_grad_norm: float | None = field(default=None, metadata={
-        "help": "SAM family: clip the descent gradient to this global norm"})
+        "help": "SAM family: clip the descent gradient to this global norm (default: no clipping)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})
     # schedule
     epochs: int = field(default=10, metadata={"help": "training epochs"})
@@ -180,8 +204,7 @@ class TrainConfig:
         "help": "step schedule: comma-separated fractions of training, e.g. 0.5,0.75"})
     lr_decay: float = field(default=0.1, metadata={"help": "step schedule: learning-rate factor at each milestone"})
     # sparse training
-    sparse: str | None = field(default=None, metadata={
-        "help": "sparse training: random, magnitude, snip, grasp, set or rigl (default: dense)"})
+    sparse: str | None = field(default=None, metadata={"help": _sparse_help})
     sparsity: float = field(default=0.0, metadata={"help": "sparse training: fraction of prunable weights removed"})
     sparse_distribution: str = field(default="erk", metadata={
         "help": "sparse training: sparsity per layer, erk, uniform or global"})
@@ -409,6 +432,28 @@ class Layer:
             name = f"--{key.replace('_', '-')}" if self.source is None else key
             where = "" if self.source is None else f" (in {self.source})"
             raise UsageError(f"{name}: {err}{where}") from None
+
+
+def field_help(name: str) -> str:
+    """The help of field ``name``'s flag: its text and, where the text does not say it, its default
+    (``None`` of a method option: the method's own)."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    text = f.metadata["help"]
+    text = text() if callable(text) else text
+    if "(default" in text:
+        return text
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value is None:
+        if name not in OPTIMIZER_FIELDS:
+            raise TypeError(f"the help of {name} must say what its default None means")
+        shown = "the method's"
+    elif isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, list):
+        shown = ",".join(map(str, value))
+    else:
+        shown = str(value)
+    return f"{text} (default: {shown})"
 
 
 @functools.cache
