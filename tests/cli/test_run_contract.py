@@ -11,30 +11,11 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.cli import main
 from flatlab.errors import UsageError
 from flatlab.train import TrainConfig
+from tests.helpers.cli import QUICK, cli, one_error
 
 ROOT = Path(__file__).parents[2]
-QUICK = ["--dataset", "digits", "--model", "cnn", "--width", "0.25", "--epochs", "1", "--threads", "1"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``flatlab ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error(err: str, command: str = "train") -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"flatlab {command}: error: "), err
-    return lines[0]
 
 
 def saved_config(run_dir: Path) -> dict:

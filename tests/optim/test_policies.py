@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, make, run_step, tiny_net
 
 import flatlab
 from flatlab.optim import SharpnessSensitive, empirical_fisher
+from tests.helpers.nets import batches, tiny_net
+from tests.helpers.steps import make, run_step
 
 
 def total(masks):
