@@ -13,16 +13,8 @@ from flatlab.analysis import (
     sam_perturbation,
     sds_statistics,
 )
-
-from ._helpers import (
-    assert_unchanged,
-    image_data,
-    snapshot,
-    softmax_regression_grad,
-    softmax_regression_losses,
-    split,
-    tiny_cnn,
-)
+from tests.helpers.nets import assert_unchanged, image_data, snapshot, split, tiny_cnn
+from tests.helpers.reference import softmax_regression_grad, softmax_regression_losses
 
 
 @pytest.fixture

@@ -13,26 +13,14 @@ from flatlab.analysis import (
     stochastic_lanczos_quadrature,
     top_eigenvalues,
 )
-
-from ._helpers import (
-    Quadratic,
-    assert_unchanged,
-    full_hessian,
-    image_data,
-    quadratic_batches,
-    quadratic_loss,
-    snapshot,
-    split,
-    tiny_cnn,
-    tiny_data,
-    tiny_mlp,
-)
+from tests.helpers.nets import assert_unchanged, image_data, snapshot, split, tiny_cnn, tiny_mlp, vector_batches
+from tests.helpers.reference import Quadratic, full_hessian, quadratic_batches, quadratic_loss
 
 
 @pytest.fixture(scope="module")
 def mlp_problem():
     model = tiny_mlp()
-    x, y = tiny_data()
+    x, y = vector_batches(1, 24, features=4, seed=1, dtype=torch.float64)[0]
     H = full_hessian(model, x, y)
     return model, x, y, H
 

@@ -13,8 +13,7 @@ from flatlab.analysis import (
     loss_surface_2d,
     random_direction,
 )
-
-from ._helpers import assert_unchanged, image_data, snapshot, split, tiny_cnn
+from tests.helpers.nets import assert_unchanged, image_data, snapshot, split, tiny_cnn
 
 
 @pytest.fixture

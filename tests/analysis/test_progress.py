@@ -18,8 +18,7 @@ from flatlab.analysis import (
     spectral_density,
     top_eigenvalues,
 )
-
-from ._helpers import image_data, split, tiny_cnn
+from tests.helpers.nets import image_data, split, tiny_cnn
 
 
 class Recorder:

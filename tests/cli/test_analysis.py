@@ -4,6 +4,7 @@ numbers checked against independent computations where that is cheap."""
 import json
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -29,23 +30,36 @@ def cli(*args):
     return main([str(a) for a in args] + ["--threads", "1"])
 
 
-def result(path):
+def succeeds(*args):
+    """Runs a command that must exit 0; returns its wall-clock seconds, which bound the time_s of
+    every record it writes."""
+    start = time.perf_counter()
+    assert cli(*args) == 0
+    return time.perf_counter() - start
+
+
+def result(path, wall):
     record = json.loads(path.read_text())
     assert record["flatlab"] == flatlab.__version__
-    assert record["time_s"] >= 0
+    # time_s is the sum of the timed parts (none timed would read 0), all inside the command
+    parts = record["time_s_parts"]
+    assert parts and all(t > 0 for t in parts.values())
+    assert record["time_s"] == pytest.approx(sum(parts.values()))
+    assert record["time_s"] <= wall
     for name in record["figures"]:
         assert (path.parent / name).stat().st_size > 1000
     return record
 
 
 def test_landscape_1d_two_runs_on_one_figure_centre_is_the_test_loss(runs, capsys):
-    assert cli("landscape", runs["sgd"], runs["sam"], "--grid", 5, "--span", 0.5, "--batches", 2,
-               "--batch-size", 64) == 0
+    wall = succeeds("landscape", runs["sgd"], runs["sam"], "--grid", 5, "--span", 0.5, "--batches", 2,
+                    "--batch-size", 64)
     printed = capsys.readouterr().out
     assert "loss(0)" in printed and "sgd" in printed and "sam" in printed
     assert (runs["sgd"] / "analysis" / "landscape_random_1d_compare.png").stat().st_size > 1000
     for name in ("sgd", "sam"):
-        record = result(runs[name] / "analysis" / "landscape_random_1d.json")
+        record = result(runs[name] / "analysis" / "landscape_random_1d.json", wall)
+        assert set(record["time_s_parts"]) == {"directions", "surface"}
         res = record["results"]
         assert record["options"]["grid"] == 5 and record["data"]["samples"] == 128
         assert res["alphas"] == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
@@ -62,9 +76,9 @@ def test_landscape_1d_two_runs_on_one_figure_centre_is_the_test_loss(runs, capsy
 @pytest.mark.parametrize("directions", ["random", "gaussian", "adversarial"])
 @pytest.mark.parametrize("dims", [1, 2])
 def test_landscape_directions_and_dims(runs, tmp_path, directions, dims):
-    assert cli("landscape", runs["sam"], "--directions", directions, "--dims", dims, "--grid", 3, "--groups", 2,
-               "--batches", 1, "--log", "--out", tmp_path) == 0
-    record = result(tmp_path / f"landscape_{directions}_{dims}d.json")
+    wall = succeeds("landscape", runs["sam"], "--directions", directions, "--dims", dims, "--grid", 3, "--groups", 2,
+                    "--batches", 1, "--log", "--out", tmp_path)
+    record = result(tmp_path / f"landscape_{directions}_{dims}d.json", wall)
     res = record["results"]
     shape = (3,) if dims == 1 else (3, 3)
     assert torch.tensor(res["loss"]).shape == shape
@@ -76,12 +90,12 @@ def test_landscape_directions_and_dims(runs, tmp_path, directions, dims):
 
 
 def test_hessian_eigenvalues_trace_and_density(runs, tmp_path, capsys):
-    assert cli("hessian", runs["sgd"], runs["sam"], "--k", 5, "--iters", 12, "--trace-samples", 4,
-               "--density", 1, "--density-iters", 8, "--batches", 1, "--out", tmp_path) == 0
+    wall = succeeds("hessian", runs["sgd"], runs["sam"], "--k", 5, "--iters", 12, "--trace-samples", 4,
+                    "--density", 1, "--density-iters", 8, "--batches", 1, "--out", tmp_path)
     assert "lambda1/lambda5" in capsys.readouterr().out
     assert (tmp_path / "hessian_density_compare.png").stat().st_size > 1000
     for name in ("sgd", "sam"):
-        record = result(tmp_path / name / "hessian.json")
+        record = result(tmp_path / name / "hessian.json", wall)
         res = record["results"]
         evals = res["eigenvalues"]
         assert len(evals) == 5 and evals == sorted(evals, reverse=True)
@@ -89,7 +103,6 @@ def test_hessian_eigenvalues_trace_and_density(runs, tmp_path, capsys):
         assert res["lambda1_over_lambda5"] == pytest.approx(evals[0] / evals[4])
         assert math.isfinite(res["trace"]) and len(res["trace_samples"]) == 4
         assert set(record["time_s_parts"]) == {"eigenvalues", "trace", "density"}
-        assert record["time_s"] == pytest.approx(sum(record["time_s_parts"].values()))
         # independent: the Rayleigh quotient of a random vector lies below lambda1 and the density
         # integrates to one
         run = open_run(runs[name])
@@ -157,9 +170,9 @@ def reference_gradstats(model, batches, rho, gamma, seed=0):
 
 
 def test_gradstats(runs, capsys):
-    assert cli("gradstats", runs["sgd"], "--batches", 2, "--batch-size", 64, "--gamma", 0.25) == 0
+    wall = succeeds("gradstats", runs["sgd"], "--batches", 2, "--batch-size", 64, "--gamma", 0.25)
     assert "linearity" in capsys.readouterr().out
-    record = result(runs["sgd"] / "analysis" / "gradstats.json")
+    record = result(runs["sgd"] / "analysis" / "gradstats.json", wall)
     res = record["results"]
     assert record["options"]["rho"] == 0.05 and record["options"]["gamma"] == 0.25
     run = open_run(runs["sgd"])
@@ -182,13 +195,13 @@ def test_gradstats(runs, capsys):
 
 
 def test_robustness_clean_equals_the_run_and_error_grows_with_severity(runs, capsys):
-    assert cli("robustness", runs["sgd"], runs["sam"], "--corruptions", "gaussian_noise,contrast,gaussian_blur",
-               "--severities", "1,3,5") == 0
+    wall = succeeds("robustness", runs["sgd"], runs["sam"], "--corruptions", "gaussian_noise,contrast,gaussian_blur",
+                    "--severities", "1,3,5")
     out = capsys.readouterr().out
     assert "contrast" in out and "mean" in out
     assert (runs["sgd"] / "analysis" / "robustness_compare.png").exists()
     for name in ("sgd", "sam"):
-        res = result(runs[name] / "analysis" / "robustness.json")["results"]
+        res = result(runs[name] / "analysis" / "robustness.json", wall)["results"]
         summary = json.loads((runs[name] / "summary.json").read_text())
         assert res["clean_accuracy"] == pytest.approx(summary["final_test_top1"], abs=1e-12)
         err = res["mean_error_by_severity"]
@@ -198,9 +211,9 @@ def test_robustness_clean_equals_the_run_and_error_grows_with_severity(runs, cap
 
 
 def test_robustness_on_a_budget_matches_evaluate_on_the_same_subset(runs, tmp_path):
-    assert cli("robustness", runs["sam"], "--corruptions", "jpeg", "--severities", 2, "--batches", 2,
-               "--batch-size", 50, "--seed", 3, "--out", tmp_path) == 0
-    res = result(tmp_path / "robustness.json")["results"]
+    wall = succeeds("robustness", runs["sam"], "--corruptions", "jpeg", "--severities", 2, "--batches", 2,
+                    "--batch-size", 50, "--seed", 3, "--out", tmp_path)
+    res = result(tmp_path / "robustness.json", wall)["results"]
     run = open_run(runs["sam"])
     expected = evaluate(run.model, select_batches(run, 2, 50, seed=3), run.device)["test_top1"]
     assert res["clean_accuracy"] == pytest.approx(expected, abs=1e-12)

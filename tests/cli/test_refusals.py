@@ -12,29 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatlab.cli import build_parser, main
+from flatlab.cli import build_parser
 from flatlab.train import TrainConfig
 from flatlab.train.rundir import load_run_config
-
-QUICK = ["--dataset", "digits", "--model", "cnn", "--width", "0.25", "--epochs", "1", "--threads", "1"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error(err: str, command: str = "train") -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"flatlab {command}: error: "), err
-    return lines[0]
-
+from tests.helpers.cli import QUICK, cli, one_error
 
 # -- a run name is a name, not a path ---------------------------------------------------------------
 

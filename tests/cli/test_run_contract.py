@@ -11,30 +11,13 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.cli import main
+from flatlab.cli.analysis import open_run, select_batches
 from flatlab.errors import UsageError
 from flatlab.train import TrainConfig
+from tests.helpers.cli import QUICK, cli, one_error
+from tests.helpers.reference import full_hessian
 
 ROOT = Path(__file__).parents[2]
-QUICK = ["--dataset", "digits", "--model", "cnn", "--width", "0.25", "--epochs", "1", "--threads", "1"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``flatlab ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error(err: str, command: str = "train") -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"flatlab {command}: error: "), err
-    return lines[0]
 
 
 def saved_config(run_dir: Path) -> dict:
@@ -108,10 +91,14 @@ def test_every_shipped_config_and_study_is_usable_with_every_method():
     from flatlab.train.study import load_study
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
+        raw = load_config_file(path)
+        flat = {k: v for k, v in raw.items() if not (k in list_optimizers() and isinstance(v, dict))}
         for method in list_optimizers():
-            check_optimizer(TrainConfig.from_layers([Layer(load_config_file(path), str(path)),
-                                                     Layer({"optimizer": method}, None)]))
-        assert "Swap --optimizer" not in path.read_text() or "section" in path.read_text()
+            config = TrainConfig.from_layers([Layer(raw, str(path)), Layer({"optimizer": method}, None)])
+            check_optimizer(config)
+            # the file's flat keys, then the chosen method's section; no other method's section
+            expected = TrainConfig.from_dict({**flat, **raw.get(method, {}), "optimizer": method}, str(path))
+            assert config.to_dict() == expected.to_dict(), (path.name, method)
     for path in sorted((ROOT / "benchmarks" / "studies").glob("*.yaml")):
         load_study(path)
 
@@ -422,7 +409,8 @@ def test_download_advice_names_the_flag(tmp_path, capsys):
 def test_analysis_without_matplotlib_writes_the_numbers(tmp_path, capsys, monkeypatch):
     import sys
 
-    assert cli(capsys, "train", *QUICK, "--out", tmp_path, "--name", "a")[0] == 0
+    # an MLP of 1167 parameters, whose Hessian is quick to compute in full below
+    assert cli(capsys, "train", *QUICK, "--model", "mlp", "--width", "0.05", "--out", tmp_path, "--name", "a")[0] == 0
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
@@ -433,7 +421,13 @@ def test_analysis_without_matplotlib_writes_the_numbers(tmp_path, capsys, monkey
     assert code == 0, err
     assert "matplotlib is not installed" in err and "Traceback" not in err
     record = json.loads((tmp_path / "a" / "analysis" / "hessian.json").read_text())
-    assert record["figures"] == [] and record["results"]["lambda1"] is not None
+    assert record["figures"] == []
+    # lambda1 is the top eigenvalue of the Hessian of the loss on the batch analysed (the default:
+    # one batch of 128 test images), computed here densely in float64
+    run = open_run(tmp_path / "a")
+    (x, y), = select_batches(run, 1, 128)
+    exact = torch.linalg.eigvalsh(full_hessian(run.model.double().eval(), x.double(), y))[-1]
+    assert record["results"]["lambda1"] == pytest.approx(float(exact), rel=1e-5)
 
 
 def test_an_unwritable_cache_only_disables_caching_and_the_decode_is_announced(tmp_path, capsys, monkeypatch):

@@ -1,30 +1,8 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from flatlab.data import crop, cutout, draw_augment, hflip, normalize
-
-_TORCH_MODE = {"reflect": "reflect", "zeros": "constant", "replicate": "replicate"}
-
-
-def ref_crop(images, offsets, padding, mode):
-    """The straightforward per-sample version: pad one image, slice it."""
-    out = torch.empty_like(images)
-    h, w = images.shape[2:]
-    for i in range(images.shape[0]):
-        padded = F.pad(images[i : i + 1].double(), (padding,) * 4, mode=_TORCH_MODE[mode])
-        oy, ox = offsets[i].tolist()
-        out[i] = padded[0, :, oy : oy + h, ox : ox + w].to(images.dtype)
-    return out
-
-
-def ref_cutout(images, corners, size, value=0.0):
-    out = images.clone()
-    h, w = images.shape[2:]
-    for i in range(images.shape[0]):
-        y, x = corners[i].tolist()
-        out[i, :, max(0, y) : min(h, y + size), max(0, x) : min(w, x + size)] = value
-    return out
+from tests.helpers.reference import ref_crop, ref_cutout
 
 
 def _images(n=16, c=3, h=9, w=7, dtype=torch.uint8, seed=0):

@@ -10,50 +10,7 @@ import torch
 
 from flatlab.data import DatasetFormatError, download, load_cifar10, load_cifar100, safe_extract
 from flatlab.data.cifar import CIFAR10, CIFAR100, load_cifar, read_pickle
-
-
-def _key(k, as_bytes):
-    return k.encode() if as_bytes else k
-
-
-def _dump(path, obj, protocol):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=protocol)
-
-
-def write_tiny_cifar(root, spec, *, n_per_batch=4, n_test=3, bytes_keys=True, protocol=2, seed=0):
-    """A CIFAR set in the official layout; returns the expected arrays."""
-    rng = np.random.default_rng(seed)
-    folder = root / spec.folder
-    n_classes = 10 if spec is CIFAR10 else 100
-    names = [f"name{i}" for i in range(n_classes)]
-    expected = {"train_images": [], "train_labels": []}
-    for filename in spec.train_files:
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, n_classes, n_per_batch).tolist()
-        batch = {_key("data", bytes_keys): data, _key(spec.label_key, bytes_keys): labels}
-        if spec is CIFAR100:
-            batch[_key("coarse_labels", bytes_keys)] = [0] * n_per_batch
-        _dump(folder / filename, batch, protocol)
-        expected["train_images"].append(data.reshape(-1, 3, 32, 32))
-        expected["train_labels"] += labels
-    data = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
-    labels = rng.integers(0, n_classes, n_test).tolist()
-    _dump(
-        folder / spec.test_file,
-        {_key("data", bytes_keys): data, _key(spec.label_key, bytes_keys): labels},
-        protocol,
-    )
-    meta_names = [n.encode() for n in names] if bytes_keys else names
-    _dump(folder / spec.meta_file, {_key(spec.names_key, bytes_keys): meta_names}, protocol)
-    return dict(
-        train_images=np.concatenate(expected["train_images"]),
-        train_labels=np.array(expected["train_labels"]),
-        test_images=data.reshape(-1, 3, 32, 32),
-        test_labels=np.array(labels),
-        classes=names,
-    )
+from tests.helpers.datasets import dump_pickle, write_tiny_cifar
 
 
 @pytest.mark.parametrize(
@@ -137,7 +94,7 @@ def test_damaged_pickle_names_the_file(tmp_path, damage):
 
 def test_wrong_contents_are_reported(tmp_path):
     write_tiny_cifar(tmp_path, CIFAR10)
-    _dump(
+    dump_pickle(
         tmp_path / CIFAR10.folder / "test_batch", {"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}, 2
     )
     with pytest.raises(DatasetFormatError, match=r"test_batch.*uint8 \[N, 3072\]"):
@@ -150,7 +107,7 @@ def test_pickles_cannot_run_code(tmp_path):
             return (os.system, ("echo pwned",))
 
     write_tiny_cifar(tmp_path, CIFAR10)
-    _dump(tmp_path / CIFAR10.folder / "batches.meta", {"label_names": Evil()}, 2)
+    dump_pickle(tmp_path / CIFAR10.folder / "batches.meta", {"label_names": Evil()}, 2)
     with pytest.raises(DatasetFormatError, match="not allowed"):
         load_cifar10(tmp_path)
 

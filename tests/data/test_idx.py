@@ -1,47 +1,11 @@
 import gzip
-import struct
 
 import numpy as np
 import pytest
 
 from flatlab.data import DatasetFormatError, download, load_fashion_mnist, load_mnist, read_idx
 from flatlab.data.idx import FASHION_MNIST
-
-_TYPE_CODES = {
-    np.uint8: 0x08,
-    np.int8: 0x09,
-    np.int16: 0x0B,
-    np.int32: 0x0C,
-    np.float32: 0x0D,
-    np.float64: 0x0E,
-}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, _TYPE_CODES[array.dtype.type], array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path, array, compress):
-    raw = idx_bytes(array)
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-    return path
-
-
-def write_tiny_mnist(folder, compress, n_train=5, n_test=3, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train).astype(np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8),
-    }
-    for stem, array in arrays.items():
-        write_idx(folder / (stem + (".gz" if compress else "")), array, compress)
-    return arrays
+from tests.helpers.datasets import idx_bytes, write_idx, write_tiny_mnist
 
 
 @pytest.mark.parametrize("compress", [True, False], ids=["gz", "raw"])

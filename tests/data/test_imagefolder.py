@@ -7,33 +7,9 @@ import torch
 
 from flatlab.data import DatasetFormatError, ImageFolderDataset, load_image_folder
 from flatlab.data import imagefolder as imagefolder_module
+from tests.helpers.datasets import CLASSES, write_folder
 
 Image = pytest.importorskip("PIL.Image")
-
-CLASSES = ["bird", "cat", "ant"]  # deliberately unsorted: labels must follow the sorted names
-
-
-def write_folder(root, *, test_split="test", per_class=(3, 2), size=(6, 5), mode="RGB", fmt="png", seed=0):
-    """root/<split>/<class>/NN.<fmt>; returns {split: [(class_index, array)]} in loader order."""
-    rng = np.random.default_rng(seed)
-    expected = {}
-    for split, count in zip(("train", test_split), per_class):
-        rows = []
-        for cls in CLASSES:
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                shape = size if mode == "L" else (*size, 3)
-                if fmt == "jpg":  # JPEG is lossy: use smooth images so the round trip is close
-                    base = np.linspace(0, 255, size[0] * size[1]).reshape(size)
-                    array = np.broadcast_to(base[..., None] if mode != "L" else base, shape).astype(np.uint8)
-                else:
-                    array = rng.integers(0, 256, shape, dtype=np.uint8)
-                Image.fromarray(array, mode).save(folder / f"{i:02d}.{fmt}")
-                rows.append((sorted(CLASSES).index(cls), array))
-        expected[split if split == "train" else "test"] = sorted(rows, key=lambda r: r[0])
-    return expected
-
 
 def make_tar(folder, archive, prefix=""):
     with tarfile.open(archive, "w:gz") as tar:

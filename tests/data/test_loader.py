@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from flatlab.data import BatchLoader
-
-from .test_augment import ref_crop, ref_cutout
+from tests.helpers.reference import ref_crop, ref_cutout
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -1,10 +1,7 @@
 import pytest
 
 from flatlab.data import ImageArrays, list_datasets, load_dataset, register_dataset, unregister_dataset
-
-from .test_cifar import write_tiny_cifar
-from .test_idx import write_tiny_mnist
-from .test_imagefolder import write_folder
+from tests.helpers.datasets import write_folder, write_tiny_cifar, write_tiny_mnist
 
 
 def test_list_datasets():

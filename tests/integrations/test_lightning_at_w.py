@@ -8,21 +8,13 @@ import torch.nn.functional as F
 
 import flatlab
 from flatlab.errors import UsageError
+from tests.helpers.nets import mlp, vector_batches
+from tests.helpers.steps import rows_of
 
 L = pytest.importorskip("lightning")
 from flatlab.integrations.lightning import SharpnessAwareModule  # noqa: E402
 
 STEPS = 4
-
-
-def mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-
-def data(n=STEPS, size=8, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 5, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
 
 
 class Automatic(L.LightningModule):
@@ -47,8 +39,7 @@ class Manual(SharpnessAwareModule):
         self.net, self.name, self.seen = mlp(), name, []
 
     def per_sample_loss(self, batch, idx):
-        x, y = batch if idx is None else (batch[0][idx], batch[1][idx])
-        return F.cross_entropy(self.net(x), y, reduction="none")
+        return rows_of(self.net, *batch, idx)
 
     def validation_step(self, batch, _):
         self.seen.append([p.detach().clone() for p in self.net.parameters()])
@@ -60,8 +51,8 @@ class Manual(SharpnessAwareModule):
 def fit(module, **options):
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **options)
-    loader = torch.utils.data.DataLoader(data(), batch_size=None)
-    trainer.fit(module, loader, torch.utils.data.DataLoader(data(1, seed=9), batch_size=None))
+    loader = torch.utils.data.DataLoader(vector_batches(STEPS, 8), batch_size=None)
+    trainer.fit(module, loader, torch.utils.data.DataLoader(vector_batches(1, 8, seed=9), batch_size=None))
     return trainer
 
 
@@ -70,7 +61,7 @@ def reference(name):
     model = mlp()
     opt = flatlab.create_optimizer(name, list(model.parameters()), lr=0.1, momentum=0.9, seed=0)
     out = []
-    for x, y in data():
+    for x, y in vector_batches(STEPS, 8):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -105,7 +96,7 @@ def test_lightning_accumulation_of_a_single_pass_method_is_exact(name):
     fit(trained, accumulate_grad_batches=2)
     model = mlp()
     opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, seed=0)
-    batches = data()
+    batches = vector_batches(STEPS, 8)
     for i in range(0, STEPS, 2):
         opt.zero_grad()
         for x, y in batches[i:i + 2]:

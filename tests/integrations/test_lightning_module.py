@@ -3,9 +3,10 @@ a cosine scheduler, equals a hand-written flatlab loop over the same batches."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import flatlab
+from tests.helpers.nets import mlp, vector_batches
+from tests.helpers.steps import rows_of
 
 L = pytest.importorskip("lightning")
 from flatlab.integrations.lightning import SharpnessAwareModule  # noqa: E402
@@ -15,21 +16,6 @@ METHODS = [
     ("ssam-d", {"update_interval": 2}), ("s2sam", {}), ("looksam", {"k": 2}), ("gsam", {}),
 ]
 STEPS = 3
-
-
-def mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-
-def data(n=6, size=8):
-    g = torch.Generator().manual_seed(2)
-    return [(torch.randn(size, 5, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
-
-
-def rows(model, batch, idx):
-    x, y = batch if idx is None else (batch[0][idx], batch[1][idx])
-    return F.cross_entropy(model(x), y, reduction="none")
 
 
 def build(name, options, model):
@@ -49,7 +35,7 @@ class Module(SharpnessAwareModule):
         return self.net(x)
 
     def per_sample_loss(self, batch, idx):
-        return rows(self.net, batch, idx)
+        return rows_of(self.net, *batch, idx)
 
     def configure_optimizers(self):
         opt, schedule = build(self.name, self.options, self.net)
@@ -65,7 +51,7 @@ def fit(module, batches, **options):
 
 @pytest.mark.parametrize("name, options", METHODS, ids=[m for m, _ in METHODS])
 def test_every_method_with_accumulation_equals_a_hand_written_loop(name, options):
-    batches = data(2 * STEPS)
+    batches = vector_batches(2 * STEPS, 8)
     module = Module(name, options)
     trainer = fit(module, batches)
     assert trainer.global_step == STEPS
@@ -76,7 +62,7 @@ def test_every_method_with_accumulation_equals_a_hand_written_loop(name, options
         window = batches[2 * step:2 * step + 2]
         if opt.mask_due:
             opt.update_mask(model, window)
-        opt.step(flatlab.micro_batches(window, lambda b, idx: rows(model, b, idx)))
+        opt.step(flatlab.micro_batches(window, lambda b, idx: rows_of(model, *b, idx)))
         schedule.step()
     trained = trainer.optimizers[0]
     assert trained.steps == opt.steps == STEPS
@@ -88,10 +74,10 @@ def test_every_method_with_accumulation_equals_a_hand_written_loop(name, options
 
 def test_the_last_short_window_of_an_epoch_is_stepped():
     module = Module("esam", {})
-    trainer = fit(module, data(5))  # windows of 2, 2, 1
+    trainer = fit(module, vector_batches(5, 8))  # windows of 2, 2, 1
     assert trainer.global_step == 3 and trainer.optimizers[0].steps == 3
 
 
 def test_lightning_refuses_its_own_accumulation_under_manual_optimization():
     with pytest.raises(Exception, match="accumulate"):
-        fit(Module("sam", {}), data(2), accumulate_grad_batches=2)
+        fit(Module("sam", {}), vector_batches(2, 8), accumulate_grad_batches=2)

@@ -5,28 +5,16 @@ import pytest
 import torch
 
 import flatlab
+from tests.helpers.language import tiny_gpt2, token_rows
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
+from transformers import TrainingArguments  # noqa: E402
 from transformers.optimization import get_linear_schedule_with_warmup  # noqa: E402
 
 from flatlab.integrations.transformers import SharpnessAwareTrainer, per_example_loss  # noqa: E402
 
-VOCAB, LENGTH, ROWS = 32, 8, 4
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=LENGTH,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config)
-
-
-def dataset(n=24):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
-    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+ROWS = 4
 
 
 def arguments(tmp_path, steps, **overrides):
@@ -41,7 +29,7 @@ def arguments(tmp_path, steps, **overrides):
 def trainer_weights(tmp_path, method, options, steps=3, resume=None, **overrides):
     model = tiny_gpt2()
     trainer = SharpnessAwareTrainer(model=model, args=arguments(tmp_path, steps, **overrides),
-                                    train_dataset=dataset(), method=method, method_options=options)
+                                    train_dataset=token_rows(24), method=method, method_options=options)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, model
 
@@ -58,7 +46,7 @@ def hand_loop(method, options, steps=3):
     opt = flatlab.create_optimizer(method, decay_groups(model, 0.01), base="adamw", lr=1e-2, model=model,
                                    max_grad_norm=1.0, **options)
     schedule = get_linear_schedule_with_warmup(opt, 0, steps)
-    data = dataset()
+    data = token_rows(24)
     batches = [{k: torch.stack([row[k] for row in data[i:i + ROWS]]) for k in data[0]}
                for i in range(0, len(data), ROWS)]
 
@@ -101,7 +89,7 @@ def test_trainer_steps_equal_a_hand_written_loop(tmp_path, method, options):
 def test_the_logged_loss_is_the_mean_loss_of_the_window(tmp_path):
     trainer, _ = trainer_weights(tmp_path, "sam", {"rho": 0.05}, steps=1)
     model = tiny_gpt2()
-    data = dataset()[:2 * ROWS]
+    data = token_rows(24)[:2 * ROWS]
     ids = torch.stack([row["input_ids"] for row in data])
     with torch.no_grad():
         expected = per_example_loss(model(input_ids=ids).logits, ids, shift=True).mean()

@@ -7,41 +7,29 @@ import pytest
 import torch
 
 import flatlab
+from tests.helpers.language import tiny_gpt2, token_rows
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from safetensors.torch import load_file  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 from transformers.optimization import get_linear_schedule_with_warmup  # noqa: E402
 
 from flatlab.integrations.transformers import SharpnessAwareTrainer, per_example_loss  # noqa: E402
 
-VOCAB, LENGTH, ROWS, STEPS = 32, 8, 4, 4
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=LENGTH,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)
-    return GPT2LMHeadModel(config)
-
-
-def rows(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
-    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+ROWS, STEPS = 4, 4
 
 
 def reference_weights(method):
     """w after each step of a hand loop whose optimizer holds w + eps between steps."""
-    model = tiny_gpt2()
+    model = tiny_gpt2(tie_word_embeddings=False)
     decay = set(Trainer.get_decay_parameter_names(None, model))
     named = list(model.named_parameters())
     groups = [{"params": [p for n, p in named if n in decay], "weight_decay": 0.01},
               {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
     opt = flatlab.create_optimizer(method, groups, base="adamw", lr=1e-2, max_grad_norm=1.0)
     schedule = get_linear_schedule_with_warmup(opt, 0, STEPS)
-    data = rows(ROWS * STEPS, 1)
+    data = token_rows(ROWS * STEPS, 1)
     out = []
     for step in range(STEPS):
         ids = torch.stack([r["input_ids"] for r in data[step * ROWS:(step + 1) * ROWS]])
@@ -57,7 +45,7 @@ def reference_weights(method):
 
 @pytest.mark.parametrize("method", ["s2sam", "msam"])
 def test_checkpoints_evaluation_best_model_and_export_hold_w(tmp_path, method):
-    model = tiny_gpt2()
+    model = tiny_gpt2(tie_word_embeddings=False)
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=ROWS, max_steps=STEPS, learning_rate=1e-2,
         weight_decay=0.01, optim="adamw_torch", lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0,
@@ -66,8 +54,8 @@ def test_checkpoints_evaluation_best_model_and_export_hold_w(tmp_path, method):
         load_best_model_at_end=True, metric_for_best_model="eval_loss",
         greater_is_better=False,  # random eval tokens: the eval loss rises, the best is not the last step
     )
-    trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=rows(ROWS * STEPS, 1),
-                                    eval_dataset=rows(8, 5), method=method)
+    trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=token_rows(ROWS * STEPS, 1),
+                                    eval_dataset=token_rows(8, 5), method=method)
     trainer.train()
     expected = reference_weights(method)
     for step in range(1, STEPS + 1):

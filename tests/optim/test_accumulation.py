@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import flatlab
+from tests.helpers.nets import mlp, vector_batches
+from tests.helpers.steps import rows_of
 
 METHODS = [
     ("sam", {}), ("sam", {"ascent_steps": 2}), ("asam", {}), ("esam", {"beta": 1.0, "gamma": 0.5}),
@@ -17,28 +19,12 @@ METHODS = [
 ]
 
 
-def mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
-
-
-def batches(n=5, size=16):
-    g = torch.Generator().manual_seed(2)
-    return [(torch.randn(size, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (size,), generator=g))
-            for _ in range(n)]
-
-
-def rows_of(model, x, y, idx):
-    xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-    return F.cross_entropy(model(xb), yb, reduction="none")
-
-
 @pytest.mark.parametrize("name, options", METHODS)
 def test_micro_batches_equal_one_batch(name, options):
-    whole, split = mlp(), mlp()
+    whole, split = mlp(dtype=torch.float64), mlp(dtype=torch.float64)
     opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, momentum=0.9, seed=3, **options)
     opt_split = flatlab.create_optimizer(name, split, lr=0.1, momentum=0.9, seed=3, **options)
-    for x, y in batches():
+    for x, y in vector_batches(5, 16, dtype=torch.float64):
         for opt, model in ((opt_whole, whole), (opt_split, split)):
             if opt.mask_due:
                 opt.update_mask(model, [(x, y)])
@@ -53,9 +39,9 @@ def test_micro_batches_equal_one_batch(name, options):
 
 
 def test_the_descent_of_data_selection_ranks_the_whole_accumulated_batch():
-    model = mlp()
+    model = mlp(dtype=torch.float64)
     opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.1), beta=1.0, gamma=0.25, seed=0)
-    x, y = batches(1)[0]
+    x, y = vector_batches(1, 16, dtype=torch.float64)[0]
     seen = []
 
     def fn(b, idx):
@@ -70,9 +56,9 @@ def test_the_descent_of_data_selection_ranks_the_whole_accumulated_batch():
 
 
 def test_a_step_after_earlier_backwards_warns_once():
-    model = mlp()
+    model = mlp(dtype=torch.float64)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1))
-    (x, y), (x2, y2) = batches(2)
+    (x, y), (x2, y2) = vector_batches(2, 16, dtype=torch.float64)
     F.cross_entropy(model(x[:8]), y[:8]).backward()  # the mistake: micro-batch 1 by hand
     with pytest.warns(UserWarning, match="micro_batches"):  # and says they were dropped
         opt.step(flatlab.per_sample(lambda idx: rows_of(model, x[8:], y[8:], idx)))
@@ -83,11 +69,11 @@ def test_a_step_after_earlier_backwards_warns_once():
 
 
 def test_a_closure_loop_does_not_warn():
-    model = mlp()
+    model = mlp(dtype=torch.float64)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for x, y in batches(3):
+        for x, y in vector_batches(3, 16, dtype=torch.float64):
             opt.step(flatlab.per_sample(lambda idx, x=x, y=y: rows_of(model, x, y, idx)))
 
 
@@ -106,8 +92,8 @@ def test_a_two_pass_step_drops_earlier_gradients_and_says_so(name):
     # the step equals one on the closure's batch alone: the earlier gradients, which have no pass
     # at w + eps, enter neither the ascent nor the descent (WSAM's descent mixes both gradients:
     # half of them was how it climbed under Lightning's accumulation)
-    (x, y), _ = batches(2)
-    dropped, clean = mlp(), mlp()
+    (x, y), _ = vector_batches(2, 16, dtype=torch.float64)
+    dropped, clean = mlp(dtype=torch.float64), mlp(dtype=torch.float64)
     opt_dropped = flatlab.create_optimizer(name, dropped, lr=0.1)
     opt_clean = flatlab.create_optimizer(name, clean, lr=0.1)
     F.cross_entropy(dropped(x[:8]), y[:8]).backward()
@@ -121,8 +107,8 @@ def test_a_two_pass_step_drops_earlier_gradients_and_says_so(name):
 @pytest.mark.parametrize("name", ["s2sam", "msam"])
 def test_a_single_pass_step_keeps_earlier_gradients_without_warning(name):
     # both micro-batches run at w + eps: the step descends with their sum, the whole batch's
-    data = batches(3)
-    whole, split = mlp(), mlp()
+    data = vector_batches(3, 16, dtype=torch.float64)
+    whole, split = mlp(dtype=torch.float64), mlp(dtype=torch.float64)
     opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, momentum=0.9)
     opt_split = flatlab.create_optimizer(name, split, lr=0.1, momentum=0.9)
     for x, y in data:

@@ -4,16 +4,13 @@ the paper (GSAM, WSAM, FriendlySAM); LookSAM, where it does not, is pinned to wh
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import step_closure
-from test_efficient import axpy, data, dot, grad_at, net, norm, run_flatlab
 
 import flatlab
+from tests.helpers.nets import tiny_mlp, weights
+from tests.helpers.reference import axpy, dot, grad_at, norm, reference_batches, run_flatlab
+from tests.helpers.steps import step_closure
 
 po = pytest.importorskip("pytorch_optimizer")
-
-
-def weights(model):
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def assert_close(a, b):
@@ -25,7 +22,7 @@ def assert_close(a, b):
 
 
 def test_gsam_equals_pytorch_optimizer():
-    ours, ref = net(), net()
+    ours, ref = tiny_mlp(), tiny_mlp()
     lr0, steps, decay = 0.1, 12, (lambda t: 1 - t / 12)
     base = torch.optim.SGD(ours.parameters(), lr=lr0, momentum=0.9)
     opt = flatlab.GSAM(base, rho=0.08, rho_min=0.02, alpha=0.4)
@@ -34,7 +31,7 @@ def test_gsam_equals_pytorch_optimizer():
     ref_sched = torch.optim.lr_scheduler.LambdaLR(ref_base, decay)
     rho_sched = po.ProportionScheduler(ref_sched, max_lr=lr0, min_lr=0.0, max_value=0.08, min_value=0.02)
     ref_opt = po.GSAM(ref.parameters(), ref_base, ref, rho_sched, alpha=0.4)
-    for x, y in data(steps):
+    for x, y in reference_batches(steps):
         opt.step(step_closure(opt, ours, x, y))
         sched.step()
         ref_opt.set_closure(F.cross_entropy, x, y)
@@ -46,23 +43,23 @@ def test_gsam_equals_pytorch_optimizer():
 
 @pytest.mark.parametrize("decoupled", [True, False])
 def test_wsam_equals_pytorch_optimizer(decoupled):
-    ours, ref = net(), net()
+    ours, ref = tiny_mlp(), tiny_mlp()
     opt = flatlab.WSAM(torch.optim.SGD(ours.parameters(), lr=0.05, momentum=0.9), rho=0.05, gamma=0.9,
                        decoupled=decoupled)
     ref_opt = po.WSAM(ref, ref.parameters(), torch.optim.SGD, rho=0.05, gamma=0.9, decouple=decoupled, lr=0.05,
                       momentum=0.9)
-    for x, y in data():
+    for x, y in reference_batches():
         opt.step(step_closure(opt, ours, x, y))
         ref_opt.step(step_closure(ref_opt, ref, x, y))
     assert_close(weights(ours), weights(ref))
 
 
 def test_friendly_sam_equals_pytorch_optimizer():
-    ours, ref = net(), net()
+    ours, ref = tiny_mlp(), tiny_mlp()
     opt = flatlab.FriendlySAM(torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9), rho=0.1, sigma=1.0,
                               lmbda=0.9)
     ref_opt = po.FriendlySAM(ref.parameters(), torch.optim.SGD, rho=0.1, sigma=1.0, lmbda=0.9, lr=0.1, momentum=0.9)
-    for x, y in data():
+    for x, y in reference_batches():
         opt.step(step_closure(opt, ours, x, y))
         closure = step_closure(ref_opt, ref, x, y)
         closure()  # pytorch_optimizer's FriendlySAM wants the gradient at w before step()
@@ -77,10 +74,10 @@ def test_pytorch_optimizer_looksam_differs_from_the_paper_as_pinned():
     test shows (b) with a per-tensor reference that pytorch_optimizer matches and flatlab does not,
     and (a) by counting closure calls."""
     rho, k, alpha, lr = 0.1, 3, 0.7, 0.1
-    ref = net()
+    ref = tiny_mlp()
     w = weights(ref)
     gv = None
-    for t, (x, y) in enumerate(data()):
+    for t, (x, y) in enumerate(reference_batches()):
         g = grad_at(ref, w, x, y)
         if t % k == 0:
             gs = grad_at(ref, axpy(rho / (norm(g) + 1e-12), g, w), x, y)
@@ -91,10 +88,10 @@ def test_pytorch_optimizer_looksam_differs_from_the_paper_as_pinned():
             d = [gi + alpha * gi.norm() / (v.norm() + 1e-8) * v for gi, v in zip(g, gv)]
         w = axpy(-lr, d, w)
 
-    theirs = net()
+    theirs = tiny_mlp()
     ref_opt = po.LookSAM(theirs.parameters(), torch.optim.SGD, rho=rho, k=k, alpha=alpha, lr=lr)
     calls = []
-    for x, y in data():
+    for x, y in reference_batches():
         closure = step_closure(ref_opt, theirs, x, y)
         closure()
 
@@ -103,10 +100,10 @@ def test_pytorch_optimizer_looksam_differs_from_the_paper_as_pinned():
             return closure()
 
         ref_opt.step(counted)
-    assert len(calls) == len(data())  # (a): the closure ran on every step, SAM or not
+    assert len(calls) == len(reference_batches())  # (a): the closure ran on every step, SAM or not
     assert_close(weights(theirs), w)  # (b): per tensor
 
-    ours = net()
+    ours = tiny_mlp()
     opt = flatlab.LookSAM(torch.optim.SGD(ours.parameters(), lr=lr), rho=rho, k=k, alpha=alpha)
-    got = run_flatlab(opt, ours, data())
+    got = run_flatlab(opt, ours, reference_batches())
     assert max(float((a - b).abs().max()) for a, b in zip(got, w)) > 1e-6  # the global form differs

@@ -6,60 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, make, run_step, step_closure, tiny_net
 
 import flatlab
-
-
-def net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
-
-
-def data(steps=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g))
-            for _ in range(steps)]
-
-
-def grad_at(model, w, x, y):
-    """The gradient of the loss at weights ``w`` (a list), leaving the model's weights as they were."""
-    params = list(model.parameters())
-    saved = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, v in zip(params, w):
-            p.copy_(v)
-    loss = F.cross_entropy(model(x), y)
-    g = torch.autograd.grad(loss, params)
-    with torch.no_grad():
-        for p, v in zip(params, saved):
-            p.copy_(v)
-    return [t.detach() for t in g]
-
-
-def norm(v):
-    return torch.sqrt(sum((t * t).sum() for t in v))
-
-
-def dot(a, b):
-    return sum((x * y).sum() for x, y in zip(a, b))
-
-
-def axpy(a, x, y):
-    """a * x + y over lists."""
-    return [a * xi + yi for xi, yi in zip(x, y)]
-
-
-def run_flatlab(opt, model, batches_):
-    for x, y in batches_:
-        if opt.needs_closure:
-            opt.step(step_closure(opt, model, x, y))
-        else:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    with opt.unperturbed():
-        return [p.detach().clone() for p in model.parameters()]
+from tests.helpers.nets import CountingNet, batches, tiny_mlp
+from tests.helpers.reference import axpy, dot, grad_at, norm, reference_batches, run_flatlab
+from tests.helpers.steps import make, run_step, step_closure
 
 
 def assert_same(got, expected):
@@ -72,11 +23,11 @@ def sgd(lr=0.1, momentum=0.0):
 
 
 def test_looksam_matches_its_equations():
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, k, alpha, lr = 0.1, 3, 0.7, 0.1
     w = [p.detach().clone() for p in ref.parameters()]
     gv = None
-    for t, (x, y) in enumerate(data()):
+    for t, (x, y) in enumerate(reference_batches()):
         g = grad_at(ref, w, x, y)
         if t % k == 0:
             gs = grad_at(ref, axpy(rho / norm(g), g, w), x, y)
@@ -86,16 +37,16 @@ def test_looksam_matches_its_equations():
             d = axpy(alpha * norm(g) / norm(gv), gv, g)
         w = axpy(-lr, d, w)
     opt = flatlab.LookSAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, k=k, alpha=alpha)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
     assert opt.sam_steps == 4 and opt.steps == 12
 
 
 def test_aesam_matches_its_equations():
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, lr, delta, total = 0.05, 0.1, 0.9, 12
     w = [p.detach().clone() for p in ref.parameters()]
     mu, var, decisions = 0.0, 1e-10, []
-    for t, (x, y) in enumerate(data()):
+    for t, (x, y) in enumerate(reference_batches()):
         g = grad_at(ref, w, x, y)
         sq = float(dot(g, g))
         mu = delta * mu + (1 - delta) * sq
@@ -107,18 +58,18 @@ def test_aesam_matches_its_equations():
         w = axpy(-lr, d, w)
     assert 0 < sum(decisions) < len(decisions)  # both kinds of step happen
     opt = flatlab.AESAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, delta=delta, total_steps=total)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
     assert opt.sam_steps == sum(decisions) and opt.sam_fraction == pytest.approx(sum(decisions) / 12)
 
 
 @pytest.mark.parametrize("options", [{"sam_probability": 0.5}, {"every": 3}])
 def test_rst_matches_a_reference_with_the_same_draws(options):
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, lr = 0.05, 0.1
     w = [p.detach().clone() for p in ref.parameters()]
     generator = torch.Generator().manual_seed(4)
     taken = 0
-    for t, (x, y) in enumerate(data()):
+    for t, (x, y) in enumerate(reference_batches()):
         g = grad_at(ref, w, x, y)
         if "every" in options:
             sam = t % options["every"] == 0
@@ -128,36 +79,36 @@ def test_rst_matches_a_reference_with_the_same_draws(options):
         d = grad_at(ref, axpy(rho / norm(g), g, w), x, y) if sam else g
         w = axpy(-lr, d, w)
     opt = flatlab.RST(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, seed=4, **options)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
     assert opt.sam_steps == taken and 0 < taken < 12
 
 
 def test_msam_matches_its_equations():
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, lr, mom = 3.0, 0.05, 0.9
     w = [p.detach().clone() for p in ref.parameters()]
     v = None
-    for x, y in data():
+    for x, y in reference_batches():
         at = w if v is None else axpy(-rho / norm(v), v, w)  # eps = -rho v / ||v||
         g = grad_at(ref, at, x, y)
         v = g if v is None else axpy(mom, v, g)
         w = axpy(-lr, v, w)
     opt = flatlab.MSAM(torch.optim.SGD(model.parameters(), lr=lr, momentum=mom), rho=rho)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
 
 
 def test_msam_needs_a_momentum():
     with pytest.raises(ValueError, match="momentum"):
-        flatlab.MSAM(torch.optim.SGD(net().parameters(), lr=0.1))
-    flatlab.MSAM(torch.optim.AdamW(net().parameters(), lr=0.1))  # Adam's exp_avg is a momentum
+        flatlab.MSAM(torch.optim.SGD(tiny_mlp().parameters(), lr=0.1))
+    flatlab.MSAM(torch.optim.AdamW(tiny_mlp().parameters(), lr=0.1))  # Adam's exp_avg is a momentum
 
 
 def test_gsam_matches_its_equations_with_rho_following_the_lr():
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho_max, rho_min, alpha, lr0, steps = 0.08, 0.02, 0.4, 0.1, 12
     decay = lambda t: 1 - t / steps  # noqa: E731 - a linear decay to 0 over the run
     w = [p.detach().clone() for p in ref.parameters()]
-    for t, (x, y) in enumerate(data(steps)):
+    for t, (x, y) in enumerate(reference_batches(steps)):
         lr = lr0 * decay(t)
         rho = rho_min + (rho_max - rho_min) * lr / lr0
         g = grad_at(ref, w, x, y)
@@ -167,7 +118,7 @@ def test_gsam_matches_its_equations_with_rho_following_the_lr():
     base = torch.optim.SGD(model.parameters(), lr=lr0)
     opt = flatlab.GSAM(base, rho=rho_max, rho_min=rho_min, alpha=alpha)
     sched = torch.optim.lr_scheduler.LambdaLR(base, decay)
-    for x, y in data(steps):
+    for x, y in reference_batches(steps):
         opt.step(step_closure(opt, model, x, y))
         sched.step()
     assert_same([p.detach() for p in model.parameters()], w)
@@ -175,12 +126,12 @@ def test_gsam_matches_its_equations_with_rho_following_the_lr():
 
 @pytest.mark.parametrize("decoupled", [True, False])
 def test_wsam_matches_its_equations(decoupled):
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, gamma, lr, mom = 0.05, 0.9, 0.05, 0.9
     a = gamma / (1 - gamma)
     w = [p.detach().clone() for p in ref.parameters()]
     v = None
-    for x, y in data():
+    for x, y in reference_batches():
         g = grad_at(ref, w, x, y)
         gp = grad_at(ref, axpy(rho / norm(g), g, w), x, y)
         sharp = axpy(-1.0, g, gp)
@@ -191,15 +142,15 @@ def test_wsam_matches_its_equations(decoupled):
             w = axpy(-lr * a, sharp, w)
     opt = flatlab.WSAM(torch.optim.SGD(model.parameters(), lr=lr, momentum=mom), rho=rho, gamma=gamma,
                        decoupled=decoupled)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
 
 
 def test_friendly_sam_matches_its_equations():
-    model, ref = net(), net()
+    model, ref = tiny_mlp(), tiny_mlp()
     rho, sigma, lmbda, lr = 0.1, 1.0, 0.9, 0.1
     w = [p.detach().clone() for p in ref.parameters()]
     m = None
-    for x, y in data():
+    for x, y in reference_batches():
         g = grad_at(ref, w, x, y)
         if m is None:
             d, m = g, g
@@ -208,7 +159,7 @@ def test_friendly_sam_matches_its_equations():
             m = [lmbda * mi + (1 - lmbda) * gi for mi, gi in zip(m, g)]
         w = axpy(-lr, grad_at(ref, axpy(rho / norm(d), d, w), x, y), w)
     opt = flatlab.FriendlySAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, sigma=sigma, lmbda=lmbda)
-    assert_same(run_flatlab(opt, model, data()), w)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
 
 
 @pytest.mark.parametrize(
@@ -218,10 +169,10 @@ def test_friendly_sam_matches_its_equations():
      ("fsam", {"rho": 0.0}), ("msam", {"rho": 0.0}), ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2})],
 )
 def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, options):
-    a, b = net(), net()
+    a, b = tiny_mlp(), tiny_mlp()
     opt = flatlab.create_optimizer(name, a, lr=0.1, momentum=0.9, **options)
     base = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
-    for x, y in data():
+    for x, y in reference_batches():
         run_flatlab(opt, a, [(x, y)])
         base.zero_grad()
         F.cross_entropy(b(x), y).backward()
@@ -229,25 +180,6 @@ def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, optio
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
     assert opt.sam_steps == (opt.steps if name == "msam" else 0)
-
-
-class CountingNet(torch.nn.Module):
-    """tiny_net, counting forward passes and backward passes through its output."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_net()
-        self.forwards = self.backwards = 0
-
-    def forward(self, x):
-        self.forwards += 1
-        out = self.net(x)
-        if out.requires_grad:
-            out.register_hook(self._count_backward)
-        return out
-
-    def _count_backward(self, grad):
-        self.backwards += 1
 
 
 @pytest.mark.parametrize(
@@ -260,7 +192,7 @@ def test_forward_and_backward_passes_per_step(name, options, per_step, tolerance
     model = CountingNet()
     opt = make(name, model, **options)
     steps = 60
-    for x, y in batches(n_batches=steps, batch=4):
+    for x, y in batches(n=steps, batch=4):
         run_step(opt, model, x, y)
     assert model.forwards == model.backwards  # no selection forward in these methods
     measured = model.forwards / steps

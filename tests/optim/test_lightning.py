@@ -3,9 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, tiny_net
 
 import flatlab
+from tests.helpers.nets import batches, tiny_net
+from tests.helpers.steps import step_closure
 
 L = pytest.importorskip("lightning")
 
@@ -39,12 +40,7 @@ def test_automatic_optimization_equals_a_plain_loop(name):
     model = tiny_net()
     opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, seed=0)
     for x, y in data:
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        opt.step(closure)
+        opt.step(step_closure(opt, model, x, y))
     expected = list(model.parameters())
     if name == "s2sam":
         with opt.unperturbed(), module.trainer.optimizers[0].unperturbed():

@@ -3,11 +3,11 @@ backup of w) for SAM and S2-SAM, and no parameter-sized temporary."""
 
 import pytest
 import torch
-from conftest import run_step, step_closure
 from torch import nn
 
 import flatlab
 from flatlab.analysis import peak_memory, state_bytes
+from tests.helpers.steps import run_step, step_closure
 
 
 def mlp():

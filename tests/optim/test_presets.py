@@ -3,9 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, step_closure, tiny_net
 
 import flatlab
+from tests.helpers.nets import batches, tiny_net
+from tests.helpers.steps import step_closure
 
 
 def asam_reference_step(model, x, y, rho, eta, lr, adaptive):

@@ -7,13 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ALWAYS_SAM, FAMILY, batches, make, run_step, tiny_net
 
 import flatlab
-
-
-def params_of(model):
-    return [p.detach().clone() for p in model.parameters()]
+from tests.helpers.nets import CountingNet, batches, tiny_net, weights
+from tests.helpers.steps import ALWAYS_SAM, FAMILY, make, run_step, step_closure
 
 
 def grads_at(model, x, y):
@@ -36,7 +33,7 @@ def sgd_momentum_reference(model, grads_fn, steps, lr=0.1, momentum=0.9):
 def sam_gradient(model, x, y, rho):
     g = grads_at(model, x, y)
     norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-    saved = params_of(model)
+    saved = weights(model)
     with torch.no_grad():
         for p, gi in zip(model.parameters(), g):
             p.add_(rho * gi / norm)
@@ -53,12 +50,7 @@ def test_sam_steps_match_reference_loop(data):
     sgd_momentum_reference(ref, lambda m, k: sam_gradient(m, *data[k], rho=0.05), steps=3)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
     for x, y in data[:3]:
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        opt.step(closure)
+        opt.step(step_closure(opt, model, x, y))
     for a, b in zip(ref.parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -84,7 +76,7 @@ def test_ascent_steps_project_onto_the_ball(data):
     ref, model = tiny_net(), tiny_net()
     ref.eval(), model.eval()
     # reference: eps1 = rho g1/|g1|; eps2 = proj(eps1 + rho g2/|g2|), g2 at w + eps1
-    w = params_of(ref)
+    w = weights(ref)
     g1 = grads_at(ref, x, y)
     n1 = torch.sqrt(sum((g**2).sum() for g in g1))
     eps = [rho * g / n1 for g in g1]
@@ -169,7 +161,7 @@ def test_s2sam_first_step_is_base_step_then_uses_previous_gradient(data):
     with torch.no_grad():
         for p, g in zip(ref.parameters(), g0):
             p.sub_(0.1 * g)
-    w1 = params_of(ref)
+    w1 = weights(ref)
     with torch.no_grad():
         for p, g in zip(ref.parameters(), g0):
             p.add_(rho * g / n0)
@@ -198,7 +190,7 @@ def test_s2sam_perturbation_follows_the_gradient_the_base_leaves(base, decay, da
     (torch's optimizers); either way eps = rho * d / ||d|| with d the gradient after the base step."""
     model = tiny_net()
     x, y = data[0]
-    w0 = params_of(model)
+    w0 = weights(model)
     d = [g + decay * w for g, w in zip(grads_at(copy.deepcopy(model), x, y), w0)]
     d_norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in d))
     opt = flatlab.S2SAM(base(model.parameters(), lr=0.1), rho=0.05)
@@ -227,18 +219,18 @@ def test_s2sam_unperturbed_restores_and_reapplies(data):
     model = tiny_net()
     opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
     run_step(opt, model, *data[0])
-    perturbed = params_of(model)
+    perturbed = weights(model)
     with opt.unperturbed():
-        inside = params_of(model)
+        inside = weights(model)
         assert all(torch.equal(p, opt.state[q]["backup"]) for p, q in zip(inside, model.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(perturbed, params_of(model)))
+    assert all(torch.equal(a, b) for a, b in zip(perturbed, weights(model)))
     assert any(not torch.equal(a, b) for a, b in zip(perturbed, inside))
 
 
 def test_restore_is_exact_in_bfloat16(data):
     x, y = data[0]
     model = tiny_net(dtype=torch.bfloat16)
-    before = params_of(model)
+    before = weights(model)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.5)
 
     def closure():
@@ -299,7 +291,7 @@ def _state_before_step(name, data, **options):
     opt = make(name, model, **options)
     run_step(opt, model, *data[0])  # some momentum and a pending perturbation for S2SAM
     with opt.unperturbed():
-        before = params_of(model)
+        before = weights(model)
     momentum = [s["momentum_buffer"].clone() for s in opt.base.state.values()]
     return model, opt, before, momentum
 
@@ -361,7 +353,7 @@ def test_nonfinite_gradient_of_a_plain_step_leaves_weights_untouched(name, optio
 def test_grad_scaler_skips_overflowing_steps_exactly(data):
     x, y = data[0]
     model = tiny_net()
-    before = params_of(model)
+    before = weights(model)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, model=model)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)
     scaler.scale(F.cross_entropy(model(x), y)).backward()
@@ -401,7 +393,7 @@ def test_bfloat16_autocast_follows_the_float32_run(name, data):
     # bf16 keeps 8 bits; ASAM's large radius (0.5) amplifies that to ~20% of a step here, a
     # missing or misdirected step would deviate by ~100%.
     ref, model = tiny_net(), tiny_net()
-    start = params_of(ref)
+    start = weights(ref)
     options = {"gamma": 1.0} if name == "esam" else {}
     opt_ref, opt = make(name, ref, lr=0.05, **options), make(name, model, lr=0.05, **options)
     for x, y in data[:2]:
@@ -410,8 +402,8 @@ def test_bfloat16_autocast_follows_the_float32_run(name, data):
             loss = run_step(opt, model, x, y)
         assert torch.isfinite(loss)
     with opt_ref.unperturbed(), opt.unperturbed():
-        moved = max(float((p - s).abs().max()) for p, s in zip(params_of(ref), start))
-        deviation = max(float((p - q).abs().max()) for p, q in zip(params_of(ref), params_of(model)))
+        moved = max(float((p - s).abs().max()) for p, s in zip(weights(ref), start))
+        deviation = max(float((p - q).abs().max()) for p, q in zip(weights(ref), weights(model)))
     assert moved > 0.01 and deviation < 0.25 * moved
 
 
@@ -456,21 +448,6 @@ def test_a_plain_closure_with_a_scaler_is_an_error(data):
         opt.step(lambda: None, scaler=torch.amp.GradScaler("cpu"))
 
 
-class CountingNet(torch.nn.Module):
-    """tiny_net's layers, counting forward passes and the samples they see."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_net()
-        self.forwards = 0
-        self.samples = 0
-
-    def forward(self, x):
-        self.forwards += 1
-        self.samples += x.shape[0]
-        return self.net(x)
-
-
 @pytest.mark.parametrize(
     "name, options, forwards_per_step, batch_fraction",
     [("sam", {}, 2, 2.0), ("sam", {"ascent_steps": 3}, 4, 4.0), ("esam", {}, 3, 2.5), ("ssam-d", {}, 2, 2.0),
@@ -479,7 +456,7 @@ class CountingNet(torch.nn.Module):
 def test_passes_counted_on_a_model_match_the_declared_ones(name, options, forwards_per_step, batch_fraction):
     model = CountingNet()
     opt = make(name, model, **options)
-    data = batches(n_batches=10)
+    data = batches(n=10)
     for x, y in data:
         run_step(opt, model, x, y)
     assert model.forwards == forwards_per_step * len(data)
@@ -492,7 +469,7 @@ def test_passes_counted_on_a_model_match_the_declared_ones(name, options, forwar
 def test_gradient_clipping_of_the_descent_gradient(data):
     x, y = data[0]
     model = tiny_net()
-    before = params_of(model)
+    before = weights(model)
     opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=1.0), rho=0.05, max_grad_norm=1e-3)
     run_step(opt, model, x, y)
     moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
@@ -515,7 +492,7 @@ def test_wrapper_is_a_torch_optimizer_and_schedulers_reach_the_base(data):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_resume_is_bit_identical(name):
-    data = batches(n_batches=6)
+    data = batches(n=6)
     straight = tiny_net()
     opt = make(name, straight)
     for x, y in data:
@@ -610,12 +587,6 @@ def test_every_variant_accepts_a_per_sample_closure_and_a_plain_one(name, data):
                 opt.update_mask(model, [(x, y)])
         opt_a.step(flatlab.per_sample(lambda idx, x=x, y=y: F.cross_entropy(a(x), y, reduction="none")))
 
-        def closure(x=x, y=y):
-            opt_b.zero_grad()
-            loss = F.cross_entropy(b(x), y)
-            loss.backward()
-            return loss
-
-        opt_b.step(closure)
+        opt_b.step(step_closure(opt_b, b, x, y))
     for p, q in zip(a.state_dict().values(), b.state_dict().values()):
         torch.testing.assert_close(p, q)

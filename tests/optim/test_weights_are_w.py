@@ -9,11 +9,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, tiny_net
 
 import flatlab
 from flatlab.errors import UsageError
 from flatlab.optim import Phase
+from tests.helpers.nets import batches, tiny_net, weights
+from tests.helpers.steps import step_closure
 
 SINGLE_PASS = ["s2sam", "msam"]
 
@@ -30,10 +31,6 @@ def train_step(model, opt, x, y):
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     opt.step()
-
-
-def weights(model):
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def equal(a, b):
@@ -132,12 +129,7 @@ def test_without_model_a_closure_step_also_holds_w_between_steps():
     plain = flatlab.create_optimizer("s2sam", list(model.parameters()), lr=0.1, momentum=0.9, seed=0)
     del opt
     for x, y in data:
-        def closure(x=x, y=y):
-            plain.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        plain.step(closure)
+        plain.step(step_closure(plain, model, x, y))
         train_step(reference, ref, x, y)
         assert plain.phase is Phase.PENDING
         with ref.unperturbed():

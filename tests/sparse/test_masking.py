@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatlab.sparse import WeightMasking, list_sparse_methods
-
-from .conftest import batches, small_cnn
+from tests.helpers.nets import batches, small_cnn
 
 NAMES = ["conv1.weight", "conv2.weight", "fc.weight"]
 NUMELS = [54, 432, 24]

@@ -1,8 +1,7 @@
 import pytest
 
 from flatlab.sparse import WeightMasking, create_masking, list_sparse_methods
-
-from .conftest import batches, small_cnn
+from tests.helpers.nets import batches, small_cnn
 
 
 def test_every_method_builds_and_inits():

@@ -8,10 +8,8 @@ import torch
 
 import flatlab
 from flatlab.sparse import WeightMasking
-
-from .conftest import batches, make_optimizer, small_cnn, train_step
-
-FAMILY = [n for n in flatlab.list_optimizers() if n not in ("sgd", "adamw")]
+from tests.helpers.nets import batches, small_cnn
+from tests.helpers.steps import FAMILY, make, run_step
 
 
 def rigl(model, **kwargs):
@@ -24,7 +22,7 @@ def rigl(model, **kwargs):
 def test_pruned_weights_stay_zero_and_unperturbed(name, data):
     model = small_cnn()
     masking = rigl(model)
-    opt = make_optimizer(name, model)
+    opt = make(name, model)
     masking.attach(opt)
     live = sum(int(m.sum()) for m in masking.masks.values())
     seen = {"forwards": 0, "perturbed": 0}
@@ -45,7 +43,7 @@ def test_pruned_weights_stay_zero_and_unperturbed(name, data):
     model.register_forward_pre_hook(check)
     for step in range(8):
         x, y = data[step % len(data)]
-        train_step(opt, model, x, y)
+        run_step(opt, model, x, y)
         masking.after_step()
         for p in masking.params:
             assert p.grad is None or torch.all(p.grad[~masking.masks_by_param[p]] == 0)
@@ -59,7 +57,7 @@ def test_without_attach_the_perturbation_would_touch_pruned_weights(data):
     # the control for the test above: its check does fail when the masks are not handed over
     model = small_cnn()
     masking = rigl(model)
-    opt = make_optimizer("sam", model)
+    opt = make("sam", model)
     x, y = data[0]
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -72,10 +70,10 @@ def test_without_attach_the_perturbation_would_touch_pruned_weights(data):
 def test_momentum_of_dropped_weights_is_cleared(data):
     model = small_cnn()
     masking = rigl(model)
-    opt = make_optimizer("sam", model)
+    opt = make("sam", model)
     masking.attach(opt)
     for step in range(2):
-        train_step(opt, model, *data[step])
+        run_step(opt, model, *data[step])
         masking.after_step()
     for p, m in masking.masks_by_param.items():
         assert torch.all(opt.base.state[p]["momentum_buffer"][~m] == 0)
@@ -83,7 +81,7 @@ def test_momentum_of_dropped_weights_is_cleared(data):
 
 def run(name, model, masking, opt, data, steps):
     for step in steps:
-        train_step(opt, model, *data[step % len(data)])
+        run_step(opt, model, *data[step % len(data)])
         masking.after_step()
 
 
@@ -92,13 +90,13 @@ def test_resume_is_bit_identical(name):
     data = batches(n=3)
     model = small_cnn()
     masking = rigl(model)
-    opt = make_optimizer(name, model)
+    opt = make(name, model)
     masking.attach(opt)
     run(name, model, masking, opt, data, range(8))
 
     first = small_cnn()
     m1 = rigl(first)
-    o1 = make_optimizer(name, first)
+    o1 = make(name, first)
     m1.attach(o1)
     run(name, first, m1, o1, data, range(4))
     saved = copy.deepcopy({"model": first.state_dict(), "opt": o1.state_dict(), "masking": m1.state_dict()})
@@ -106,7 +104,7 @@ def test_resume_is_bit_identical(name):
     second = small_cnn(seed=7)  # other weights, other mask seed: all comes from the checkpoint
     m2 = WeightMasking(second, 0.8, method="rigl", update_interval=2, update_fraction=0.5, total_steps=12,
                        end_fraction=1.0, seed=5)  # fmt: skip
-    o2 = make_optimizer(name, second)
+    o2 = make(name, second)
     second.load_state_dict(saved["model"])
     m2.load_state_dict(saved["masking"])
     m2.attach(o2)
@@ -130,11 +128,11 @@ def test_masks_follow_the_parameters_device(method, name, data):
     model = small_cnn().cuda()
     masking = rigl(model, method=method)
     assert all(m.device == p.device and m.dtype == torch.bool for p, m in masking.masks_by_param.items())
-    opt = make_optimizer(name, model)
+    opt = make(name, model)
     masking.attach(opt)
     for step in range(4):
         x, y = data[step]
-        train_step(opt, model, x.cuda(), y.cuda())
+        run_step(opt, model, x.cuda(), y.cuda())
         masking.after_step()
     report = masking.report()
     assert masking.updates == 2 and report["overall"]["pruned_nonzero"] == 0

@@ -185,7 +185,10 @@ def test_streaming_image_folder_trains(tmp_path):
                  "--optimizer", "s2sam", "--out", str(tmp_path / "runs"), "--name", "stream"])
     assert code == 0
     summary = json.loads((tmp_path / "runs" / "stream" / "summary.json").read_text())
-    assert metrics(tmp_path / "runs" / "stream")[0]["images_per_s"] > 0
+    row = metrics(tmp_path / "runs" / "stream")[0]
+    # the rate is the epoch's 8 training images (2 classes x 4) over its training time, inside the run's
+    assert row["images_per_s"] * row["train_time_s"] == pytest.approx(8)
+    assert 0 < row["train_time_s"] <= row["wall_time_s"]
     # independent: the saved weights, evaluated by a plain loop on the val/ images (the test split)
     from flatlab.data import ImageFolderDataset
     from flatlab.models import create_model
