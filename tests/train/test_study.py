@@ -182,7 +182,7 @@ def test_relative_paths_in_a_study_file_are_relative_to_that_file(tmp_path, monk
     studies = tmp_path / "repo" / "studies"
     (studies / "gpu").mkdir(parents=True)
     (studies / "cpu.yaml").write_text(yaml.safe_dump(
-        spec(tmp_path, out="../results/cpu", base={"dataset": "digits", "data_root": "../data", "epochs": 1},
+        spec(tmp_path, out="../results/cpu", base={"dataset": "cifar10", "data_root": "../data", "epochs": 1},
              methods={"sgd": {"optimizer": "sgd"}, "sam": {"optimizer": "sam", "sam": {"data_root": "../sam"}}})))
     (studies / "gpu" / "big.yaml").write_text(yaml.safe_dump({"extends": "../cpu.yaml", "out": "../../runs/big"}))
     monkeypatch.chdir(tmp_path)  # neither the repository nor the studies' folder

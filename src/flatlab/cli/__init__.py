@@ -18,7 +18,7 @@ from ..optim import describe_optimizer, list_optimizers
 from ..sparse import list_sparse_methods
 from ..train import TrainConfig, TrainingDiverged, load_config_file, resume, train
 from ..train.compare import compare_runs, format_table, plot_runs
-from ..train.config import Layer, field_kinds, convert, field_help
+from ..train.config import Layer, convert, field_help, field_kinds
 from ..train.distributed import launched_rank
 from ..train.rundir import absolute_paths, load_run_config
 from ..train.study import load_study, run_study
