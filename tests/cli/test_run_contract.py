@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.cli.analysis import open_run, select_batches
+from flatlab.train.reports.runs import open_run, select_batches
 from flatlab.errors import UsageError
 from flatlab.train import TrainConfig
 from tests.helpers.cli import QUICK, cli, one_error
