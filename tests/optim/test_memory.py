@@ -41,7 +41,10 @@ def steady_step(name):
         step()
         opt.zero_grad(set_to_none=True)
 
-    peak = peak_memory(step, setup=previous_step).peak
+    # a single-pass method starts the step holding its pending directions (the gradient memory
+    # SGD's loop frees at zero_grad): the peak counts from them
+    held = sum(t.numel() * t.element_size() for t in getattr(opt, "pending_directions", ()))
+    peak = held + peak_memory(step, setup=previous_step).peak
     return peak, own, sum(p.numel() * p.element_size() for p in model.parameters())
 
 

@@ -48,7 +48,7 @@ class Phase(enum.Enum):
     PLAIN = "plain"
     #: a single-pass method between steps: the parameters hold w and the next training forward of
     #: ``model`` (or the next ``step(closure)``) moves them to w + eps, built from
-    #: ``state[p]["pending"]`` times a factor
+    #: the held directions times a factor
     PENDING = "pending"
 
 
@@ -201,7 +201,10 @@ class SharpnessAware(torch.optim.Optimizer):
         self._in_step = False
         self._backward_outside = False  # a backward ran since the last step, outside of it
         self._perturbed: list[Tensor] = []  # the tensors holding w + eps while PERTURBED (or soon: PENDING)
-        self._pending_factor: float | Tensor = 1.0  # w + eps = w + factor * state[p]["pending"]
+        # PENDING: w + eps = w + factor * direction, the directions aligned with _perturbed; they are
+        # the spent gradients' memory (which .grad would otherwise hold), released once applied
+        self._pending: list[Tensor] | None = None
+        self._pending_factor: float | Tensor = 1.0
         self._backward_while_pending = False  # a gradient was taken at w where w + eps was due
         self._closure_steps = False  # the step in progress came with a closure (so will the next)
         self._eps: list[Tensor] | None = None  # kept during a step only, for several ascent steps
@@ -290,6 +293,13 @@ class SharpnessAware(torch.optim.Optimizer):
         ``second_step``; for a single-pass method from its training forward to its step (and
         between steps when the optimizer was built without ``model=``)."""
         return self.phase is Phase.PERTURBED
+
+    @property
+    def pending_directions(self) -> tuple[Tensor, ...]:
+        """What a single-pass method holds between steps besides its state: the directions of its
+        next perturbation (the spent gradients' memory, which a plain loop would free at
+        ``zero_grad``), released when the next training forward applies them. Empty otherwise."""
+        return tuple(self._pending or ())
 
     @property
     def needs_closure(self) -> bool:
@@ -424,7 +434,7 @@ class SharpnessAware(torch.optim.Optimizer):
 
         A single-pass method that knows its model, or is stepped with a closure, keeps w and leaves
         the move to the next training forward or ``step(closure)`` (``PENDING``): the directions are
-        held in ``state[p]["pending"]`` until then. The perturbed tensors' ``.grad`` is dropped
+        held until then (the spent gradients' memory). The perturbed tensors' ``.grad`` is dropped
         (None), except by an immediate scaled add: its memory is spent or held, and the coming
         backward at w + eps must start from zero."""
         self.coordinates.observe(self.steps, params, directions)
@@ -451,14 +461,10 @@ class SharpnessAware(torch.optim.Optimizer):
                 factor = 1.0
                 self._eps = directions if self.ascent_steps > 1 else None
         if self.source.single_pass and (self._forward_hook is not None or self._closure_steps):
-            for p, d in zip(chosen, directions):
-                state = self.state[p]
-                state["pending"] = d
-                # the state stays one copy of the weights: the backup is allocated again when w + eps
-                # is applied, as the gradients are at each backward
-                state.pop("backup", None)
-                p.grad = None  # held as the pending direction: no zero_grad or backward may write into it
+            self._pending = list(directions)
             self._pending_factor = factor
+            for p in chosen:
+                p.grad = None  # held as the pending direction: no zero_grad or backward may write into it
             self.phase = Phase.PENDING
             return
         copy_(self._backups(chosen), chosen)
@@ -473,7 +479,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.phase is not Phase.PENDING:
             return
         chosen = self._perturbed
-        directions = [self.state[p].pop("pending") for p in chosen]
+        directions, self._pending = self._pending, None
         copy_(self._backups(chosen), chosen)
         add_scaled_(chosen, directions, self._pending_factor, foreach=self.foreach)
         self._pending_factor = 1.0
@@ -496,8 +502,7 @@ class SharpnessAware(torch.optim.Optimizer):
                 if pairs:
                     torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
         elif self.phase is Phase.PENDING:
-            for p in self._perturbed:
-                self.state[p].pop("pending", None)
+            self._pending = None
             self._pending_factor = 1.0
         self.phase = Phase.AT_W
         self._perturbed = []
@@ -911,6 +916,7 @@ class SharpnessAware(torch.optim.Optimizer):
             "rho": self.rho,
             "phase": self.phase.value,
             "perturbed": [index[p] for p in self._perturbed],
+            "pending": dict(zip((index[p] for p in self._perturbed), self._pending or ())),
             "pending_factor": self._pending_factor,
             "generator": self.generator.get_state(),
             "source": self.source.state_dict(),
@@ -955,6 +961,9 @@ class SharpnessAware(torch.optim.Optimizer):
         self.phase = Phase(own["phase"])
         self._perturbed = [params[int(i)] for i in own["perturbed"]]
         self._eps = None
+        pending = own.get("pending", {})
+        self._pending = [pending[i].to(device=params[int(i)].device, dtype=params[int(i)].dtype)
+                         for i in own["perturbed"]] if self.phase is Phase.PENDING else None
         factor = own.get("pending_factor", 1.0)
         self._pending_factor = factor.to(params[0].device) if isinstance(factor, Tensor) else float(factor)
 
