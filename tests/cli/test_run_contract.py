@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import flatlab
-from flatlab.train.reports.runs import open_run, select_batches
 from flatlab.errors import UsageError
 from flatlab.train import TrainConfig
+from flatlab.train.reports.runs import open_run, select_batches
 from tests.helpers.cli import QUICK, cli, one_error
 from tests.helpers.reference import full_hessian
 
