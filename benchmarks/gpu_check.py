@@ -16,7 +16,8 @@
    next step trains.
 3. memory: `flatlab.analysis.peak_memory` (CUDA's allocator counters) for SGD, SAM and S2-SAM, in
    copies of the parameters: what each holds between steps above SGD (must be its own optimizer
-   state, nothing else), and a step's transient peak above SGD's.
+   state and, for S2-SAM, its pending directions, nothing else), and a step's transient peak above
+   SGD's.
 4. compile: SAM and S2-SAM steps with the model compiled (``torch.compile``, inductor) equal to
    eager steps in strict fp32 (relative error at most 1e-3), and their speed compiled over eager (in
    PyTorch's default fp32, TF32 convolutions).
@@ -325,6 +326,9 @@ def check_memory(batch, width: float, device: torch.device) -> dict:
         model, opt = built.pop()
         step = peak_memory(lambda m=model, o=opt: train_step(m, o, x, y), device).peak
         own = state_bytes(opt) if isinstance(opt, flatlab.SharpnessAware) else 0
+        # a single-pass method also holds its pending directions between steps (the gradient
+        # memory SGD's loop frees at zero_grad, released at the next forward)
+        own += sum(t.numel() * t.element_size() for t in getattr(opt, "pending_directions", ()))
         measured[name] = (held, step, own)
         del model, opt
         gc.collect()  # S2-SAM's forward hook makes a cycle (model -> hook -> optimizer -> model)

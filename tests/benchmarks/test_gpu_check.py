@@ -60,8 +60,10 @@ def test_dry_run_runs_every_part_and_passes(tmp_path):
 
     memory = {r["optimizer"]: r for r in parts["memory"]["rows"]}
     # between steps SAM keeps a backup of w, S2-SAM its pending perturbation: one copy each
-    assert memory["sam"]["own_state_copies"] == memory["s2sam"]["own_state_copies"] == 1.0
+    # SAM: the backup of w; S2-SAM: the backup and its pending directions (the gradient memory)
+    assert memory["sam"]["own_state_copies"] == 1.0 and memory["s2sam"]["own_state_copies"] == 2.0
     assert memory["sam"]["held_above_sgd_copies"] == pytest.approx(1.0, abs=0.1)
+    assert memory["s2sam"]["held_above_sgd_copies"] == pytest.approx(2.0, abs=0.1)
 
     compile_rows = {r["optimizer"]: r for r in parts["compile"]["rows"]}
     assert set(compile_rows) == {"sam", "s2sam"} and parts["compile"]["backend"] == "eager"
