@@ -79,8 +79,7 @@ class SharpnessAwareModule(L.LightningModule):
         opt = lightning_opt.optimizer
         if not isinstance(opt, SharpnessAware):
             raise TypeError(f"configure_optimizers must return a flatlab optimizer, got {type(opt).__name__}")
-        if opt.mask_due and not opt.coordinates.has_data_source:
-            opt.update_mask(opt.model or self, self.mask_batches(window))
+        opt.prepare(lambda: self.mask_batches(window), model=opt.model or self)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         # LightningOptimizer.step would wrap the per-sample closure into a plain one; step the
         # flatlab optimizer directly and let Lightning count the step as its own step() does.

@@ -311,8 +311,7 @@ class SharpnessAwareTrainer(Trainer):
             return torch.zeros((), device=self.args.device)
         window, self._window = self._window, []
         self._decide_shift(model, window[0])
-        if opt.mask_due and not opt.coordinates.has_data_source:
-            opt.update_mask(self.model, [(b["input_ids"], b["labels"]) for b in window], self._fisher_loss)
+        opt.prepare(lambda: [(b["input_ids"], b["labels"]) for b in window], self._fisher_loss, model=self.model)
         scale = self._scaler.get_scale() if self._scaler is not None else None
         with self.compute_loss_context_manager():
             loss = opt.step(micro_batches(window, lambda b, idx: self.per_example_losses(model, rows_of(b, idx)),

@@ -9,7 +9,7 @@ per-parameter state). It refers to tensors themselves, never to their position i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import check_number
 from .fisher import empirical_fisher
+from .functional import shard_group
 from .policy import Policy
 from .topk import drop_grow, random_mask, topk_mask
 
@@ -45,6 +46,49 @@ class Coordinates(Policy):
     scale = 1.0
     needs_data = False
     ascent_weight_grads = 1.0
+    #: every coordinate of every tensor with a gradient (no choice, no mask of its own)
+    selects_all = False
+    #: the live weights of a sparse network (parameter -> weight mask): only they are perturbed
+    live_weights: Mapping[Tensor, Tensor] = {}
+
+    def check(self, optimizer) -> None:
+        """Refuses, in one line, a combination with the optimizer's other choices it cannot serve."""
+        if self.has_data_source and optimizer.model is None:
+            raise ValueError("a mask that refreshes itself from data needs model= (the model it scores)")
+
+    def restrict_to_live(self, masks: Mapping[Tensor, Tensor]) -> None:
+        """Perturbs only the live weights of a sparse network: ``masks`` maps a parameter to its
+        weight mask, kept by reference so a sparse schedule that updates it is followed."""
+        self.live_weights = masks
+
+    @property
+    def perturbs_all(self) -> bool:
+        """Whether every coordinate of every tensor with a gradient is perturbed."""
+        return self.selects_all and not self.live_weights
+
+    def masks(self, params: list[Tensor]) -> list[Tensor | None]:
+        """Per tensor, a boolean mask of perturbed coordinates (None: all of them): the policy's
+        own mask, within the live weights."""
+        own = self.own_masks(params)
+        if not self.live_weights:
+            return own
+        out = []
+        for m, p in zip(own, params):
+            w = self.live_weights.get(p)
+            out.append(w if m is None else (m if w is None else m & w.bool()))
+        return out
+
+    def own_masks(self, params: list[Tensor]) -> list[Tensor | None]:
+        """The policy's own mask per tensor (None: all coordinates)."""
+        return [None] * len(params)
+
+    @torch.no_grad()
+    def keep_pruned(self, weights: list[Tensor]) -> None:
+        """Zeroes the weights a sparse schedule pruned (after w or w + eps was written back)."""
+        pairs = [(w, self.live_weights[w]) for w in weights if w in self.live_weights] if self.live_weights else []
+        if pairs:
+            torch._foreach_mul_([w for w, _ in pairs], [m for _, m in pairs])
+
     def observes_gradient_at(self, step: int) -> bool:
         """Whether ``observe`` updates state from the gradient at w before step ``step``; it must
         never see a non-finite one then (the optimizer checks it first, one more host sync)."""
@@ -68,10 +112,6 @@ class Coordinates(Policy):
     def select(self, params: list[Tensor], grads: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """The perturbed tensors among ``params`` (those with a gradient) and their gradients."""
         return params, grads
-
-    def masks(self, params: list[Tensor]) -> list[Tensor | None]:
-        """Per tensor, a boolean mask of perturbed coordinates (None: all of them)."""
-        return [None] * len(params)
 
     def due(self, step: int) -> bool:
         """Whether a data-driven refresh is due before step ``step`` (0-based)."""
@@ -101,6 +141,7 @@ class AllCoordinates(Coordinates):
     """The default: every coordinate of every tensor with a gradient is perturbed (SAM)."""
 
     name = "all"
+    selects_all = True
 
 
 def draw_tensors(count: int, beta: float, generator: torch.Generator) -> list[bool]:
@@ -197,11 +238,19 @@ class MaskedCoordinates(Coordinates):
         for p, m in zip(params, masks):
             self.state[p][MASK_KEY] = m
 
+    def check(self, optimizer) -> None:
+        super().check(optimizer)
+        if shard_group(self.params) is not None:
+            raise ValueError(
+                "a mask over sharded (FSDP) parameters is not supported: SSAM's global top-k needs every "
+                "shard's scores; use DDP, or a method without a coordinate mask"
+            )
+
     def mask_list(self) -> list[Tensor]:
         """The mask of every bound parameter, in the optimizer's parameter order."""
-        return self.masks(self.params)
+        return self.own_masks(self.params)
 
-    def masks(self, params):
+    def own_masks(self, params):
         return [self.state[p][MASK_KEY] for p in params]
 
     def state_dict(self) -> dict[str, Any]:
@@ -302,7 +351,7 @@ class DynamicMask(MaskedCoordinates):
     def observe(self, step, params, grads) -> None:
         if not self.observes_gradient_at(step) or not params:
             return
-        masks = self.masks(params)
+        masks = self.own_masks(params)
         live = int(torch.stack([m.sum().to(masks[0].device) for m in masks]).sum())  # one host read
         count = int(self.rate_at(step) * live)
         drop_scores = [g.abs() for g in grads]

@@ -53,6 +53,10 @@ class Descent(Policy):
     name = "descent"
     needs_clean_gradient = False
 
+    def check(self, optimizer) -> None:
+        if self.needs_clean_gradient and optimizer.source.single_pass:
+            raise ValueError(f"the {self.name} descent needs the gradient at w: it needs a two-pass source")
+
     def bind(self, state: MutableMapping[Tensor, dict]) -> None:
         self.state = state
 

@@ -14,6 +14,10 @@ class Policy:
 
     name = "policy"
 
+    def check(self, optimizer) -> None:
+        """Refuses, in one line (a ValueError), a combination with the optimizer's other choices
+        that this policy cannot serve; called once the optimizer is built."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

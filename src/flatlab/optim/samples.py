@@ -163,6 +163,10 @@ class Samples(Policy):
     name = "samples"
     needs_per_sample = False
 
+    def check(self, optimizer) -> None:
+        if self.needs_per_sample and optimizer.source.single_pass:
+            raise ValueError("sample selection needs a second pass; it cannot be combined with a single-pass source")
+
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
         """Rows of the batch for the descent pass from per-sample losses at w and w + eps (None: all)."""
         raise NotImplementedError

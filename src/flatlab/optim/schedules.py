@@ -34,6 +34,12 @@ class Schedule(Policy):
 
     name = "schedule"
     needs_gradient = False
+    #: every step takes the sharpness-aware update (nothing is skipped)
+    every_step = False
+
+    def check(self, optimizer) -> None:
+        if not self.every_step and optimizer.source.single_pass:
+            raise ValueError("a single-pass method perturbs on every step; a schedule has nothing to save there")
 
     def bind(self, generator: torch.Generator) -> None:
         self.generator = generator
@@ -53,6 +59,7 @@ class EveryStep(Schedule):
     """The default: every step is a sharpness-aware step."""
 
     name = "every-step"
+    every_step = True
 
     def decide(self, step, grad_sq_norm=None) -> bool:
         return True

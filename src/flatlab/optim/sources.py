@@ -38,6 +38,13 @@ class GradientSource(Policy):
     #: ``direction`` returns the gradients themselves
     direction_is_gradient = False
 
+    def check(self, optimizer) -> None:
+        # a single-pass source builds eps from the step's one gradient, after the base step
+        if self.single_pass and optimizer.ascent_steps != 1:
+            raise ValueError(
+                f"a single-pass method takes no extra ascent steps, got ascent_steps={optimizer.ascent_steps}"
+            )
+
     def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer) -> None:
         """The optimizer's per-parameter state (for a source's own buffers) and its base."""
         self.state = state

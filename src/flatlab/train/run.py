@@ -126,9 +126,9 @@ class _Run:
 
     def before_step(self) -> None:
         opt = self.optimizer
-        if isinstance(opt, SharpnessAware) and opt.mask_due:
-            x, y = self.data.fisher_batch(opt.coordinates.num_samples, self.config.seed, self.step, self.device)
-            opt.update_mask(self.raw_model, [(x, y)])
+        if isinstance(opt, SharpnessAware):
+            opt.prepare(lambda: [self.data.fisher_batch(opt.coordinates.num_samples, self.config.seed, self.step,
+                                                        self.device)], model=self.raw_model)
 
     def after_step(self) -> None:
         self.scheduler.step()
