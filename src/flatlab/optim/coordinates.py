@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm  # torch's own base of every BatchNorm, private by name
 from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
-from ..errors import check_number
+from ..errors import UsageError, check_number
 from .fisher import empirical_fisher
 from .policy import Policy
 from .topk import drop_grow, random_mask, topk_mask
@@ -202,7 +202,7 @@ class ChosenTensors(Coordinates):
         trained = set(params)
         self._chosen = {t for t in self.chosen if t in trained}
         if not any(t.requires_grad for t in self._chosen):
-            raise ValueError(f"none of {self.what} is among the optimizer's trainable parameters: nothing to perturb")
+            raise UsageError(f"none of {self.what} is among the optimizer's trainable parameters: nothing to perturb")
         total = sum(p.numel() for p in params if p.requires_grad)
         self.ascent_weight_grads = sum(t.numel() for t in self._chosen if t.requires_grad) / total
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 
-from ..errors import check_number
+from ..errors import UsageError, check_number
 from .coordinates import ChosenTensors, DynamicMask, FisherMask, RandomTensors, norm_parameters
 from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
 from .radius import LRProportional
@@ -289,12 +289,12 @@ class SAMON(SharpnessAware):
     def __init__(self, base: Optimizer, rho: float = 0.5, **options):
         model = options.get("model")
         if model is None:
-            raise ValueError("SAM-ON perturbs the normalisation layers of a model: pass model=")
+            raise UsageError("SAM-ON perturbs the normalisation layers of a model: pass model=")
         chosen = norm_parameters(model)
         if not chosen:
-            raise ValueError(
+            raise UsageError(
                 f"SAM-ON perturbs the normalisation layers' affine parameters, and {type(model).__name__} has no "
-                "BatchNorm, LayerNorm or GroupNorm with affine parameters; use sam"
+                "BatchNorm, LayerNorm or GroupNorm with affine parameters; use sam, or a model with such layers"
             )
         coordinates = ChosenTensors(chosen, "the normalisation layers' parameters")
         super().__init__(base, rho, coordinates=coordinates, **options)
