@@ -195,6 +195,7 @@ class ChosenTensors(Coordinates):
     def __init__(self, tensors: Iterable[Tensor], what: str = "the chosen tensors"):
         self.chosen = list(tensors)
         self.what = what
+        self._chosen = set(self.chosen)  # narrowed to the optimizer's parameters by bind
         self._disabled: list[Tensor] = []
 
     def bind(self, params, generator, state) -> None:
@@ -223,7 +224,7 @@ class ChosenTensors(Coordinates):
         return [p for p, _ in kept], [g for _, g in kept]
 
     def extra_repr(self) -> str:
-        return f"{len(self._chosen) if hasattr(self, '_chosen') else len(self.chosen)} tensors"
+        return f"{len(self._chosen)} tensors"
 
 
 class MaskedCoordinates(Coordinates):
