@@ -49,6 +49,10 @@ METHODS = {
     "gsam": dict(rho=0.05, alpha=0.4),
     "wsam": dict(rho=0.05, gamma=0.9),
     "fsam": dict(rho=0.1, sigma=1.0, lmbda=0.9),
+    # issue 19, each with its defaults (docs/methods.md)
+    "gcsam": dict(rho=0.05),
+    "vasso": dict(rho=0.05, theta=0.9),
+    "sam-on": dict(rho=0.5),
 }
 
 

@@ -143,3 +143,15 @@ def test_config_from_a_file_refuses_a_path_name_too(tmp_path):
         TrainConfig.from_dict({"name": "runs/a"}, str(tmp_path / "c.yaml"))
     assert TrainConfig(name="a-b.c").run_name() == "a-b.c"
     assert Path(TrainConfig(out="x").out) / TrainConfig(name=None).run_name() == Path("x/digits-cnn-sam-seed0")
+
+
+# -- a method the model cannot serve ---------------------------------------------------------------
+
+
+def test_sam_on_on_a_model_without_normalisation_layers_is_refused(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", *QUICK[:2], "--model", "mlp", *QUICK[4:], "--optimizer", "sam-on",
+                       "--out", tmp_path, "--name", "x")
+    assert code == 2
+    assert "MLP has no BatchNorm, LayerNorm or GroupNorm" in one_error(err)
+    assert not (tmp_path / "x").exists()
+

@@ -15,9 +15,11 @@ import flatlab
 CASES = json.loads(sys.argv[1])
 
 
-def build():
+def build(norm=False):
+    """The MLP; with ``norm``, a LayerNorm after the first layer (for SAM-ON, which perturbs it)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    middle = [torch.nn.LayerNorm(8)] if norm else []
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), *middle, torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
 def run(name, options, model, shard):
@@ -43,16 +45,18 @@ def main():
     rank = dist.get_rank()
     out = {}
     for name, options in CASES:
-        single = run(name, options, build(), None)
-        model = build()
-        for layer in (model[0], model[2], model):
+        options = dict(options)
+        norm = options.pop("norm", False)
+        single = run(name, options, build(norm), None)
+        model = build(norm)
+        for layer in [m for m in model if any(True for _ in m.parameters())] + [model]:
             fully_shard(layer)
         try:
             sharded = run(name, options, model, rank)
         except ValueError as err:
             out[name] = {"error": str(err)}
             continue
-        start = list(build().parameters())
+        start = list(build(norm).parameters())
         out[name] = {"diff": max(float((a - b).abs().max()) for a, b in zip(single, sharded)),
                      "moved": max(float((a - b).abs().max()) for a, b in zip(single, start))}
     if rank == 0:

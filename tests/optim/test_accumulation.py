@@ -15,13 +15,17 @@ METHODS = [
     ("sam", {}), ("sam", {"ascent_steps": 2}), ("asam", {}), ("esam", {"beta": 1.0, "gamma": 0.5}),
     ("esam", {"beta": 0.6, "gamma": 0.5}), ("ssam-f", {"num_samples": 16, "update_interval": 2}),
     ("ssam-d", {"update_interval": 2}), ("s2sam", {}), ("msam", {"rho": 0.5}), ("looksam", {"k": 2}),
-    ("rst", {}), ("aesam", {}), ("gsam", {}), ("wsam", {}), ("fsam", {}),
+    ("rst", {}), ("aesam", {}), ("gsam", {}), ("wsam", {}), ("fsam", {}), ("gcsam", {}), ("vasso", {}),
+    ("sam-on", {}),
 ]
 
 
 @pytest.mark.parametrize("name, options", METHODS)
 def test_micro_batches_equal_one_batch(name, options):
     whole, split = mlp(dtype=torch.float64), mlp(dtype=torch.float64)
+    if name == "sam-on":  # a normalisation layer to perturb, one that keeps the samples apart
+        whole, split = (torch.nn.Sequential(m[0], torch.nn.LayerNorm(8, dtype=torch.float64), *m[1:])
+                        for m in (whole, split))
     opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, momentum=0.9, seed=3, **options)
     opt_split = flatlab.create_optimizer(name, split, lr=0.1, momentum=0.9, seed=3, **options)
     for x, y in vector_batches(5, 16, dtype=torch.float64):

@@ -1,5 +1,6 @@
 """Step for step against pytorch_optimizer 4.1.0 (a dev-only reference), float64, where it follows
-the paper (GSAM, WSAM, FriendlySAM); LookSAM, where it does not, is pinned to what it does instead."""
+the paper (GSAM, WSAM, FriendlySAM, SAM with gradient centralisation); LookSAM, where it does not, is
+pinned to what it does instead."""
 
 import pytest
 import torch
@@ -65,6 +66,22 @@ def test_friendly_sam_equals_pytorch_optimizer():
         closure()  # pytorch_optimizer's FriendlySAM wants the gradient at w before step()
         ref_opt.step(closure)
     assert_close(weights(ours), weights(ref))
+
+
+def test_gcsam_equals_pytorch_optimizer_sam_with_gradient_centralisation():
+    ours, ref, plain = tiny_mlp(), tiny_mlp(), tiny_mlp()
+    opt = flatlab.GCSAM(torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9), rho=0.1)
+    ref_opt = po.SAM(ref.parameters(), torch.optim.SGD, rho=0.1, use_gc=True, lr=0.1, momentum=0.9)
+    sam = flatlab.SAM(torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9), rho=0.1)
+    for x, y in reference_batches():
+        opt.step(step_closure(opt, ours, x, y))
+        sam.step(step_closure(sam, plain, x, y))
+        closure = step_closure(ref_opt, ref, x, y)
+        closure()  # pytorch_optimizer's SAM perturbs along the gradient already in .grad
+        ref_opt.step(closure)
+    assert_close(weights(ours), weights(ref))
+    # the centring matters: plain SAM is off by far more than the tolerance
+    assert max(float((a - b).abs().max()) for a, b in zip(weights(plain), weights(ref))) > 1e-4
 
 
 def test_pytorch_optimizer_looksam_differs_from_the_paper_as_pinned():

@@ -1,4 +1,4 @@
-"""The efficient methods (LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM, FriendlySAM) against reference
+"""The efficient methods (LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM, FriendlySAM) and VaSSO and SAM-ON against reference
 loops that write out each paper's equations, on a small float64 network; and their cost in passes."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import flatlab
-from tests.helpers.nets import CountingNet, batches, tiny_mlp
+from tests.helpers.nets import CountingNet, batches, tiny_mlp, tiny_net
 from tests.helpers.reference import axpy, dot, grad_at, norm, reference_batches, run_flatlab
 from tests.helpers.steps import make, run_step, step_closure
 
@@ -162,11 +162,100 @@ def test_friendly_sam_matches_its_equations():
     assert_same(run_flatlab(opt, model, reference_batches()), w)
 
 
+def test_vasso_matches_its_equations():
+    model, ref = tiny_mlp(), tiny_mlp()
+    rho, theta, lr = 0.1, 0.4, 0.1
+    w = [p.detach().clone() for p in ref.parameters()]
+    d = None
+    for x, y in reference_batches():
+        g = grad_at(ref, w, x, y)
+        # the moving average of the gradients, started at the first one (official solver/vasso.py)
+        d = g if d is None else [(1 - theta) * di + theta * gi for di, gi in zip(d, g)]
+        w = axpy(-lr, grad_at(ref, axpy(rho / norm(d), d, w), x, y), w)
+    opt = flatlab.VaSSO(torch.optim.SGD(model.parameters(), lr=lr), rho=rho, theta=theta)
+    assert_same(run_flatlab(opt, model, reference_batches()), w)
+
+
+def test_vasso_with_theta_one_is_sam_bit_for_bit():
+    a, b = tiny_mlp(), tiny_mlp()
+    vasso = flatlab.create_optimizer("vasso", a, lr=0.1, momentum=0.9, rho=0.05, theta=1.0)
+    sam = flatlab.create_optimizer("sam", b, lr=0.1, momentum=0.9, rho=0.05)
+    got, expected = run_flatlab(vasso, a, reference_batches()), run_flatlab(sam, b, reference_batches())
+    assert all(torch.equal(p, q) for p, q in zip(got, expected))
+
+
+def test_sam_on_is_sam_on_the_normalisation_layers_bit_for_bit():
+    """SAM-ON against SAM wrapping an SGD over the BatchNorm parameters alone (so SAM's norm and
+    perturbation cover those tensors only), the other tensors descending with a plain SGD from the
+    gradient of the same pass at w + eps."""
+    x_y = batches(n=4, dtype=torch.float64)
+    model, ref = tiny_net(dtype=torch.float64), tiny_net(dtype=torch.float64)
+    opt = flatlab.create_optimizer("sam-on", model, lr=0.1, momentum=0.9, rho=0.5)
+    norm_params = [ref.bn.weight, ref.bn.bias]
+    rest = [p for p in ref.parameters() if all(p is not q for q in norm_params)]
+    sam = flatlab.SAM(torch.optim.SGD(norm_params, lr=0.1, momentum=0.9), rho=0.5, model=ref)
+    plain = torch.optim.SGD(rest, lr=0.1, momentum=0.9)
+    for x, y in x_y:
+        opt.step(step_closure(opt, model, x, y))
+
+        def closure(x=x, y=y):
+            ref.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(ref(x), y)
+            loss.backward()
+            return loss
+
+        sam.step(closure)
+        plain.step()  # with the gradient of the pass at w + eps
+    for (n, p), q in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+def test_sam_on_ascent_computes_the_normalisation_gradients_only():
+    x, y = batches(1)[0]
+    model = tiny_net()
+    model.fc.bias.requires_grad_(False)  # frozen by the user: must stay frozen
+    opt = flatlab.create_optimizer("sam-on", model, lr=0.1)
+    names = [n for n, _ in model.named_parameters()]
+    seen = []
+
+    def closure():
+        if not opt.is_perturbed:
+            seen.append({n: p.requires_grad for n, p in model.named_parameters()})
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert seen == [{n: n.startswith("bn.") for n in names}]
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == {n: n != "fc.bias" for n in names}
+    bn = 8 / sum(p.numel() for p in model.parameters() if p.requires_grad)  # 4 channels, weight and bias
+    assert flatlab.optim.step_passes(opt)[0].weight_grads == pytest.approx(bn)
+
+
+def frozen_norm():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    model[1].requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [(None, "pass model="), (torch.nn.Linear(3, 2), "Linear has no BatchNorm, LayerNorm or GroupNorm"),
+     (frozen_norm(), "none of the normalisation layers' parameters is among the optimizer's trainable")],
+)
+def test_sam_on_needs_a_model_with_trainable_normalisation_layers(model, message):
+    params = model if model is not None else [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match=message):
+        flatlab.create_optimizer("sam-on", params, lr=0.1)
+
+
 @pytest.mark.parametrize(
     "name, options",
     [("rst", {"sam_probability": 0.0}), ("aesam", {"c_start": 1e9, "c_end": 1e9}),  # the switch never fires
      ("looksam", {"rho": 0.0}), ("rst", {"rho": 0.0, "every": 2}), ("gsam", {"rho": 0.0}), ("wsam", {"rho": 0.0}),
-     ("fsam", {"rho": 0.0}), ("msam", {"rho": 0.0}), ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2})],
+     ("fsam", {"rho": 0.0}), ("msam", {"rho": 0.0}), ("gcsam", {"rho": 0.0}), ("vasso", {"rho": 0.0}),
+     ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2})],
 )
 def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, options):
     a, b = tiny_mlp(), tiny_mlp()
@@ -186,7 +275,8 @@ def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, optio
     "name, options, per_step, tolerance",
     [("looksam", {}, 1.2, 0), ("rst", {}, 1.5, 0.1), ("rst", {"every": 4}, 1.25, 0), ("msam", {}, 1.0, 0),
      ("s2sam", {}, 1.0, 0), ("sam", {}, 2.0, 0), ("aesam", {"total_steps": 60}, None, 0),
-     ("gsam", {}, 2.0, 0), ("wsam", {}, 2.0, 0), ("fsam", {}, 2.0, 0)],
+     ("gsam", {}, 2.0, 0), ("wsam", {}, 2.0, 0), ("fsam", {}, 2.0, 0), ("gcsam", {}, 2.0, 0),
+     ("vasso", {}, 2.0, 0), ("sam-on", {}, 2.0, 0)],
 )
 def test_forward_and_backward_passes_per_step(name, options, per_step, tolerance):
     model = CountingNet()

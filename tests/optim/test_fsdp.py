@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 CASES = [
     ["sam", {}], ["sam-sign", {}], ["asam", {}], ["esam", {"beta": 0.5, "gamma": 1.0}], ["s2sam", {}],
     ["msam", {"rho": 0.5}], ["looksam", {"k": 2}], ["rst", {}], ["aesam", {}], ["gsam", {}], ["wsam", {}],
-    ["fsam", {}], ["ssam-d", {}],
+    ["fsam", {}], ["ssam-d", {}], ["gcsam", {}], ["vasso", {}], ["sam-on", {"norm": True}],
 ]
 
 

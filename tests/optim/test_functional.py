@@ -127,3 +127,25 @@ def test_adaptive_in_place_matches():
     for x, y, w in zip(out, expected, work):
         torch.testing.assert_close(x, y, rtol=1e-14, atol=0)
         assert x is w
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_centralised_perturbation_hand_computed(in_place, foreach):
+    # a 2x2 matrix: rows (1, 3) and (2, 2) have means 2 and 2; the vector is left as it is
+    matrix, vector = torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64), t(4.0)
+    norm = math.sqrt(1 + 9 + 4 + 4 + 16)  # of g before centring
+    grads = [matrix.clone(), vector.clone()]
+    eps = F.centralised_perturbation(grads, radius=0.5, foreach=foreach, in_place=in_place)
+    torch.testing.assert_close(eps[0], 0.5 / norm * torch.tensor([[-1.0, 1.0], [0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(eps[1], t(0.5 * 4.0 / norm))
+    assert (eps[0] is grads[0]) == in_place
+    if not in_place:
+        assert torch.equal(grads[0], matrix) and torch.equal(grads[1], vector)
+
+
+def test_centralised_perturbation_of_a_kernel_has_zero_mean_per_output_channel():
+    g = torch.randn(5, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    (eps,) = F.centralised_perturbation([g], radius=0.1)
+    assert eps.mean(dim=(1, 2, 3)).abs().max() < 1e-15
+    assert torch.linalg.vector_norm(eps) < 0.1  # the norm is g's, taken before centring

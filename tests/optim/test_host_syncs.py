@@ -21,19 +21,21 @@ class SyncCounter(TorchDispatchMode):
 
 
 # One per step: the finiteness check of the descent gradient. More where a policy needs it: a
-# policy keeping state from the ascent gradient (FriendlySAM's average; SSAM-D's mask, on the steps
+# policy keeping state from the ascent gradient (FriendlySAM's and VaSSO's averages; SSAM-D's mask, on the steps
 # it updates it) checks that gradient at once; AE-SAM reads its norm to decide, which doubles as the
 # check of a plain step's gradient (one sync) and of the ascent gradient of a SAM step (two); RST
 # draws its coin from the optimizer's CPU generator (a host read, never a wait on an accelerator).
 @pytest.mark.parametrize(
     "name, options, per_step",
     [("sam", {}, 1), ("asam", {}, 1), ("esam", {}, 1), ("s2sam", {}, 1), ("msam", {}, 1), ("looksam", {}, 1),
-     ("gsam", {}, 1), ("wsam", {}, 1), ("ssam-d", {}, 1), ("rst", {}, 2), ("fsam", {}, 2),
+     ("gsam", {}, 1), ("wsam", {}, 1), ("ssam-d", {}, 1), ("rst", {}, 2), ("fsam", {}, 2), ("gcsam", {}, 1),
+     ("vasso", {}, 2), ("sam-on", {}, 1),
      ("aesam", {"c_start": 0.0, "c_end": 0.0}, None), ("ssam-d", {"update_interval": 5}, None)],
 )
 def test_host_syncs_per_step(name, options, per_step):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    norm = [torch.nn.LayerNorm(8)] if name == "sam-on" else []  # what SAM-ON perturbs
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), *norm, torch.nn.Tanh(), torch.nn.Linear(8, 3))
     opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, max_grad_norm=1.0, **options)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     if name == "esam":  # its selection counts rows on the host: use the tensor draw only

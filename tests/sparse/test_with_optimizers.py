@@ -48,7 +48,8 @@ def test_pruned_weights_stay_zero_and_unperturbed(name, data):
         for p in masking.params:
             assert p.grad is None or torch.all(p.grad[~masking.masks_by_param[p]] == 0)
     assert masking.updates == 4 and seen["forwards"] >= 8
-    assert (seen["perturbed"] > 0) == (name in FAMILY)
+    # SAM-ON perturbs the BatchNorm parameters only, never a weight that sparse training masks
+    assert (seen["perturbed"] > 0) == (name in FAMILY and name != "sam-on")
     report = masking.report()
     assert report["overall"]["live"] == live and report["overall"]["pruned_nonzero"] == 0
 

@@ -7,6 +7,7 @@ training (``radius``)."""
 from .batchnorm import frozen_bn_stats
 from .coordinates import (
     AllCoordinates,
+    ChosenTensors,
     Coordinates,
     DynamicMask,
     FisherMask,
@@ -17,7 +18,23 @@ from .coordinates import (
 from .cost import Pass
 from .descents import Descent, OrthogonalReuse, PerturbedGradient, SurrogateGap, WeightedSharpness
 from .fisher import empirical_fisher
-from .presets import AESAM, ASAM, ESAM, GSAM, MSAM, RST, S2SAM, SAM, SSAM, WSAM, FriendlySAM, LookSAM
+from .presets import (
+    AESAM,
+    ASAM,
+    ESAM,
+    GCSAM,
+    GSAM,
+    MSAM,
+    RST,
+    S2SAM,
+    SAM,
+    SAMON,
+    SSAM,
+    WSAM,
+    FriendlySAM,
+    LookSAM,
+    VaSSO,
+)
 from .radius import LRProportional, RhoSchedule
 from .registry import (
     BASE_OPTIMIZERS,
@@ -41,21 +58,29 @@ from .samples import (
     per_sample,
 )
 from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
-from .shapes import AdaptiveBall, LpBall, Shape
+from .shapes import AdaptiveBall, CentralisedBall, LpBall, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
-from .sources import BatchGradient, FriendlyGradient, GradientSource, MomentumDirection, PreviousGradient
+from .sources import (
+    AveragedGradient,
+    BatchGradient,
+    FriendlyGradient,
+    GradientSource,
+    MomentumDirection,
+    PreviousGradient,
+)
 
 __all__ = [
     "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
-    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
+    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
     "is_base_optimizer", "base_of", "base_options", "method_options", "describe_optimizer",
     "GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",
+    "AveragedGradient",
     "Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch",
     "Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse",
     "RhoSchedule", "LRProportional",
-    "Shape", "LpBall", "AdaptiveBall",
-    "Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
+    "Shape", "LpBall", "AdaptiveBall", "CentralisedBall",
+    "Coordinates", "AllCoordinates", "RandomTensors", "ChosenTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
     "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches", "micro_batches",
     "Pass", "step_passes", "frozen_bn_stats", "empirical_fisher",

@@ -1,5 +1,5 @@
-"""Which coordinates are perturbed: all (SAM), random whole tensors (ESAM's SWP), or a sparse mask
-(SSAM-F's Fisher top-k, SSAM-D's drop/grow).
+"""Which coordinates are perturbed: all (SAM), random whole tensors (ESAM's SWP), chosen whole tensors
+(SAM-ON's normalisation layers), or a sparse mask (SSAM-F's Fisher top-k, SSAM-D's drop/grow).
 
 A policy is bound once to the optimizer's parameters, its generator and its per-parameter state
 (``optimizer.state``, where masks live as ``state[p]["perturb_mask"]``, as torch.optim keeps
@@ -14,19 +14,33 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm  # torch's own base of every BatchNorm, private by name
+from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
-from ..errors import check_number
+from ..errors import UsageError, check_number
 from .fisher import empirical_fisher
 from .functional import shard_group
 from .policy import Policy
 from .topk import drop_grow, random_mask, topk_mask
 
-__all__ = ["Coordinates", "AllCoordinates", "RandomTensors", "MaskedCoordinates", "FisherMask", "DynamicMask"]
+__all__ = [
+    "Coordinates", "AllCoordinates", "RandomTensors", "ChosenTensors", "MaskedCoordinates", "FisherMask",
+    "DynamicMask", "NORM_LAYERS", "norm_parameters",
+]  # fmt: skip
 
 #: ``state[p]`` key of a parameter's boolean perturbation mask
 MASK_KEY = "perturb_mask"
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+
+#: the normalisation layers whose affine parameters SAM-ON perturbs (and ``param_groups`` keeps out
+#: of weight decay on request)
+NORM_LAYERS = (_BatchNorm, LayerNorm, GroupNorm)
+
+
+def norm_parameters(model: nn.Module) -> list[Tensor]:
+    """The affine parameters (weight and bias) of the normalisation layers of ``model``."""
+    return [p for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)]
 
 
 class Coordinates(Policy):
@@ -209,6 +223,49 @@ class RandomTensors(Coordinates):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}"
+
+
+class ChosenTensors(Coordinates):
+    """Perturbs the given tensors only (SAM-ON: the normalisation layers' affine parameters), with
+    the perturbation normalised over them: SAM restricted to those tensors. The others skip their
+    weight gradient in the ascent backward (``requires_grad`` switched off for that pass, as
+    :class:`RandomTensors` does), so the ascent computes the gradients it uses and little more."""
+
+    name = "chosen-tensors"
+
+    def __init__(self, tensors: Iterable[Tensor], what: str = "the chosen tensors"):
+        self.chosen = list(tensors)
+        self.what = what
+        self._chosen = set(self.chosen)  # narrowed to the optimizer's parameters by bind
+        self._disabled: list[Tensor] = []
+
+    def bind(self, params, generator, state) -> None:
+        super().bind(params, generator, state)
+        trained = set(params)
+        self._chosen = {t for t in self.chosen if t in trained}
+        if not any(t.requires_grad for t in self._chosen):
+            raise UsageError(f"none of {self.what} is among the optimizer's trainable parameters: nothing to perturb")
+        total = sum(p.numel() for p in params if p.requires_grad)
+        self.ascent_weight_grads = sum(t.numel() for t in self._chosen if t.requires_grad) / total
+
+    def begin_ascent_pass(self, skip_grads: bool = True) -> None:
+        if not skip_grads:
+            return
+        self._disabled = [p for p in self.params if p.requires_grad and p not in self._chosen]
+        for p in self._disabled:
+            p.requires_grad_(False)
+
+    def end_ascent_pass(self) -> None:
+        for p in self._disabled:
+            p.requires_grad_(True)
+        self._disabled = []
+
+    def select(self, params, grads):
+        kept = [(p, g) for p, g in zip(params, grads) if p in self._chosen]
+        return [p for p, _ in kept], [g for _, g in kept]
+
+    def extra_repr(self) -> str:
+        return f"{len(self._chosen)} tensors"
 
 
 class MaskedCoordinates(Coordinates):

@@ -26,6 +26,7 @@ __all__ = [
     "shard_group",
     "lp_perturbation",
     "adaptive_perturbation",
+    "centralised_perturbation",
     "project_lp_ball",
     "project_adaptive_ball",
     "dual_exponent",
@@ -208,6 +209,36 @@ def adaptive_perturbation(
     tg = [g * (w.abs() + eta) if a else g for g, w, a in zip(grads, weights, adaptive)]
     scale = _over(radius, global_norm(tg, 2.0, foreach=False))
     return _scaled([x * (w.abs() + eta) if a else x for x, w, a in zip(tg, weights, adaptive)], scale, False)
+
+
+def centralised_perturbation(
+    grads: list[Tensor],
+    radius: float,
+    *,
+    foreach: bool = True,
+    in_place: bool = False,
+) -> list[Tensor]:
+    """GC-SAM's perturbation: eps = radius * GC(g) / ||g||_2, where gradient centralisation GC
+    (Yong et al., ECCV 2020) subtracts from every tensor of two or more dimensions its mean over all
+    dimensions but the first (one mean per output channel or row); vectors (biases, normalisation
+    weights) are left as they are.
+
+    The norm is that of g before centring, as pytorch_optimizer's ``SAM(use_gc=True)`` takes it, so
+    ``||eps||_2 <= radius`` (equal only when every row of g already has zero mean). ``in_place``
+    writes eps over ``grads``; otherwise they are left as they are.
+    """
+    if not grads:
+        return []
+    factor = _over(radius, global_norm(grads, 2.0, foreach=foreach))  # before centring, on purpose
+    out = grads if in_place else [g.clone() for g in grads]
+    # a sharded (FSDP) tensor is split along its first dimension: each shard holds whole rows, so
+    # the row means are local
+    shards = local_shards(out)
+    for g in shards:
+        if g.dim() > 1:
+            g.sub_(g.mean(dim=tuple(range(1, g.dim())), keepdim=True))
+    _scaled(shards, factor, foreach, in_place=True)
+    return out
 
 
 def project_lp_ball(eps: list[Tensor], radius: float, p: float, *, foreach: bool = True) -> list[Tensor]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 
-from ..errors import check_number
-from .coordinates import DynamicMask, FisherMask, RandomTensors
+from ..errors import UsageError, check_number
+from .coordinates import ChosenTensors, DynamicMask, FisherMask, RandomTensors, norm_parameters
 from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
 from .radius import LRProportional
 from .samples import SharpnessSensitive
 from .schedules import AdaptiveSwitch, EveryK
-from .shapes import AdaptiveBall, LpBall
+from .shapes import AdaptiveBall, CentralisedBall, LpBall
 from .sharpness_aware import SharpnessAware
-from .sources import FriendlyGradient, MomentumDirection, PreviousGradient
+from .sources import AveragedGradient, FriendlyGradient, MomentumDirection, PreviousGradient
 
 #: a single-pass preset sets its source, and takes no schedule, extra ascent steps, sample selection
 #: or descent combination (they all need the gradient at w of the current batch)
@@ -21,7 +21,10 @@ SINGLE_PASS_OPTIONS = frozenset(
     {"source", "schedule", "every", "sam_probability", "ascent_steps", "ascent_step_size", "samples", "descent"}
 )
 
-__all__ = ["SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM"]
+__all__ = [
+    "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
+    "GCSAM", "VaSSO", "SAMON",
+]  # fmt: skip
 
 
 class SAM(SharpnessAware):
@@ -240,3 +243,58 @@ class FriendlySAM(SharpnessAware):
 
     def __init__(self, base: Optimizer, rho: float = 0.1, sigma: float = 1.0, lmbda: float = 0.9, **options):
         super().__init__(base, rho, source=FriendlyGradient(sigma, lmbda), **options)
+
+
+class GCSAM(SharpnessAware):
+    """SAM with gradient centralisation before the perturbation: eps = rho * GC(g) / ||g||, GC
+    removing from every weight matrix and kernel its mean over all dimensions but the first
+    (:class:`~flatlab.optim.CentralisedBall`); the descent gradient is not centralised. Step for
+    step pytorch_optimizer's ``SAM(use_gc=True)`` (its norm, too, is taken before centring);
+    rho = 0.05, its default and SAM's."""
+
+    preset_options = frozenset({"shape"})
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, **options):
+        super().__init__(base, rho, shape=CentralisedBall(), **options)
+
+
+class VaSSO(SharpnessAware):
+    """VaSSO (Li & Giannakis, NeurIPS 2023): the ascent follows d_t = (1 - theta) d_{t-1} + theta g_t,
+    an exponential moving average of the batch gradients (d_1 = g_1), eps = rho d_t / ||d_t||
+    (:class:`~flatlab.optim.AveragedGradient`). theta = 0.9 and rho = 0.05: the official code's
+    defaults, which its README's CIFAR-10 ResNet-18 command keeps (its WRN-28-10 CIFAR-100 script
+    sets rho = 0.2)."""
+
+    preset_options = frozenset({"source"})
+
+    def __init__(self, base: Optimizer, rho: float = 0.05, theta: float = 0.9, **options):
+        super().__init__(base, rho, source=AveragedGradient(theta), **options)
+
+
+class SAMON(SharpnessAware):
+    """SAM-ON (Mueller et al., NeurIPS 2023): SAM perturbing only the affine parameters (weight and
+    bias) of the normalisation layers of ``model`` (BatchNorm, LayerNorm, GroupNorm), normalised over
+    them: eps_i = rho g_i / ||g_norm|| on those tensors, 0 elsewhere
+    (:class:`~flatlab.optim.ChosenTensors`). The other tensors skip their weight gradient in the
+    ascent pass. rho = 0.5, the official code's default (SAM-ON wants a larger radius than SAM: the
+    perturbed tensors hold ~0.1% of the weights).
+
+    Example::
+
+        opt = flatlab.SAMON(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model=model)
+    """
+
+    preset_options = frozenset({"coordinates"})
+
+    def __init__(self, base: Optimizer, rho: float = 0.5, **options):
+        model = options.get("model")
+        if model is None:
+            raise UsageError("SAM-ON perturbs the normalisation layers of a model: pass model=")
+        chosen = norm_parameters(model)
+        if not chosen:
+            raise UsageError(
+                f"SAM-ON perturbs the normalisation layers' affine parameters, and {type(model).__name__} has no "
+                "BatchNorm, LayerNorm or GroupNorm with affine parameters; use sam, or a model with such layers"
+            )
+        coordinates = ChosenTensors(chosen, "the normalisation layers' parameters")
+        super().__init__(base, rho, coordinates=coordinates, **options)

@@ -13,11 +13,26 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm  # torch's own base of every BatchNorm, private by name
-from torch.nn.modules.normalization import GroupNorm, LayerNorm
 
 from ..errors import UsageError
-from .presets import AESAM, ASAM, ESAM, GSAM, MSAM, RST, S2SAM, SAM, SSAM, WSAM, FriendlySAM, LookSAM
+from .coordinates import NORM_LAYERS
+from .presets import (
+    AESAM,
+    ASAM,
+    ESAM,
+    GCSAM,
+    GSAM,
+    MSAM,
+    RST,
+    S2SAM,
+    SAM,
+    SAMON,
+    SSAM,
+    WSAM,
+    FriendlySAM,
+    LookSAM,
+    VaSSO,
+)
 from .sharpness_aware import SharpnessAware
 
 __all__ = [
@@ -67,6 +82,9 @@ register_optimizer("msam", MSAM, "single-step, perturbed along the negative mome
 register_optimizer("gsam", GSAM, "SAM minus the orthogonal gradient (surrogate gap), rho following the lr")
 register_optimizer("wsam", WSAM, "sharpness as a weighted regulariser, decoupled")
 register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its moving average")
+register_optimizer("gcsam", GCSAM, "SAM with the ascent gradient centralised (gradient centralisation)")
+register_optimizer("vasso", VaSSO, "ascent along a moving average of the gradients (variance suppressed)")
+register_optimizer("sam-on", SAMON, "SAM perturbing only the normalisation layers' affine parameters")
 
 
 def list_optimizers() -> list[str]:
@@ -131,11 +149,10 @@ def param_groups(
     weights get no weight decay (the papers decay everything, the default here)."""
     if decay_norm_and_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    norm_types = (_BatchNorm, LayerNorm, GroupNorm)
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if name.endswith("bias") or isinstance(module, norm_types):
+            if name.endswith("bias") or isinstance(module, NORM_LAYERS):
                 no_decay.add(id(p))
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -1,4 +1,5 @@
-"""How the ascent direction is shaped: the p-norm ball of SAM, or ASAM's adaptive ellipsoid.
+"""How the ascent direction is shaped: the p-norm ball of SAM, ASAM's adaptive ellipsoid, or GC-SAM's
+centralised gradient.
 
 A shape turns the gradients of the perturbed tensors into a perturbation of a given radius, and
 projects an accumulated perturbation back onto its ball (for several ascent steps).
@@ -14,7 +15,7 @@ from ..errors import check_number
 from . import functional as F
 from .policy import Policy
 
-__all__ = ["Shape", "LpBall", "AdaptiveBall"]
+__all__ = ["Shape", "LpBall", "AdaptiveBall", "CentralisedBall"]
 
 
 class Shape(Policy):
@@ -93,3 +94,19 @@ class AdaptiveBall(Shape):
 
     def extra_repr(self) -> str:
         return f"eta={self.eta:g}"
+
+
+class CentralisedBall(Shape):
+    """GC-SAM: SAM's L2 perturbation of the centralised gradient, eps = rho * GC(g) / ||g||_2, GC
+    subtracting from each weight matrix or kernel (2+ dimensions) its mean over all dimensions but
+    the first; vectors stay as they are (:func:`~flatlab.optim.functional.centralised_perturbation`).
+    The norm is that of g before centring, as in pytorch_optimizer's ``SAM(use_gc=True)``, so
+    ``||eps|| <= rho``. Only the ascent direction is centralised; the descent gradient is not."""
+
+    name = "centralised"
+
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        return F.centralised_perturbation(grads, radius, foreach=foreach, in_place=in_place)
+
+    def project(self, eps, weights, adaptive, radius, foreach):
+        return F.project_lp_ball(eps, radius, 2.0, foreach=foreach)

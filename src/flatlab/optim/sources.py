@@ -1,6 +1,7 @@
 """Which gradient drives the perturbation: the current batch's, from an extra forward/backward at w
 (SAM; FriendlySAM less its moving average), or one the step already has (S2-SAM: the previous
-step's; MSAM: the base optimizer's momentum), so that each step takes one pass.
+step's; MSAM: the base optimizer's momentum), so that each step takes one pass; or an average of
+the batch gradients so far (VaSSO).
 
 A *single-pass* source builds the next step's perturbation at the end of this step, after the base
 step, so the next forward/backward runs at w + eps directly. A source is a subclass that says
@@ -18,7 +19,8 @@ from ..errors import check_number
 from .functional import copy_, local_shards
 from .policy import Policy
 
-__all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient"]
+__all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",
+           "AveragedGradient"]
 
 
 class GradientSource(Policy):
@@ -160,3 +162,38 @@ class FriendlyGradient(GradientSource):
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma:g}, lmbda={self.lmbda:g}"
+
+
+class AveragedGradient(GradientSource):
+    """VaSSO (Li & Giannakis, NeurIPS 2023): the ascent follows an exponential moving average of the
+    batch gradients, which suppresses the variance of the perturbation's direction:
+    ``d_t = (1 - theta) * d_{t-1} + theta * g_t``, eps = rho * d_t / ||d_t||; the first step starts
+    ``d`` at ``g`` (the official ``solver/vasso.py``). theta = 1 is SAM. The average lives in
+    ``state[p]["gradient_average"]``, unscaled (a GradScaler's factor is divided out).
+    """
+
+    name = "averaged"
+    single_pass = False
+    stateful = True
+
+    def __init__(self, theta: float = 0.9):
+        check_number("theta", theta, low=0.0, high=1.0)
+        self.theta = float(theta)
+
+    def direction(self, params, grads, base, scale=1.0):
+        key = "gradient_average"
+        old = [(self.state[p][key], g) for p, g in zip(params, grads) if key in self.state[p]]
+        if old:
+            averages = [d for d, _ in old]
+            torch._foreach_mul_(averages, 1.0 - self.theta)
+            # theta / scale: the scaled gradient enters unscaled with no temporary (exact for the
+            # power-of-two scales of a GradScaler)
+            torch._foreach_add_(averages, [g for _, g in old], alpha=self.theta / scale)
+        for p, g in zip(params, grads):
+            if key not in self.state[p]:
+                self.state[p][key] = g / scale
+        # a copy in the gradients' scale: the optimizer writes eps over what it gets
+        return torch._foreach_mul([self.state[p][key] for p in params], scale)
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta:g}"

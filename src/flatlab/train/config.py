@@ -60,6 +60,7 @@ OPTIMIZER_FIELDS = {
     "decoupled": "decoupled",
     "sigma": "sigma",
     "lmbda": "lmbda",
+    "theta": "theta",
 }
 
 # Fields of the base optimizer that not every base reads (checked where a flag sets them).
@@ -183,6 +184,8 @@ class TrainConfig:
     sigma: float | None = field(default=None, metadata={
         "help": "FriendlySAM: weight of the gradient average removed from the ascent direction"})
     lmbda: float | None = field(default=None, metadata={"help": "FriendlySAM: factor of the gradient average"})
+    theta: float | None = field(default=None, metadata={
+        "help": "VaSSO: weight of the new gradient in the moving average the ascent follows (1: SAM)"})
     max_grad_norm: float | None = field(default=None, metadata={
         "help": "SAM family: clip the descent gradient to this global norm (default: no clipping)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})

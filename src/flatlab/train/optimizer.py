@@ -34,8 +34,9 @@ def check_optimizer(config: TrainConfig) -> None:
     """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
     or hyper-parameter, before any training."""
     try:
-        build_optimizer(config, [torch.zeros(1, requires_grad=True)])
+        # a one-weight stand-in model, with a normalisation layer for the methods that perturb those
+        build_optimizer(config, torch.nn.LayerNorm(1))
     except UsageError:
         raise
-    except ValueError as err:  # on one dummy tensor, only the config's values can be wrong
+    except ValueError as err:  # on a stand-in model, only the config's values can be wrong
         raise UsageError(str(err)) from err
