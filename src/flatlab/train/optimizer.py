@@ -31,8 +31,7 @@ def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | Non
 
 
 def check_optimizer(config: TrainConfig) -> None:
-    """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
-    or hyper-parameter, before any training."""
+    """Raises a `UsageError` with the optimizer's own message for a bad name or hyper-parameter, before any training."""
     try:
         build_optimizer(config, [torch.zeros(1, requires_grad=True)])
     except UsageError:
