@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   trains on the embedded default dataset (no download) and prints the result
 #   make test   runs the test suite
+#   make docs   builds the documentation site into site/ (mkdocs.yml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a loose spec would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint docs bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +26,16 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples docs/hooks
+
+# the site's tools, pinned in the `docs` extra
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
+	touch $@
+
+# --strict: a broken link or cross-reference fails; NO_MKDOCS_2_WARNING: Material's banner, not ours
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/step_cost.py

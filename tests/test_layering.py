@@ -1,6 +1,6 @@
 """Imports point down: every flatlab module imports only its own layer and the layers below it.
 
-Layers, bottom to top (``/work/shared/STYLE.md``, README "Layout"):
+Layers, bottom to top (``/work/shared/STYLE.md``, docs/development.md "Layout of the package"):
 
 0. ``errors``, ``fileio``, ``progress``: plumbing with no flatlab imports of its own
 1. ``models``, ``data``
@@ -53,7 +53,7 @@ def _layer_of(module: str) -> tuple[str, int]:
     assert parts[0] == "flatlab", module
     top = parts[1] if len(parts) > 1 else ""
     if top not in LAYERS:
-        raise AssertionError(f"flatlab.{top} is in no layer: add it to LAYERS (and to the README's Layout)")
+        raise AssertionError(f"flatlab.{top} is in no layer: add it to LAYERS (and to docs/development.md)")
     return top, LAYERS[top]
 
 

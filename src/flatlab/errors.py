@@ -1,8 +1,8 @@
 """The error a user can fix, and the one validator every layer checks its arguments with.
 
-:class:`UsageError` is a ``ValueError`` (so library callers catch what torch.optim users expect)
+`UsageError` is a `ValueError` (so library callers catch what torch.optim users expect)
 that marks a mistake in the *input*: a bad hyper-parameter, an unknown name, a missing file named
-by the user. The command line prints it as one ``error:`` line and exits 2; any other exception
+by the user. The command line prints it as one `error:` line and exits 2; any other exception
 keeps its traceback, because it is a bug (or a real failure such as running out of memory).
 """
 
@@ -20,7 +20,8 @@ class UsageError(ValueError):
 
 class UserFileNotFoundError(UsageError, FileNotFoundError):
     """A file or folder the user named (run directory, data root, config file) is missing or is
-    not what it should be; still a ``FileNotFoundError`` for callers that catch that."""
+    not what it should be; still a `FileNotFoundError` for callers that catch that.
+    """
 
 
 class UserFileExistsError(UsageError, FileExistsError):
@@ -29,7 +30,8 @@ class UserFileExistsError(UsageError, FileExistsError):
 
 class MissingDependencyError(UsageError, ImportError):
     """An optional dependency (PyYAML, Pillow, matplotlib) that the request needs is not installed;
-    the message says what to ``pip install``."""
+    the message says what to `pip install`.
+    """
 
 
 def check_number(
@@ -43,19 +45,20 @@ def check_number(
     integer: bool = False,
     optional: bool = False,
 ) -> None:
-    """Raises :class:`UsageError` naming ``name`` unless ``value`` lies in the given range.
+    """Raises `UsageError` naming `name` unless `value` lies in the given range.
 
-    ``low``/``high`` are inclusive bounds unless ``low_open``/``high_open``; ``integer`` also
-    requires a whole number (``3.0`` passes, ``True`` does not); ``optional`` lets ``None`` through.
+    `low`/`high` are inclusive bounds unless `low_open`/`high_open`; `integer` also
+    requires a whole number (`3.0` passes, `True` does not); `optional` lets `None` through.
     NaN never passes.
 
-    Example::
-
+    Example:
+        ```python
         >>> check_number("beta", 0.6, low=0.0, low_open=True, high=1.0)
         >>> check_number("beta", 0.0, low=0.0, low_open=True, high=1.0)
         Traceback (most recent call last):
         ...
         flatlab.errors.UsageError: beta must be in (0, 1], got beta=0.0
+        ```
     """
     if value is None and optional:
         return

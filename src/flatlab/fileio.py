@@ -14,7 +14,7 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_mode"
 
 
 def file_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    """The permissions a plain `open(path, "w")` would give a new file: `0o666` less the umask."""
     umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
     os.umask(umask)
     return 0o666 & ~umask
@@ -22,7 +22,7 @@ def file_mode() -> int:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
+    """Open a temporary file next to `path`; on success it replaces `path` in one step.
 
     Readers (another process, a concurrent DDP rank) therefore see either the old file or the
     complete new one, never a half-written cache. On error the temporary file is removed. The file
@@ -53,19 +53,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    """Write `text` (UTF-8) to `path` through `atomic_write`."""
     with atomic_write(path) as f:
         f.write(text.encode())
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as indented JSON with a final newline, through :func:`atomic_write`."""
+    """Write `value` as indented JSON with a final newline, through `atomic_write`."""
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def unwritable(folder: str | os.PathLike) -> str | None:
-    """Why files cannot be written into ``folder`` (created if needed), or None if they can: tried
-    with a temporary file in the deepest folder that exists, which is left as it was."""
+    """Why files cannot be written into `folder` (created if needed), or None if they can: tried
+    with a temporary file in the deepest folder that exists, which is left as it was.
+    """
     folder = Path(folder).expanduser()
     existing = folder
     while not existing.exists() and existing != existing.parent:

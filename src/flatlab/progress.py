@@ -1,6 +1,7 @@
-"""Progress of a long loop: a bar on a terminal, drawn by tqdm (the optional ``progress`` extra), and
-where there is no terminal (a log file, CI) or no tqdm, a plain line every ``every`` seconds if asked
-(the analysis commands ask; training has its per-epoch lines)."""
+"""Progress of a long loop: a bar on a terminal, drawn by tqdm (the optional `progress` extra), and
+where there is no terminal (a log file, CI) or no tqdm, a plain line every `every` seconds if asked
+(the analysis commands ask; training has its per-epoch lines).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ PLAIN_EVERY = 30.0
 
 
 def have_tqdm() -> bool:
+    """Whether tqdm is installed."""
     try:
         import tqdm  # noqa: F401
     except ImportError:
@@ -24,12 +26,13 @@ def have_tqdm() -> bool:
 
 
 class Progress:
-    """``update(n, **fields)`` advances by ``n`` and shows ``fields`` (numbers) beside the count;
-    ``count`` and ``total`` may be read (and ``total`` set) whether or not anything is drawn.
+    """`update(n, **fields)` advances by `n` and shows `fields` (numbers) beside the count;
+    `count` and `total` may be read (and `total` set) whether or not anything is drawn.
 
-    The clock starts when the object is made: make it when the loop starts. ``enabled`` draws the
-    bar (default: when ``stream`` is a terminal); without a bar, ``every`` (seconds) writes a plain
-    line at most that often, unless ``enabled`` is False. ``clock`` is for tests."""
+    The clock starts when the object is made: make it when the loop starts. `enabled` draws the
+    bar (default: when `stream` is a terminal); without a bar, `every` (seconds) writes a plain
+    line at most that often, unless `enabled` is False. `clock` is for tests.
+    """
 
     def __init__(self, total: int, desc: str, enabled: bool | None = None, stream: TextIO | None = None, *,
                  every: float | None = None, clock: Callable[[], float] = time.monotonic):
@@ -50,6 +53,7 @@ class Progress:
                              mininterval=0.1)
 
     def update(self, n: int = 1, **fields: float) -> None:
+        """Counts `n` more items done, with the latest values of `fields` to show."""
         self.count += n
         if fields:
             self._fields = fields
@@ -77,13 +81,14 @@ class Progress:
         return text + "".join(f", {k} {v:.4g}" for k, v in self._fields.items())
 
     def close(self) -> None:
+        """Ends the bar (or the plain lines)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
 
 def _duration(seconds: float) -> str:
-    """``75.2`` -> ``"1m15s"``, ``3725`` -> ``"1h02m"``."""
+    """`75.2` -> `"1m15s"`, `3725` -> `"1h02m"`."""
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"

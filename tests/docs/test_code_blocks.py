@@ -1,4 +1,4 @@
-"""Every ```python block of the user guides runs as written, so the guides cannot drift from the code.
+"""Every ```python block of the README and the guides runs as written, so they cannot drift from the code.
 
 A block is self-contained (its own imports and data). HTML comments above it (blank lines may
 come between, text may not) say how to run it:
@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GUIDES = [ROOT / "docs" / "stacks.md"]
+# the README and every hand-written page of the site (the generated pages: test_site.py)
+GUIDES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts)]
 TORCHRUN_TIMEOUT_S = 120
 
 _FENCE = re.compile(r"^```(\w*)\s*$")
@@ -108,8 +109,13 @@ def test_code_block_runs(block: Block, tmp_path, monkeypatch):
 
 
 def test_every_guide_has_runnable_blocks():
-    for guide in GUIDES:
+    for guide in (ROOT / "README.md", ROOT / "docs" / "stacks.md", ROOT / "docs" / "getting-started.md"):
         assert any(b.path == guide and "skip" not in b.markers for b in BLOCKS), guide
+
+
+def test_every_page_of_the_site_is_read():
+    read = {p.relative_to(ROOT).as_posix() for p in GUIDES}
+    assert {"README.md", "docs/stacks.md", "docs/getting-started.md", "docs/optimizers.md"} <= read
 
 
 def test_markers_are_read_from_the_lines_above_a_block():

@@ -1,11 +1,11 @@
 """Analysis tools for sharpness-aware training: curvature, landscapes, gradient statistics,
-corruption robustness, memory and FLOPs (re-exported from :mod:`flatlab.models.flops`), following the SSAM,
+corruption robustness, memory and FLOPs (re-exported from `flatlab.models.flops`), following the SSAM,
 ESAM and S2-SAM papers' figures.
 
-Every function takes the model, the data (an iterable of ``(inputs, targets)`` batches, read once)
-and the loss (``loss_fn(outputs, targets) -> scalar``, default cross-entropy) explicitly, and leaves
+Every function takes the model, the data (an iterable of `(inputs, targets)` batches, read once)
+and the loss (`loss_fn(outputs, targets) -> scalar`, default cross-entropy) explicitly, and leaves
 the model's parameters, buffers and train/eval mode as it found them. The plot writers import
-matplotlib only when they draw, so ``import flatlab.analysis`` works without it.
+matplotlib only when they draw, so `import flatlab.analysis` works without it.
 """
 
 from ..models.flops import FlopCount, forward_flops, training_flops, training_step_flops

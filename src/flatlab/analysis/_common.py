@@ -28,7 +28,7 @@ def report(progress: ProgressFn | None, done: int, total: int) -> None:
 
 
 def sub_progress(progress: ProgressFn | None, start: int, total: int) -> ProgressFn | None:
-    """A callback for one part of a longer loop: its ``done`` counts from ``start`` out of ``total``."""
+    """A callback for one part of a longer loop: its `done` counts from `start` out of `total`."""
     if progress is None:
         return None
     return lambda done, _total: progress(start + done, total)
@@ -43,7 +43,7 @@ def resolve_loss(loss_fn: LossFn | None) -> LossFn:
 
 
 def trainable_params(model: nn.Module) -> list[Tensor]:
-    """The tensors every analysis works on: parameters with ``requires_grad`` in module order."""
+    """The tensors every analysis works on: parameters with `requires_grad` in module order."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no parameters with requires_grad=True")
@@ -58,7 +58,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def materialize(batches: Iterable[Batch]) -> list[Batch]:
     """Read the batches once: every method evaluates the *same* data many times, and a shuffling
-    DataLoader or a generator would otherwise give different (or no) data on the second pass."""
+    DataLoader or a generator would otherwise give different (or no) data on the second pass.
+    """
     out = []
     for batch in batches:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
@@ -112,12 +113,12 @@ def evaluate(
     k: int = 5,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> Evaluation:
-    """Sample-weighted mean loss, top-1 and top-``k`` accuracy over ``batches``, read once.
+    """Sample-weighted mean loss, top-1 and top-`k` accuracy over `batches`, read once.
 
-    The model's mode is the caller's; batches are moved to the model's device; ``autocast`` (a
+    The model's mode is the caller's; batches are moved to the model's device; `autocast` (a
     context-manager factory, e.g. mixed precision) wraps each forward. The sums stay on the device in
     float64, so there is one host synchronisation at the end, not one per batch. Training's
-    ``flatlab.train.evaluate`` is this function in eval mode with cross-entropy.
+    `flatlab.train.evaluate` is this function in eval mode with cross-entropy.
     """
     loss_fn = resolve_loss(loss_fn)
     device = model_device(model)
@@ -147,7 +148,7 @@ def evaluate(
 def mean_gradient(
     model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch], loss_fn: LossFn
 ) -> list[Tensor]:
-    """Sample-weighted average of the per-batch mean-loss gradients; leaves ``.grad`` untouched."""
+    """Sample-weighted average of the per-batch mean-loss gradients; leaves `.grad` untouched."""
     device = model_device(model)
     total = sum(batch_size(b) for b in batches)
     acc = [torch.zeros_like(p) for p in params]
@@ -160,9 +161,12 @@ def mean_gradient(
 
 
 def per_sample_losses(loss_fn: LossFn | None, outputs: Tensor, targets: Tensor) -> Tensor:
-    """Loss of every sample. The default loss is cross-entropy with ``reduction='none'``; any other
-    ``loss_fn`` (mean-reduced, as everywhere in this package) is vectorised over the batch with
-    ``torch.func.vmap`` (or, if that fails, looped) so that each sample is seen as a batch of one."""
+    """Loss of every sample.
+
+    The default loss is cross-entropy with `reduction='none'`; any other `loss_fn` (mean-reduced, as everywhere in
+    this package) is vectorised over the batch with `torch.func.vmap` (or, if that fails, looped) so that each
+    sample is seen as a batch of one.
+    """
     if loss_fn is None or loss_fn is default_loss:
         return F.cross_entropy(outputs, targets, reduction="none")
     try:
@@ -177,9 +181,9 @@ def per_sample_losses(loss_fn: LossFn | None, outputs: Tensor, targets: Tensor) 
 def preserved(model: nn.Module, *, train: bool, params: bool = True) -> Iterator[None]:
     """Run the block in train or eval mode and put everything back afterwards.
 
-    Parameters (when ``params``) and all buffers (BatchNorm running statistics move on every
-    train-mode forward) are snapshotted and restored by ``copy_`` -- never by undoing arithmetic,
-    which is inexact in finite precision -- and each module's ``training`` flag is restored, also
+    Parameters (when `params`) and all buffers (BatchNorm running statistics move on every
+    train-mode forward) are snapshotted and restored by `copy_` -- never by undoing arithmetic,
+    which is inexact in finite precision -- and each module's `training` flag is restored, also
     when the block raises.
     """
     modes = [(m, m.training) for m in model.modules()]
@@ -199,7 +203,8 @@ def preserved(model: nn.Module, *, train: bool, params: bool = True) -> Iterator
 @contextlib.contextmanager
 def fixed_rng(seed: int) -> Iterator[None]:
     """Same random stream for every pass it wraps (identical dropout masks in train mode) without
-    disturbing the caller's global RNG state."""
+    disturbing the caller's global RNG state.
+    """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         yield

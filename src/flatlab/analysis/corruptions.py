@@ -4,7 +4,7 @@ S2-SAM (Ji et al., NeurIPS 2024 poster), "Robustness to Perturbations" / Table 5
 accuracy on corrupted test sets with and without S2-SAM (ImageNet-C there). This module re-creates a
 subset of the common corruptions of Hendrycks & Dietterich (ICLR 2019, "Benchmarking Neural Network
 Robustness to Common Corruptions and Perturbations") with the **CIFAR-10-C parameters** of their
-``make_cifar_c.py``, for batches of images without any image library:
+`make_cifar_c.py`, for batches of images without any image library:
 
 =============== ============================================ ==================================
 name            parameter per severity 1..5                  operation
@@ -25,21 +25,21 @@ jpeg            quality 80, 65, 58, 50, 40                   JPEG round trip (se
 
 Results are clipped to [0, 1] as in the reference. Deviations, all deliberate:
 
-* Randomness comes from a ``torch.Generator`` seeded with ``seed`` (drawn on the CPU, so a seed gives
+* Randomness comes from a `torch.Generator` seeded with `seed` (drawn on the CPU, so a seed gives
   the same corruption on every device), not NumPy's global RNG: same seed, same images.
 * brightness is computed without an HSV round trip: with hue and saturation fixed, HSV->RGB gives
-  every channel proportional to V, so "V += c" equals ``x * V'/V`` with ``V = max_c x`` and
-  ``V' = clip(V + c, 0, 1)`` (a black pixel, whose saturation is 0, becomes grey ``V'``). This is
-  the same map as skimage's ``rgb2hsv``/``hsv2rgb`` up to rounding, and extends to any channel
-  count (for one channel it is ``clip(x + c)``).
+  every channel proportional to V, so "V += c" equals `x * V'/V` with `V = max_c x` and
+  `V' = clip(V + c, 0, 1)` (a black pixel, whose saturation is 0, becomes grey `V'`). This is
+  the same map as skimage's `rgb2hsv`/`hsv2rgb` up to rounding, and extends to any channel
+  count (for one channel it is `clip(x + c)`).
 * jpeg is a JPEG codec in torch: JFIF RGB->YCbCr (3 channels) or the plain gray level (1 channel),
   8x8 block DCT-II of level-shifted samples, quantisation with the standard ITU-T T.81 Annex K
   luminance table (Y) and chrominance table (Cb, Cr), both scaled by quality as in libjpeg
-  (``scale = 5000/q`` below 50, else ``200 - 2q``), dequantisation, inverse DCT, back to RGB and to
+  (`scale = 5000/q` below 50, else `200 - 2q`), dequantisation, inverse DCT, back to RGB and to
   8-bit levels. There is no chroma subsampling (PIL's default 4:2:0 would also blur colour) and no
   entropy coding (lossless, so irrelevant). Quality 100 is therefore close to the identity.
 * uint8 inputs are converted to [0, 1], corrupted, and rounded back to uint8 (the reference
-  truncates with ``np.uint8``).
+  truncates with `np.uint8`).
 
 Output dtype, shape and device equal the input's; floating inputs must lie in [0, 1].
 """
@@ -71,12 +71,13 @@ CIFAR10C_PARAMS: dict[str, tuple] = {
 
 
 def list_corruptions() -> list[str]:
-    """Names accepted by ``corrupt``, in the order of the table above.
+    """Names accepted by `corrupt`, in the order of the table above.
 
-    Example::
-
+    Example:
+        ```python
         for name in list_corruptions():
             x_c = corrupt(x, name, severity=3)
+        ```
     """
     return list(CIFAR10C_PARAMS)
 
@@ -204,12 +205,13 @@ def _dct_matrix() -> Tensor:
 
 
 def jpeg_compress(images: Tensor, quality: int) -> Tensor:
-    """JPEG round trip at ``quality`` (1..100) of 1- or 3-channel images in [0, 1] or uint8 (see the
+    """JPEG round trip at `quality` (1..100) of 1- or 3-channel images in [0, 1] or uint8 (see the
     module docstring for what is and is not modelled).
 
-    Example::
-
+    Example:
+        ```python
         x_q = jpeg_compress(x, quality=50)
+        ```
     """
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
@@ -282,16 +284,17 @@ def _apply(images: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
 
 
 def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
-    """Apply corruption ``name`` at ``severity`` (1..5, CIFAR-10-C parameters) to a batch of images.
+    """Apply corruption `name` at `severity` (1..5, CIFAR-10-C parameters) to a batch of images.
 
-    ``images``: uint8 or floating [N, C, H, W] (or [C, H, W]) with values in [0, 1] (floating) or
-    0..255 (uint8). Random corruptions are a deterministic function of ``seed``. Unknown names and
-    severities outside 1..5 raise ``ValueError``.
+    `images`: uint8 or floating [N, C, H, W] (or [C, H, W]) with values in [0, 1] (floating) or
+    0..255 (uint8). Random corruptions are a deterministic function of `seed`. Unknown names and
+    severities outside 1..5 raise `ValueError`.
 
-    Example::
-
+    Example:
+        ```python
         x = torch.rand(8, 3, 32, 32)
         x_noisy = corrupt(x, "gaussian_noise", severity=3, seed=0)
+        ```
     """
     if name not in _CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {list_corruptions()}")
@@ -314,19 +317,20 @@ def evaluate_corruptions(
     transform: Callable[[Tensor], Tensor] | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, dict[int, float]]:
-    """Top-1 accuracy of ``model`` (eval mode) on corrupted copies of ``batches``.
+    """Top-1 accuracy of `model` (eval mode) on corrupted copies of `batches`.
 
-    ``batches`` hold raw images (uint8 or [0, 1] floats) and integer labels; ``transform`` (e.g. the
+    `batches` hold raw images (uint8 or [0, 1] floats) and integer labels; `transform` (e.g. the
     dataset normalisation) is applied after corrupting (and after converting uint8 to [0, 1] floats),
     right before the model. Returns
-    ``{"clean": {0: acc}, name: {severity: acc, ...}, ...}``; batch ``i`` is corrupted with seed
-    ``seed + i`` so every (name, severity) sees the same noise stream. ``progress(done, total)`` is
+    `{"clean": {0: acc}, name: {severity: acc, ...}, ...}`; batch `i` is corrupted with seed
+    `seed + i` so every (name, severity) sees the same noise stream. `progress(done, total)` is
     called after each batch of each evaluation (clean, then every name and severity).
 
-    Example::
-
+    Example:
+        ```python
         table = evaluate_corruptions(model, [(x_uint8, y)], transform=normalize)
         plot_corruption_table({"SGD": {k: v[3] for k, v in table.items() if k != "clean"}}, "c.png")
+        ```
     """
     batches = materialize(batches)
     names = list_corruptions() if names is None else list(names)

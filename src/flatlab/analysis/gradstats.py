@@ -1,33 +1,33 @@
 """Gradient statistics behind the SSAM and ESAM papers' motivating figures.
 
-* ``relative_gradient_difference`` -- SSAM (Mi et al., NeurIPS 2022), Sec. 3.2 "What is the
+* `relative_gradient_difference` -- SSAM (Mi et al., NeurIPS 2022), Sec. 3.2 "What is the
   difference between the gradients of SGD and SAM?" and its Fig. 2: per coordinate,
-  ``|g_SAM - g_SGD| / |g_SGD|``; SSAM plots its logarithm, and "the parameters with [log ratio] less
+  `|g_SAM - g_SGD| / |g_SGD|`; SSAM plots its logarithm, and "the parameters with [log ratio] less
   than 0 account for the vast majority", i.e. for most coordinates SAM changes the gradient by less
   than the gradient itself.
-* ``sds_statistics`` -- ESAM (Du et al., ICLR 2022), Sec. 2.3 (Sharpness-sensitive Data Selection)
+* `sds_statistics` -- ESAM (Du et al., ICLR 2022), Sec. 2.3 (Sharpness-sensitive Data Selection)
   and Appendix A.2 with Figs. 5-6: the batch is split by each sample's loss increase under the
-  weight perturbation into B+ (the top ``gamma`` fraction) and B-; reported are the empirical and SAM
-  losses of both subsets (Fig. 5) and the cosine similarity of the gradients at ``w + eps`` computed
+  weight perturbation into B+ (the top `gamma` fraction) and B-; reported are the empirical and SAM
+  losses of both subsets (Fig. 5) and the cosine similarity of the gradients at `w + eps` computed
   on B+, B- and a random subset of the same size with the full-batch gradient (Fig. 6).
-* ``linearity`` -- ESAM Appendix A.3: ``zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|``.
+* `linearity` -- ESAM Appendix A.3: `zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|`.
 
-``eps`` is SAM's perturbation ``rho * g / ||g||`` (``sam_perturbation``), optionally with ESAM's
-Stochastic Weight Perturbation (``beta < 1``), and B+ is ESAM's selection: both are built by the
-optimizers' own policies (:class:`~flatlab.optim.LpBall`, :func:`~flatlab.optim.draw_tensors`,
-:class:`~flatlab.optim.SharpnessSensitive`), so the statistics describe what ``flatlab.ESAM``
-does: whole tensors kept with probability ``beta`` (at least one), the perturbation normalised
-over the kept tensors and scaled by ``1/beta``, as in the official code; B+ the ``ceil(gamma B)``
+`eps` is SAM's perturbation `rho * g / ||g||` (`sam_perturbation`), optionally with ESAM's
+Stochastic Weight Perturbation (`beta < 1`), and B+ is ESAM's selection: both are built by the
+optimizers' own policies (`LpBall`, `draw_tensors`,
+`SharpnessSensitive`), so the statistics describe what `flatlab.ESAM`
+does: whole tensors kept with probability `beta` (at least one), the perturbation normalised
+over the kept tensors and scaled by `1/beta`, as in the official code; B+ the `ceil(gamma B)`
 samples whose loss rose most.
 
-Mode: eval by default (``train_mode=False``), so BatchNorm uses running statistics and every pass
-sees the same function of the weights. ``train_mode=True`` reproduces what a training step sees
+Mode: eval by default (`train_mode=False`), so BatchNorm uses running statistics and every pass
+sees the same function of the weights. `train_mode=True` reproduces what a training step sees
 (batch statistics; for SDS subsets, statistics of the subset, as in ESAM's second pass); every pass
 over a batch then runs under the same RNG seed, so dropout masks agree between the clean and
 perturbed passes, and running statistics are restored afterwards. Parameters are restored by copy;
-``.grad`` is never touched. All functions take an explicit ``loss_fn`` (mean-reduced; default
-cross-entropy); where per-sample losses are needed they come from ``torch.func.vmap`` over it.
-Each takes an optional ``progress(done, total)`` callback, called after each batch.
+`.grad` is never touched. All functions take an explicit `loss_fn` (mean-reduced; default
+cross-entropy); where per-sample losses are needed they come from `torch.func.vmap` over it.
+Each takes an optional `progress(done, total)` callback, called after each batch.
 """
 
 from __future__ import annotations
@@ -76,17 +76,19 @@ def sam_perturbation(
     beta: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
-    """SAM's first-order worst-case perturbation ``rho * g / ||g||_2`` (SSAM eq. 2, ESAM eq. 5),
-    the norm over all tensors together.
+    """SAM's first-order worst-case perturbation `rho * g / ||g||_2` (SSAM eq.
 
-    With ``beta < 1``, ESAM's SWP as :class:`flatlab.ESAM` applies it: tensors drawn by
-    :func:`~flatlab.optim.draw_tensors` from ``generator`` (torch's default one when None), the
-    perturbation normalised over the drawn tensors and scaled by ``1/beta`` (norm ``rho / beta``);
+    2, ESAM eq. 5), the norm over all tensors together.
+
+    With `beta < 1`, ESAM's SWP as `flatlab.ESAM` applies it: tensors drawn by
+    `draw_tensors` from `generator` (torch's default one when None), the
+    perturbation normalised over the drawn tensors and scaled by `1/beta` (norm `rho / beta`);
     the other tensors get zeros.
 
-    Example::
-
+    Example:
+        ```python
         eps = sam_perturbation([p.grad for p in model.parameters()], rho=0.05)
+        ```
     """
     check_number("rho", rho, low=0.0)
     check_number("beta", beta, low=0.0, low_open=True, high=1.0)
@@ -108,25 +110,29 @@ def _grad(model: nn.Module, params: Sequence[Tensor], x: Tensor, y: Tensor, loss
 
 @dataclass
 class RelativeGradientDifference:
-    """Per-coordinate ``|g_SAM - g_SGD| / (|g_SGD| + tiny)``, one row per batch (float32, CPU).
+    """Per-coordinate `|g_SAM - g_SGD| / (|g_SGD| + tiny)`, one row per batch (float32, CPU).
 
-    ``log10()`` is SSAM's log ratio r; ``fraction_below(1.0)`` is the share of coordinates with r < 0;
-    ``histogram`` bins r for Fig. 2.
+    `log10()` is SSAM's log ratio r; `fraction_below(1.0)` is the share of coordinates with r < 0;
+    `histogram` bins r for Fig. 2.
     """
 
     ratio: Tensor  # (n_batches, n_params)
     rho: float
 
     def log10(self) -> Tensor:
+        """`log10 r` per coordinate."""
         return torch.log10(self.ratio)
 
     def fraction_below(self, threshold: float = 1.0) -> float:
+        """Share of coordinates with `r < threshold` (at 1: SAM changes them by less than their size)."""
         return float((self.ratio < threshold).float().mean())
 
     def histogram(self, bins: int = 100, range: tuple[float, float] = (-6.0, 4.0)) -> tuple[Tensor, Tensor]:
-        """Counts and bin edges of ``log10(ratio)`` over all coordinates and batches. Values outside
-        ``range`` (including ``-inf`` from coordinates where both gradients agree exactly) are counted
-        in the first/last bin, so the counts always sum to ``ratio.numel()``."""
+        """Counts and bin edges of `log10(ratio)` over all coordinates and batches.
+
+        Values outside `range` (including `-inf` from coordinates where both gradients agree exactly) are counted in
+        the first/last bin, so the counts always sum to `ratio.numel()`.
+        """
         lo, hi = range
         r = self.log10().nan_to_num(nan=hi, posinf=hi, neginf=lo).clamp(lo, hi)
         counts = torch.histc(r, bins=bins, min=lo, max=hi)
@@ -146,14 +152,15 @@ def relative_gradient_difference(
 ) -> RelativeGradientDifference:
     """SSAM Fig. 2: how much SAM's gradient differs from SGD's, coordinate by coordinate.
 
-    Per batch: ``g_SGD = grad L_B(w)``, ``g_SAM = grad L_B(w + rho * g_SGD / ||g_SGD||)``, and the ratio
-    ``|g_SAM - g_SGD| / (|g_SGD| + tiny)``; ``tiny`` keeps coordinates with a zero SGD gradient finite.
+    Per batch: `g_SGD = grad L_B(w)`, `g_SAM = grad L_B(w + rho * g_SGD / ||g_SGD||)`, and the ratio
+    `|g_SAM - g_SGD| / (|g_SGD| + tiny)`; `tiny` keeps coordinates with a zero SGD gradient finite.
 
-    Example::
-
+    Example:
+        ```python
         rgd = relative_gradient_difference(model, batches, rho=0.1)
         rgd.fraction_below(1.0)           # share of coordinates with log ratio < 0
         counts, edges = rgd.histogram()
+        ```
     """
     batches = materialize(batches)
     loss_fn = resolve_loss(loss_fn)
@@ -182,9 +189,9 @@ def relative_gradient_difference(
 class SDSStatistics:
     """ESAM Figs. 5-6 quantities, one entry per batch (float64).
 
-    ``loss_*`` are the empirical losses L(w) and ``sam_loss_*`` the SAM losses L(w + eps) of B+ / B-;
-    ``cos_plus``, ``cos_minus``, ``cos_rand`` are CosSim(grad L_S(w + eps), grad L_B(w + eps)) for
-    S = B+, B-, a random subset with |S| = |B+| (ESAM A.2); ``cos_plus_minus`` compares B+ with B-.
+    `loss_*` are the empirical losses L(w) and `sam_loss_*` the SAM losses L(w + eps) of B+ / B-;
+    `cos_plus`, `cos_minus`, `cos_rand` are CosSim(grad L_S(w + eps), grad L_B(w + eps)) for
+    S = B+, B-, a random subset with |S| = |B+| (ESAM A.2); `cos_plus_minus` compares B+ with B-.
     """
 
     loss_plus: Tensor
@@ -203,9 +210,11 @@ class SDSStatistics:
 
     @property
     def sharpness_minus(self) -> Tensor:
+        """SAM loss minus empirical loss of B-, per batch."""
         return self.sam_loss_minus - self.loss_minus
 
     def mean(self) -> dict[str, float]:
+        """Every statistic averaged over the batches."""
         out = {f.name: float(getattr(self, f.name).mean()) for f in fields(self)}
         out["sharpness_plus"] = float(self.sharpness_plus.mean())
         out["sharpness_minus"] = float(self.sharpness_minus.mean())
@@ -226,16 +235,17 @@ def sds_statistics(
 ) -> SDSStatistics:
     """ESAM SDS subset statistics (Sec. 2.3, App. A.2, Figs. 5-6) for each batch.
 
-    Per batch: ``g = grad L_B(w)``, ``eps = sam_perturbation(g, rho, beta=beta)``; per-sample loss
-    increase ``l_i(w + eps) - l_i(w)``; B+ = the samples ESAM's descent would use
-    (:class:`~flatlab.optim.SharpnessSensitive`: the ``ceil(gamma * |B|)`` with the largest increase,
-    at most ``|B| - 1`` so that B- is not empty), B- = the rest; a random subset of |B+| samples
-    (from ``seed``) is the control. Gradients of the subsets are taken at ``w + eps``.
+    Per batch: `g = grad L_B(w)`, `eps = sam_perturbation(g, rho, beta=beta)`; per-sample loss
+    increase `l_i(w + eps) - l_i(w)`; B+ = the samples ESAM's descent would use
+    (`SharpnessSensitive`: the `ceil(gamma * |B|)` with the largest increase,
+    at most `|B| - 1` so that B- is not empty), B- = the rest; a random subset of |B+| samples
+    (from `seed`) is the control. Gradients of the subsets are taken at `w + eps`.
 
-    Example::
-
+    Example:
+        ```python
         st = sds_statistics(model, batches, rho=0.05, gamma=0.5)
         st.mean()["cos_plus"] > st.mean()["cos_minus"]
+        ```
     """
     check_number("gamma", gamma, low=0.0, high=1.0, low_open=True, high_open=True)
     selection = SharpnessSensitive(gamma)
@@ -294,16 +304,17 @@ def linearity(
     train_mode: bool = False,
     progress: ProgressFn | None = None,
 ) -> Tensor:
-    """ESAM Appendix A.3 linearity ``zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|`` per batch.
+    """ESAM Appendix A.3 linearity `zeta(eps, B) = |L_B(w + eps) - L_B(w) - eps^T grad L_B(w)|` per batch.
 
-    ``eps = sam_perturbation(grad L_B(w), rho, beta=beta)``: with ``beta < 1`` this is the SWP
-    perturbation whose linearity ESAM Fig. 7 compares with SAM's (``beta = 1``). Smaller is "more
+    `eps = sam_perturbation(grad L_B(w), rho, beta=beta)`: with `beta < 1` this is the SWP
+    perturbation whose linearity ESAM Fig. 7 compares with SAM's (`beta = 1`). Smaller is "more
     linear", i.e. the first-order inner maximisation is more accurate.
 
-    Example::
-
+    Example:
+        ```python
         zeta_sam = linearity(model, batches, rho=0.05)
         zeta_swp = linearity(model, batches, rho=0.05, beta=0.5)
+        ```
     """
     batches = materialize(batches)
     loss_fn = resolve_loss(loss_fn)

@@ -8,17 +8,17 @@ eigenvalue density (stochastic Lanczos quadrature, Ghorbani et al. 2019, SSAM's 
 
 Conventions shared by every function here:
 
-* The Hessian is that of ``L(w) = sum_b (n_b / N) * loss_fn(model(x_b), y_b)`` -- the sample-weighted
+* The Hessian is that of `L(w) = sum_b (n_b / N) * loss_fn(model(x_b), y_b)` -- the sample-weighted
   mean of the (mean-reduced) batch losses over a *fixed* list of batches, with respect to the
-  parameters that have ``requires_grad`` (in ``model.parameters()`` order, flattened and
-  concatenated). ``batches`` is read once into a list so every product sees the same data.
-* No Hessian is ever formed: a product ``H v`` is a double backward pass (the gradient of
-  ``<grad L, v>``), one forward and two backward passes per batch.
-* The model runs in eval mode by default (``train_mode=False``): BatchNorm then uses its running
-  statistics, so ``L`` is a fixed function of the weights and the same for every batch split, and
-  dropout is off. With ``train_mode=True`` BatchNorm normalises by batch statistics (the loss a
+  parameters that have `requires_grad` (in `model.parameters()` order, flattened and
+  concatenated). `batches` is read once into a list so every product sees the same data.
+* No Hessian is ever formed: a product `H v` is a double backward pass (the gradient of
+  `<grad L, v>`), one forward and two backward passes per batch.
+* The model runs in eval mode by default (`train_mode=False`): BatchNorm then uses its running
+  statistics, so `L` is a fixed function of the weights and the same for every batch split, and
+  dropout is off. With `train_mode=True` BatchNorm normalises by batch statistics (the loss a
   training step sees); the running statistics it updates along the way are restored afterwards.
-  Parameters, buffers and ``.grad`` are never left changed.
+  Parameters, buffers and `.grad` are never left changed.
 * Eigenvalues are the algebraically largest (a non-convex point can have negative ones); Lanczos
   tridiagonal matrices and eigenvalues are kept in float64 whatever the model dtype.
 """
@@ -72,9 +72,9 @@ __all__ = [
 
 
 class HessianOperator:
-    """``v -> H v`` for the loss of ``model`` on a fixed list of batches; see the module docstring.
+    """`v -> H v` for the loss of `model` on a fixed list of batches; see the module docstring.
 
-    Vectors are flat (length ``n_params``) in the parameters' dtype and device; ``unflatten(v)``
+    Vectors are flat (length `n_params`) in the parameters' dtype and device; `unflatten(v)`
     turns one back into per-parameter tensors.
     """
 
@@ -97,9 +97,11 @@ class HessianOperator:
         self._total = sum(batch_size(b) for b in self.batches)
 
     def unflatten(self, vec: Tensor) -> list[Tensor]:
+        """A flat vector as per-parameter tensors."""
         return unflatten(vec, self.params)
 
     def __call__(self, vec: Tensor) -> Tensor:
+        """`H vec` for a flat vector `vec`."""
         if vec.shape != (self.n_params,):
             raise ValueError(f"vector must have shape ({self.n_params},), got {tuple(vec.shape)}")
         vec = vec.detach().to(dtype=self.dtype, device=self.device)
@@ -125,18 +127,21 @@ def hessian_vector_product(
     *,
     train_mode: bool = False,
 ) -> HessianOperator:
-    """Return the callable ``v -> H v`` (flat vectors) for the loss over ``batches``.
+    """Return the callable `v -> H v` (flat vectors) for the loss over `batches`.
 
-    Example::
-
+    Example:
+        ```python
         hvp = hessian_vector_product(model, [(x, y)])
         v = torch.randn(hvp.n_params)
         hv = hvp(v)                       # same shape as v
+        ```
     """
     return HessianOperator(model, batches, loss_fn, train_mode=train_mode)
 
 
 class LanczosResult(NamedTuple):
+    """Eigenvalues (descending, float64) and, when asked for, unit eigenvectors as rows."""
+
     eigenvalues: Tensor  # (k,), float64, descending
     eigenvectors: Tensor | None  # (k, n_params), unit norm, rows match eigenvalues
 
@@ -164,7 +169,7 @@ def _lanczos_run(
     "ghost" copies of the top eigenvalue appear; projecting against the whole basis (twice --
     classical Gram-Schmidt needs the second pass to be stable) avoids that at O(steps * n) memory.
     An invariant subspace (beta ~ 0) either ends the run (quadrature: the Krylov space is exhausted)
-    or, with ``restart``, continues from a fresh random vector orthogonal to the basis so that
+    or, with `restart`, continues from a fresh random vector orthogonal to the basis so that
     repeated eigenvalues are found with their multiplicity.
     """
     n = v0.numel()
@@ -231,21 +236,22 @@ def lanczos(
     tol: float | None = None,
     progress: ProgressFn | None = None,
 ) -> LanczosResult:
-    """Top-``k`` eigenpairs of the symmetric operator ``hvp`` by Lanczos with full reorthogonalisation.
+    """Top-`k` eigenpairs of the symmetric operator `hvp` by Lanczos with full reorthogonalisation.
 
-    ``iters`` Lanczos steps (default ``min(n_params, max(3k, 30))``, at most ``n_params``) build a
-    tridiagonal ``T`` whose largest Ritz values approximate the largest eigenvalues; with
-    ``iters == n_params`` they are exact up to rounding, multiplicities included (the run restarts
+    `iters` Lanczos steps (default `min(n_params, max(3k, 30))`, at most `n_params`) build a
+    tridiagonal `T` whose largest Ritz values approximate the largest eigenvalues; with
+    `iters == n_params` they are exact up to rounding, multiplicities included (the run restarts
     from a random orthogonal vector whenever it hits an invariant subspace). The start vector is
-    Gaussian from ``seed``. Memory: ``iters * n_params`` elements of ``dtype`` for the basis.
-    ``dtype``/``device`` default to ``hvp.dtype``/``hvp.device`` when present, else float64/CPU.
-    ``progress(done, iters)`` is called after each step (one product with ``hvp``).
+    Gaussian from `seed`. Memory: `iters * n_params` elements of `dtype` for the basis.
+    `dtype`/`device` default to `hvp.dtype`/`hvp.device` when present, else float64/CPU.
+    `progress(done, iters)` is called after each step (one product with `hvp`).
 
-    Example::
-
+    Example:
+        ```python
         A = torch.diag(torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64))
         res = lanczos(lambda v: A @ v, 3, k=2, iters=3)
         res.eigenvalues            # tensor([5., 3.], dtype=torch.float64)
+        ```
     """
     check_number("k", k, low=1, integer=True)
     if n_params < k:
@@ -274,10 +280,11 @@ def lanczos(
 
 @dataclass
 class HessianEigen:
-    """Top Hessian eigenvalues (descending) and SSAM's sharpness ratio ``lambda_1 / lambda_5``
-    (``None`` when fewer than five eigenvalues were asked for). ``eigenvectors`` (when requested) is
+    """Top Hessian eigenvalues (descending) and SSAM's sharpness ratio `lambda_1 / lambda_5`
+    (`None` when fewer than five eigenvalues were asked for). `eigenvectors` (when requested) is
     one direction per eigenvalue, each a list of tensors shaped like the trainable parameters, ready
-    for ``loss_surface_1d``."""
+    for `loss_surface_1d`.
+    """
 
     eigenvalues: Tensor
     ratio: float | None
@@ -298,13 +305,14 @@ def top_eigenvalues(
 ) -> HessianEigen:
     """lambda_1..lambda_k of the loss Hessian and lambda_1/lambda_5 (SSAM Sec. 5.3, Fig. 5).
 
-    See the module docstring for the loss, the BatchNorm handling and ``lanczos`` for ``iters`` and
-    ``progress``.
+    See the module docstring for the loss, the BatchNorm handling and `lanczos` for `iters` and
+    `progress`.
 
-    Example::
-
+    Example:
+        ```python
         eig = top_eigenvalues(model, [(x, y)], k=5, iters=40)
         eig.eigenvalues[0], eig.ratio     # lambda_1, lambda_1 / lambda_5
+        ```
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
     res = lanczos(op, op.n_params, k=k, iters=iters, seed=seed, return_vectors=return_vectors, progress=progress)
@@ -316,6 +324,8 @@ def top_eigenvalues(
 
 
 class TraceEstimate(NamedTuple):
+    """Hutchinson's trace estimate, its standard error and the individual samples z^T H z."""
+
     trace: float
     stderr: float  # standard error of the mean of the samples
     samples: Tensor  # the individual z^T H z, float64
@@ -331,14 +341,15 @@ def hutchinson(
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceEstimate:
-    """Hutchinson's estimator ``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (unbiased; its
-    variance is ``2 * sum_{i != j} H_ij^2`` per sample), with the standard error of the mean.
-    ``progress(done, samples)`` is called after each sample.
+    """Hutchinson's estimator `tr(H) ~ mean_i z_i^T H z_i` with Rademacher `z_i` (unbiased; its
+    variance is `2 * sum_{i != j} H_ij^2` per sample), with the standard error of the mean.
+    `progress(done, samples)` is called after each sample.
 
-    Example::
-
+    Example:
+        ```python
         A = torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64))
         hutchinson(lambda v: A @ v, 4, samples=10).trace    # 10.0 (exact for a diagonal A)
+        ```
     """
     if samples < 2:
         raise ValueError(f"samples must be >= 2 for a standard error, got {samples}")
@@ -363,18 +374,21 @@ def hutchinson_trace(
     train_mode: bool = False,
     progress: ProgressFn | None = None,
 ) -> TraceEstimate:
-    """Trace of the loss Hessian by Hutchinson's estimator (see ``hutchinson``).
+    """Trace of the loss Hessian by Hutchinson's estimator (see `hutchinson`).
 
-    Example::
-
+    Example:
+        ```python
         est = hutchinson_trace(model, [(x, y)], samples=50)
         est.trace, est.stderr
+        ```
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
     return hutchinson(op, op.n_params, samples, seed, progress=progress)
 
 
 class SpectralDensity(NamedTuple):
+    """An eigenvalue density on a grid, with the quadrature nodes and weights of each run."""
+
     grid: Tensor  # (num_points,) eigenvalue axis
     density: Tensor  # (num_points,) Gaussian-broadened density, integrates to ~1
     nodes: list[Tensor]  # per run: Ritz values (quadrature nodes)
@@ -395,14 +409,15 @@ def stochastic_lanczos_quadrature(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Quadrature nodes and weights of the spectral measure (Ubaru et al. 2017; Ghorbani et al. 2019).
 
-    For each of ``runs`` random unit starts ``v`` (Rademacher, normalised), ``iters`` Lanczos steps
-    give ``T = S diag(theta) S^T``; then ``v^T f(H) v ~ sum_i S[0, i]^2 f(theta_i)``, so the nodes
-    ``theta_i`` with weights ``S[0, i]^2`` approximate the eigenvalue distribution ``(1/n) sum delta``.
-    ``progress(done, runs * iters)`` is called after each Lanczos step.
+    For each of `runs` random unit starts `v` (Rademacher, normalised), `iters` Lanczos steps
+    give `T = S diag(theta) S^T`; then `v^T f(H) v ~ sum_i S[0, i]^2 f(theta_i)`, so the nodes
+    `theta_i` with weights `S[0, i]^2` approximate the eigenvalue distribution `(1/n) sum delta`.
+    `progress(done, runs * iters)` is called after each Lanczos step.
 
-    Example::
-
+    Example:
+        ```python
         nodes, weights = stochastic_lanczos_quadrature(lambda v: A @ v, A.shape[0], runs=4, iters=20)
+        ```
     """
     if runs < 1 or iters < 1:
         raise ValueError(f"runs and iters must be >= 1, got runs={runs}, iters={iters}")
@@ -433,15 +448,16 @@ def gaussian_density(
     grid: Tensor | None = None,
     num_points: int = 1000,
 ) -> tuple[Tensor, Tensor, float]:
-    """Average over runs of ``sum_i w_i N(t; theta_i, sigma^2)`` on ``grid`` -> (grid, density, sigma).
+    """Average over runs of `sum_i w_i N(t; theta_i, sigma^2)` on `grid` -> (grid, density, sigma).
 
-    ``sigma`` defaults to 1% of the node range and the grid to ``num_points`` points spanning the
+    `sigma` defaults to 1% of the node range and the grid to `num_points` points spanning the
     nodes padded by 5 sigma, so the density integrates to 1 up to the grid resolution.
 
-    Example::
-
+    Example:
+        ```python
         nodes, weights = stochastic_lanczos_quadrature(hvp, hvp.n_params, runs=5, iters=40)
         grid, density, sigma = gaussian_density(nodes, weights, sigma=0.05)
+        ```
     """
     all_nodes = torch.cat([n.reshape(-1) for n in nodes]).to(torch.float64)
     lo, hi = float(all_nodes.min()), float(all_nodes.max())
@@ -474,13 +490,15 @@ def spectral_density(
     train_mode: bool = False,
     progress: ProgressFn | None = None,
 ) -> SpectralDensity:
-    """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019),
-    Gaussian-broadened on a grid (see ``stochastic_lanczos_quadrature`` and ``gaussian_density``).
+    """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature (Ghorbani et al.
 
-    Example::
+    2019), Gaussian-broadened on a grid (see `stochastic_lanczos_quadrature` and `gaussian_density`).
 
+    Example:
+        ```python
         sd = spectral_density(model, [(x, y)], runs=5, iters=50)
         plot_eigen_density({"SGD": (sd.grid, sd.density)}, "density.png")
+        ```
     """
     op = HessianOperator(model, batches, loss_fn, train_mode=train_mode)
     nodes, weights = stochastic_lanczos_quadrature(op, op.n_params, runs, iters, seed, progress=progress)

@@ -1,25 +1,25 @@
 """Loss landscapes: 1-D and 2-D slices of the loss (and accuracy) around the trained weights.
 
 * SSAM (Mi et al., NeurIPS 2022), Sec. 5.3 "Visualization of landscape" / Fig. 4: following Li et
-  al. (2018), points are sampled along random *filter-normalised* directions. ``random_direction``
-  implements Li et al.'s filter normalisation exactly as in their ``ignore='biasbn'`` setting: for
+  al. (2018), points are sampled along random *filter-normalised* directions. `random_direction`
+  implements Li et al.'s filter normalisation exactly as in their `ignore='biasbn'` setting: for
   every parameter with two or more dimensions (conv and linear weights), the direction is Gaussian
-  and each filter -- each slice ``d[i]`` along dim 0, i.e. one output unit/channel -- is rescaled to
-  the norm of the matching weight filter ``w[i]``; every 1-D parameter (biases, BatchNorm/LayerNorm
+  and each filter -- each slice `d[i]` along dim 0, i.e. one output unit/channel -- is rescaled to
+  the norm of the matching weight filter `w[i]`; every 1-D parameter (biases, BatchNorm/LayerNorm
   weights and biases) gets a zero direction, so those stay at their trained values.
 * ESAM (Du et al., ICLR 2022), Sec. 3.2 "Visualization of Loss Landscapes" / Fig. 4: the axes are
   "two random sampled orthogonal Gaussian perturbations" and the displayed surface is the average
-  over ten groups of such pairs -- ``gaussian_direction_pairs`` + ``averaged_loss_surface_2d``.
-* ESAM Appendix A.5 / Fig. 8: axes along adversarial weight perturbations ``eta * grad L_{B_x}`` and
-  ``eta * grad L_{B_y}``, gradients of two random halves of a batch -- ``adversarial_directions``; and
-  the single normalised loss-gradient (SAM ascent) direction -- ``gradient_direction``.
+  over ten groups of such pairs -- `gaussian_direction_pairs` + `averaged_loss_surface_2d`.
+* ESAM Appendix A.5 / Fig. 8: axes along adversarial weight perturbations `eta * grad L_{B_x}` and
+  `eta * grad L_{B_y}`, gradients of two random halves of a batch -- `adversarial_directions`; and
+  the single normalised loss-gradient (SAM ascent) direction -- `gradient_direction`.
 
-A direction is a list of tensors shaped like the model's trainable parameters (``requires_grad``,
-in ``model.parameters()`` order). Buffers (BatchNorm running statistics) are never moved.
+A direction is a list of tensors shaped like the model's trainable parameters (`requires_grad`,
+in `model.parameters()` order). Buffers (BatchNorm running statistics) are never moved.
 
 Evaluation runs in eval mode (BatchNorm normalises with its running statistics, which are *not*
 re-estimated at the perturbed weights; dropout is off), as in Li et al.'s plotting code. Weights are
-set as ``w + a*d1 + b*d2`` from a saved copy for every grid point, so no error accumulates, and are
+set as `w + a*d1 + b*d2` from a saved copy for every grid point, so no error accumulates, and are
 copied back bit-exactly afterwards, also on error.
 """
 
@@ -76,14 +76,15 @@ def _check_direction(direction: Sequence[Tensor], params: Sequence[Tensor], name
 
 
 def filter_normalize(direction: Sequence[Tensor], model: nn.Module) -> Direction:
-    """Li et al. (2018) filter normalisation with ``ignore='biasbn'`` (returns a new direction).
+    """Li et al. (2018) filter normalisation with `ignore='biasbn'` (returns a new direction).
 
-    For each parameter ``w`` with ``w.dim() > 1``: ``d[i] *= ||w[i]|| / (||d[i]|| + 1e-10)`` for every
-    filter ``i`` along dim 0. Parameters with ``w.dim() <= 1`` get zeros.
+    For each parameter `w` with `w.dim() > 1`: `d[i] *= ||w[i]|| / (||d[i]|| + 1e-10)` for every
+    filter `i` along dim 0. Parameters with `w.dim() <= 1` get zeros.
 
-    Example::
-
+    Example:
+        ```python
         d = filter_normalize([torch.randn_like(p) for p in model.parameters()], model)
+        ```
     """
     params = trainable_params(model)
     _check_direction(direction, params)
@@ -110,12 +111,13 @@ def _gaussian(params: Sequence[Tensor], generator: torch.Generator) -> Direction
 
 
 def random_direction(model: nn.Module, seed: int = 0, *, normalization: str | None = "filter") -> Direction:
-    """Gaussian direction, filter-normalised (Li et al. 2018; SSAM Fig. 4) unless ``normalization=None``.
+    """Gaussian direction, filter-normalised (Li et al. 2018; SSAM Fig. 4) unless `normalization=None`.
 
-    Example::
-
+    Example:
+        ```python
         d1, d2 = random_direction(model, seed=0), random_direction(model, seed=1)
         surf = loss_surface_2d(model, batches, d1, d2, xs, ys)
+        ```
     """
     params = trainable_params(model)
     d = _gaussian(params, torch.Generator().manual_seed(seed))
@@ -141,19 +143,20 @@ def _orthogonalize(d2: Sequence[Tensor], d1: Sequence[Tensor], keep_norm: bool) 
 def gaussian_direction_pairs(
     model: nn.Module, groups: int = 10, seed: int = 0, *, normalization: str | None = "filter"
 ) -> list[tuple[Direction, Direction]]:
-    """``groups`` pairs of orthogonal Gaussian directions for ESAM's averaged landscape (ESAM Fig. 4).
+    """`groups` pairs of orthogonal Gaussian directions for ESAM's averaged landscape (ESAM Fig. 4).
 
     Within a pair the second Gaussian is made orthogonal to the first (Gram-Schmidt over all
-    parameters). With ``normalization='filter'`` both are then filter-normalised so the axes have the
+    parameters). With `normalization='filter'` both are then filter-normalised so the axes have the
     scale of the weights as in Li et al.; this rescales filters, so the pair is orthogonal only
-    approximately (exactly with ``normalization=None``, where the entries are raw N(0, 1)). ESAM does
+    approximately (exactly with `normalization=None`, where the entries are raw N(0, 1)). ESAM does
     not state its scaling; filter normalisation is our choice so that surfaces are comparable with
     SSAM's and between networks.
 
-    Example::
-
+    Example:
+        ```python
         pairs = gaussian_direction_pairs(model, groups=10, seed=0)
         surf = averaged_loss_surface_2d(model, batches, pairs, xs, ys)
+        ```
     """
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
@@ -175,13 +178,14 @@ def gradient_direction(
     normalize: bool = True,
     train_mode: bool = False,
 ) -> Direction:
-    """The adversarial direction ``g / ||g||`` of the mean loss over ``batches`` (the direction of SAM's
-    first-order worst-case perturbation; ESAM eq. 5). ``normalize=False`` returns ``g`` itself.
+    """The adversarial direction `g / ||g||` of the mean loss over `batches` (the direction of SAM's
+    first-order worst-case perturbation; ESAM eq. 5). `normalize=False` returns `g` itself.
 
-    Example::
-
+    Example:
+        ```python
         d = gradient_direction(model, batches)
         curve = loss_surface_1d(model, batches, d, torch.linspace(-0.5, 0.5, 21))
+        ```
     """
     batches = materialize(batches)
     params = trainable_params(model)
@@ -206,17 +210,18 @@ def adversarial_directions(
     orthogonalize: bool = True,
     train_mode: bool = False,
 ) -> tuple[Direction, Direction]:
-    """ESAM Appendix A.5 (Fig. 8) axes: ``eta * grad L_{B_x}(w)`` and ``eta * grad L_{B_y}(w)``.
+    """ESAM Appendix A.5 (Fig. 8) axes: `eta * grad L_{B_x}(w)` and `eta * grad L_{B_y}(w)`.
 
-    ``B_x`` and ``B_y`` are a random split (from ``seed``) of ``batch`` into two halves, ``eta = lr`` is
+    `B_x` and `B_y` are a random split (from `seed`) of `batch` into two halves, `eta = lr` is
     the training learning rate. ESAM calls the two perturbations orthogonal; gradients of two halves
-    of one batch are usually strongly correlated, so with ``orthogonalize=True`` the second is made
+    of one batch are usually strongly correlated, so with `orthogonalize=True` the second is made
     orthogonal to the first (Gram-Schmidt) and rescaled back to its own norm.
 
-    Example::
-
+    Example:
+        ```python
         dx, dy = adversarial_directions(model, (x, y), lr=0.05)
         surf = loss_surface_2d(model, [(x, y)], dx, dy, xs, ys)
+        ```
     """
     x, y = batch
     n = batch_size(batch)
@@ -243,7 +248,7 @@ def adversarial_directions(
 
 @dataclass
 class Surface1D:
-    """``loss[i]``/``accuracy[i]`` at ``w + alphas[i] * d`` (accuracy is NaN for non-classifier outputs)."""
+    """`loss[i]`/`accuracy[i]` at `w + alphas[i] * d` (accuracy is NaN for non-classifier outputs)."""
 
     alphas: Tensor
     loss: Tensor
@@ -252,7 +257,7 @@ class Surface1D:
 
 @dataclass
 class Surface2D:
-    """``loss[i, j]``/``accuracy[i, j]`` at ``w + xs[i] * d1 + ys[j] * d2`` ('ij' indexing)."""
+    """`loss[i, j]`/`accuracy[i, j]` at `w + xs[i] * d1 + ys[j] * d2` ('ij' indexing)."""
 
     xs: Tensor
     ys: Tensor
@@ -303,14 +308,16 @@ def loss_surface_1d(
     *,
     progress: ProgressFn | None = None,
 ) -> Surface1D:
-    """Mean loss and accuracy over ``batches`` at ``w + alpha * direction`` for each alpha.
-    ``progress(done, total)`` is called after each point.
+    """Mean loss and accuracy over `batches` at `w + alpha * direction` for each alpha.
 
-    Example::
+    `progress(done, total)` is called after each point.
 
+    Example:
+        ```python
         d = random_direction(model, seed=0)
         curve = loss_surface_1d(model, batches, d, torch.linspace(-1, 1, 41))
         curve.loss, curve.accuracy
+        ```
     """
     alphas = _as_1d(alphas, "alphas")
     loss, acc = _surface(
@@ -331,14 +338,16 @@ def loss_surface_2d(
     *,
     progress: ProgressFn | None = None,
 ) -> Surface2D:
-    """Loss and accuracy grids at ``w + x * d1 + y * d2`` (SSAM Fig. 4 with filter-normalised d1, d2).
-    ``progress(done, total)`` is called after each grid point.
+    """Loss and accuracy grids at `w + x * d1 + y * d2` (SSAM Fig.
 
-    Example::
+    4 with filter-normalised d1, d2). `progress(done, total)` is called after each grid point.
 
+    Example:
+        ```python
         d1, d2 = random_direction(model, seed=0), random_direction(model, seed=1)
         grid = torch.linspace(-1, 1, 21)
         surf = loss_surface_2d(model, batches, d1, d2, grid, grid)   # surf.loss: (21, 21)
+        ```
     """
     xs, ys = _as_1d(xs, "xs"), _as_1d(ys, "ys")
     coords = [(float(a), float(b)) for a in xs for b in ys]
@@ -359,13 +368,15 @@ def averaged_loss_surface_2d(
     *,
     progress: ProgressFn | None = None,
 ) -> Surface2D:
-    """ESAM Fig. 4: the 2-D surface averaged (pointwise, loss and accuracy) over groups of direction
-    pairs, e.g. from ``gaussian_direction_pairs(model, groups=10)``. ``progress(done, total)`` counts
-    grid points over all groups.
+    """ESAM Fig.
 
-    Example::
+    4: the 2-D surface averaged (pointwise, loss and accuracy) over groups of direction pairs, e.g. from
+    `gaussian_direction_pairs(model, groups=10)`. `progress(done, total)` counts grid points over all groups.
 
+    Example:
+        ```python
         surf = averaged_loss_surface_2d(model, batches, gaussian_direction_pairs(model, 10), xs, ys)
+        ```
     """
     if not pairs:
         raise ValueError("pairs is empty")
@@ -393,12 +404,13 @@ def averaged_loss_surface_1d(
 ) -> Surface1D:
     """The 1-D analogue of ESAM's averaged landscape: loss and accuracy along each direction,
     averaged pointwise over the directions (e.g. the first direction of each pair from
-    ``gaussian_direction_pairs``). ``progress(done, total)`` counts points over all directions.
+    `gaussian_direction_pairs`). `progress(done, total)` counts points over all directions.
 
-    Example::
-
+    Example:
+        ```python
         dirs = [d1 for d1, _ in gaussian_direction_pairs(model, groups=10)]
         curve = averaged_loss_surface_1d(model, batches, dirs, torch.linspace(-1, 1, 21))
+        ```
     """
     if not directions:
         raise ValueError("directions is empty")

@@ -30,18 +30,18 @@ class PeakMemory:
 
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu",
                 setup: Callable[[], object] | None = None) -> PeakMemory:
-    """Runs ``fn`` once and measures its peak allocation on ``device``.
+    """Runs `fn` once and measures its peak allocation on `device`.
 
     On CUDA this reads the caching allocator's counters. On the CPU, which keeps no such counters,
-    it replays the allocations and frees that ``torch.profiler`` records (every one, with its
+    it replays the allocations and frees that `torch.profiler` records (every one, with its
     size and time), in time order. A block allocated before the profiler started and freed during
-    it is not seen (the profiler does not know its size): start ``fn`` without such blocks (e.g.
-    call ``zero_grad(set_to_none=True)`` first when measuring a training step), or pass ``setup``,
+    it is not seen (the profiler does not know its size): start `fn` without such blocks (e.g.
+    call `zero_grad(set_to_none=True)` first when measuring a training step), or pass `setup`,
     which runs first under the profiler but outside the measurement, so that what it allocates
-    and ``fn`` frees is seen (e.g. the previous training step, whose state the next one frees).
+    and `fn` frees is seen (e.g. the previous training step, whose state the next one frees).
 
-    Example::
-
+    Example:
+        ```python
         >>> import torch
         >>> def f():
         ...     a = torch.empty(1000, dtype=torch.uint8)
@@ -51,6 +51,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu",
         >>> m = peak_memory(f)
         >>> (m.peak, m.retained)
         (1500, 500)
+        ```
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -97,10 +98,11 @@ _MARK = "flatlab.peak_memory.start"
 
 
 def state_bytes(optimizer: torch.optim.Optimizer, params: nn.Module | list[torch.Tensor] | None = None) -> int:
-    """Bytes of the tensors in ``optimizer.state`` (its per-parameter buffers: momentum, a
+    """Bytes of the tensors in `optimizer.state` (its per-parameter buffers: momentum, a
     sharpness-aware optimizer's backup of w and masks; not the base optimizer's state of a wrapper).
 
-    ``params`` (a module or tensors) only to restrict the count to those parameters' entries."""
+    `params` (a module or tensors) only to restrict the count to those parameters' entries.
+    """
     if isinstance(params, nn.Module):
         params = list(params.parameters())
     keep = None if params is None else set(params)

@@ -1,9 +1,9 @@
 """PNG figures for the analyses: loss curves and surfaces, eigenvalue densities, SSAM's relative
 gradient difference histogram and a corruption-robustness bar chart.
 
-matplotlib is an optional dependency (``pip install flatlab[plot]``); it is imported when a plot is
+matplotlib is an optional dependency (`pip install flatlab[plot]`); it is imported when a plot is
 drawn, with a clear error if it is missing. Figures are drawn on the Agg canvas directly
-(``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), so nothing here touches pyplot's global state
+(`matplotlib.figure.Figure` + `FigureCanvasAgg`), so nothing here touches pyplot's global state
 or the process-wide backend. Every function writes one PNG and returns its path.
 """
 
@@ -64,12 +64,13 @@ def plot_curves_1d(
     title: str | None = None,
     logy: bool = False,
 ) -> Path:
-    """Several runs' 1-D curves on one axis, e.g. ``{"SGD": (alphas, loss), "SAM": (alphas, loss)}``.
+    """Several runs' 1-D curves on one axis, e.g. `{"SGD": (alphas, loss), "SAM": (alphas, loss)}`.
 
-    Example::
-
+    Example:
+        ```python
         c = loss_surface_1d(model, batches, d, alphas)
         plot_curves_1d({"SGD": (c.alphas, c.loss)}, "runs/curve.png")
+        ```
     """
     if not curves:
         raise ValueError("curves is empty")
@@ -99,13 +100,14 @@ def plot_surface_2d(
     title: str | None = None,
     cmap: str = "viridis",
 ) -> Path:
-    """Contour map (left) and 3-D surface (right) of ``values[i, j]`` at ``(xs[i], ys[j])``, the layout
-    returned by ``loss_surface_2d``.
+    """Contour map (left) and 3-D surface (right) of `values[i, j]` at `(xs[i], ys[j])`, the layout
+    returned by `loss_surface_2d`.
 
-    Example::
-
+    Example:
+        ```python
         s = loss_surface_2d(model, batches, d1, d2, grid, grid)
         plot_surface_2d(s.xs, s.ys, s.loss, "runs/surface.png", title="SAM")
+        ```
     """
     import numpy as np
 
@@ -138,14 +140,15 @@ def plot_eigen_density(
     eigenvalues: Mapping[str, Sequence[float]] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Hessian eigenvalue densities (``{"SGD": (grid, density)}``, e.g. from ``spectral_density``) on
+    """Hessian eigenvalue densities (`{"SGD": (grid, density)}`, e.g. from `spectral_density`) on
     one axis, log-scaled by default since the bulk dwarfs the outliers (SSAM Fig. 5). Optional
-    ``eigenvalues`` (e.g. top-k Lanczos values per run) are marked as vertical ticks.
+    `eigenvalues` (e.g. top-k Lanczos values per run) are marked as vertical ticks.
 
-    Example::
-
+    Example:
+        ```python
         sd = spectral_density(model, batches)
         plot_eigen_density({"SAM": (sd.grid, sd.density)}, "runs/density.png")
+        ```
     """
     import numpy as np
 
@@ -180,15 +183,18 @@ def plot_relative_gradient_histogram(
     range: tuple[float, float] = (-6.0, 4.0),
     title: str | None = None,
 ) -> Path:
-    """SSAM Fig. 2: histogram of ``log10 |g_SAM - g_SGD| / |g_SGD|`` for one or more runs, with the
-    ``r = 0`` line and each run's share of coordinates left of it.
+    """SSAM Fig.
 
-    ``runs`` maps a label to a ``RelativeGradientDifference`` or to a tensor of ratios.
+    2: histogram of `log10 |g_SAM - g_SGD| / |g_SGD|` for one or more runs, with the `r = 0` line and each run's
+    share of coordinates left of it.
 
-    Example::
+    `runs` maps a label to a `RelativeGradientDifference` or to a tensor of ratios.
 
+    Example:
+        ```python
         rgd = relative_gradient_difference(model, batches, rho=0.1)
         plot_relative_gradient_histogram({"ResNet-18": rgd}, "runs/grad_diff.png")
+        ```
     """
     if not runs:
         raise ValueError("runs is empty")
@@ -223,13 +229,14 @@ def plot_corruption_table(
     ylabel: str = "accuracy",
     title: str | None = None,
 ) -> Path:
-    """Grouped bars: one group per corruption, one bar per run (``{run: {corruption: value}}``), e.g. the
+    """Grouped bars: one group per corruption, one bar per run (`{run: {corruption: value}}`), e.g. the
     accuracy at one severity or the mean over severities (S2-SAM's robustness table).
 
-    Example::
-
+    Example:
+        ```python
         plot_corruption_table({"SGD": {"gaussian_noise": 0.61}, "S2-SAM": {"gaussian_noise": 0.66}},
                               "runs/corruptions.png")
+        ```
     """
     import numpy as np
 

@@ -1,5 +1,7 @@
-"""The ``flatlab`` command line: ``flatlab train``, ``flatlab compare``, ``flatlab list`` and the
-analysis commands. ``flatlab train`` with no argument trains on the embedded digits dataset."""
+"""The `flatlab` command line: `flatlab train`, `flatlab compare`, `flatlab list` and the analysis commands.
+
+`flatlab train` with no argument trains on the embedded digits dataset.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _field_type(name: str):
-    """The argparse ``type`` of the flag of config field ``name``: the config's own conversion."""
+    """The argparse `type` of the flag of config field `name`: the config's own conversion."""
     def parse(text: str):
         try:
             return convert(name, text)
@@ -47,7 +49,7 @@ def _field_type(name: str):
 
 
 def seed_list(text: str) -> list[int]:
-    """The ``type`` of ``--seeds``: comma-separated integers."""
+    """The `type` of `--seeds`: comma-separated integers."""
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
@@ -68,6 +70,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the `flatlab` command and its subcommands."""
     parser = _Parser(prog="flatlab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"flatlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _holds_same_run(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether ``run_dir`` holds a run (finished or not) of exactly ``config`` (threads aside)."""
+    """Whether `run_dir` holds a run (finished or not) of exactly `config` (threads aside)."""
     if not (run_dir / "config.json").is_file():
         return False
     try:
@@ -187,9 +190,11 @@ def _list(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command. A mistake in the input (:class:`~flatlab.errors.UsageError`) prints one
-    ``error:`` line and returns 2; any other exception propagates with its traceback (a bug, or a
-    real failure such as running out of memory)."""
+    """Runs one command.
+
+    A mistake in the input (`UsageError`) prints one `error:` line and returns 2; any other exception propagates
+    with its traceback (a bug, or a real failure such as running out of memory).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _train, "compare": _compare, "study": _study, "list": _list}

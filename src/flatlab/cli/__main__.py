@@ -1,4 +1,4 @@
-"""``python -m flatlab.cli ...`` (e.g. under ``torchrun``): the ``flatlab`` command."""
+"""`python -m flatlab.cli ...` (e.g. under `torchrun`): the `flatlab` command."""
 
 import sys
 

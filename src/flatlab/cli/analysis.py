@@ -1,5 +1,5 @@
-"""The analysis subcommands: ``flatlab landscape``, ``flatlab hessian``, ``flatlab gradstats`` and
-``flatlab robustness``, wired to the reports of :mod:`flatlab.train.reports`.
+"""The analysis subcommands: `flatlab landscape`, `flatlab hessian`, `flatlab gradstats` and
+`flatlab robustness`, wired to the reports of `flatlab.train.reports`.
 
 Only the command line lives here: the flags (each default read from the signature of the function
 it feeds, so that the command line and the library cannot drift apart), the progress bars, and the
@@ -38,10 +38,11 @@ __all__ = ["add_analysis_commands", "progress_bars", "COMMANDS"]
 
 
 def progress_bars(enabled: bool | None = None, every: float | None = None) -> ProgressFactory:
-    """A factory of progress callbacks ``(done, total)`` drawn with :class:`flatlab.progress.Progress`:
-    a bar on a terminal (or where ``enabled``), else a plain line every ``every`` seconds (default
-    :data:`~flatlab.progress.PLAIN_EVERY`), so that a long analysis logged to a file shows it is alive;
-    nothing where ``enabled`` is False."""
+    """A factory of progress callbacks `(done, total)` drawn with `flatlab.progress.Progress`:
+    a bar on a terminal (or where `enabled`), else a plain line every `every` seconds (default
+    `PLAIN_EVERY`), so that a long analysis logged to a file shows it is alive;
+    nothing where `enabled` is False.
+    """
     @contextlib.contextmanager
     def factory(desc: str) -> Iterator[Callable[[int, int], None]]:
         bar = Progress(0, desc, enabled=enabled, every=PLAIN_EVERY if every is None else every)
@@ -71,7 +72,7 @@ def _budget(text: str) -> int | None:
 
 
 def _shown(value) -> str:
-    """A default as the help text shows it: ``None`` (a budget, a list of corruptions) is "all"."""
+    """A default as the help text shows it: `None` (a budget, a list of corruptions) is "all"."""
     if value is None:
         return "all"
     if isinstance(value, (tuple, list)):
@@ -80,8 +81,9 @@ def _shown(value) -> str:
 
 
 def _flag(parser: argparse.ArgumentParser, fn: Callable, name: str, help: str, **kwargs) -> None:
-    """``--name`` with the default of ``fn``'s keyword ``name``, so that the command line and the
-    library cannot drift apart; ``{default}`` in ``help`` shows it."""
+    """`--name` with the default of `fn`'s keyword `name`, so that the command line and the
+    library cannot drift apart; `{default}` in `help` shows it.
+    """
     default = inspect.signature(fn).parameters[name].default
     if default is inspect.Parameter.empty:
         raise TypeError(f"{fn.__name__} has no default for {name}")
@@ -114,7 +116,7 @@ def _common_flags(parser: argparse.ArgumentParser, analyse: Callable, several: s
 
 
 def _setup(args: argparse.Namespace) -> dict:
-    """The options every report shares (:class:`~flatlab.train.reports.ReportOptions`), from the flags."""
+    """The options every report shares (`ReportOptions`), from the flags."""
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -136,8 +138,9 @@ def _done(records: Sequence[dict]) -> None:
 
 @dataclass(frozen=True)
 class _Command:
-    """One analysis subcommand: the report it runs, its own flags as ``(keyword, help, argparse
-    options)`` (defaults from ``analyse``'s signature) and the table it prints."""
+    """One analysis subcommand: the report it runs, its own flags as `(keyword, help, argparse
+    options)` (defaults from `analyse`'s signature) and the table it prints.
+    """
 
     name: str
     help: str
@@ -196,7 +199,7 @@ def _describe(fn) -> str:
 
 
 def add_analysis_commands(subparsers) -> None:
-    """Register ``landscape``, ``hessian``, ``gradstats`` and ``robustness`` on a subparsers object."""
+    """Register `landscape`, `hessian`, `gradstats` and `robustness` on a subparsers object."""
     for command in COMMANDS:
         p = subparsers.add_parser(command.name, help=command.help, description=_describe(command.analyse))
         _common_flags(p, command.analyse, command.several)

@@ -1,8 +1,8 @@
 """Datasets and loaders for flatlab.
 
-Small datasets are ``ImageArrays`` (uint8 tensors in memory) fed by ``BatchLoader``, which slices
+Small datasets are `ImageArrays` (uint8 tensors in memory) fed by `BatchLoader`, which slices
 and augments whole batches on the device; large image folders stream through
-``ImageFolderDataset`` and a ``torch.utils.data.DataLoader``.
+`ImageFolderDataset` and a `torch.utils.data.DataLoader`.
 
 Example:
     >>> from flatlab.data import BatchLoader, load_dataset

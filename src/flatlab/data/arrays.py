@@ -1,4 +1,4 @@
-"""``ImageArrays``: a small image-classification dataset held fully in memory as uint8 tensors."""
+"""`ImageArrays`: a small image-classification dataset held fully in memory as uint8 tensors."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def _check_split(images: torch.Tensor, labels: torch.Tensor, split: str) -> None
 
 @dataclass
 class ImageArrays:
-    """Train and test images as uint8 ``[N, C, H, W]`` tensors with int64 labels.
+    """Train and test images as uint8 `[N, C, H, W]` tensors with int64 labels.
 
     Small datasets (digits, CIFAR, Fashion-MNIST) fit in memory, so a training epoch is index slicing
-    into these tensors (see ``BatchLoader``) rather than per-image decoding.
+    into these tensors (see `BatchLoader`) rather than per-image decoding.
 
     Example:
         >>> import torch
@@ -67,23 +67,27 @@ class ImageArrays:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes."""
         return len(self.classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
+        """`(C, H, W)` of one image."""
         return tuple(self.train_images.shape[1:])
 
     @property
     def num_channels(self) -> int:
+        """Channels per image."""
         return self.train_images.shape[1]
 
     @property
     def num_train(self) -> int:
+        """Number of training images."""
         return self.train_images.shape[0]
 
     @property
     def num_test(self) -> int:
+        """Number of test images."""
         return self.test_images.shape[0]
 
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,8 +1,8 @@
 """Batched image augmentation with tensor ops: padded random crop, flip, cutout, normalisation.
 
 Each augmentation is split into a *draw* (random parameters for the whole batch, taken from a CPU
-``torch.Generator`` so results do not depend on the device) and an *apply* (pure tensor function of
-the images and those parameters, no per-image Python). ``BatchLoader`` composes them.
+`torch.Generator` so results do not depend on the device) and an *apply* (pure tensor function of
+the images and those parameters, no per-image Python). `BatchLoader` composes them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int, mode: str = "reflect") -> torch.Tensor:
-    """Per-sample crops of the padded batch: ``out[i] = pad(images)[i, :, oy:oy+H, ox:ox+W]``.
+    """Per-sample crops of the padded batch: `out[i] = pad(images)[i, :, oy:oy+H, ox:ox+W]`.
 
-    ``offsets`` is ``[N, 2]`` (row, column) in ``[0, 2 * padding]``. Implemented as one gather with
+    `offsets` is `[N, 2]` (row, column) in `[0, 2 * padding]`. Implemented as one gather with
     per-sample row/column indices, so the padded batch is never materialised and any dtype works.
     The result is laid out channels-last in memory; later elementwise ops keep that layout.
 
@@ -58,7 +58,7 @@ def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int, mode: str = 
 
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the samples where ``mask`` ([N] bool) is true.
+    """Mirror left-right the samples where `mask` ([N] bool) is true.
 
     Example:
         >>> import torch
@@ -70,9 +70,9 @@ def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def cutout(images: torch.Tensor, corners: torch.Tensor, size: int, value: float = 0.0) -> torch.Tensor:
-    """Fill a ``size`` x ``size`` square per sample with ``value`` (DeVries & Taylor, 2017).
+    """Fill a `size` x `size` square per sample with `value` (DeVries & Taylor, 2017).
 
-    ``corners`` is ``[N, 2]`` (top, left); the square may hang over the border and is clipped there.
+    `corners` is `[N, 2]` (top, left); the square may hang over the border and is clipped there.
 
     Example:
         >>> import torch
@@ -97,9 +97,9 @@ def normalize(
     std: Sequence[float] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` to float: ``(x / 255 - mean) / std`` per channel (``x / 255`` without them).
+    """uint8 `[N, C, H, W]` to float: `(x / 255 - mean) / std` per channel (`x / 255` without them).
 
-    Computed in float32 as one multiply-add and cast to ``dtype`` at the end, so half precision
+    Computed in float32 as one multiply-add and cast to `dtype` at the end, so half precision
     output does not accumulate rounding from two steps.
 
     Example:
@@ -123,7 +123,7 @@ def normalize(
 
 @dataclass
 class AugmentDraws:
-    """The random parameters for one batch; ``None`` where the augmentation is off."""
+    """The random parameters for one batch; `None` where the augmentation is off."""
 
     crop: torch.Tensor | None = None  # [N, 2] int64 offsets into the padded image
     flip: torch.Tensor | None = None  # [N] bool

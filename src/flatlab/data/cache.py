@@ -11,7 +11,7 @@ __all__ = ["cache_dir", "data_dir", "atomic_write"]
 
 
 def cache_dir() -> Path:
-    """The root of flatlab's caches: ``$FLATLAB_CACHE`` if set, else ``~/.cache/flatlab``.
+    """The root of flatlab's caches: `$FLATLAB_CACHE` if set, else `~/.cache/flatlab`.
 
     Example:
         >>> import os
@@ -27,7 +27,7 @@ def cache_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Default root for downloaded datasets: ``$FLATLAB_DATA`` if set, else ``<cache_dir()>/datasets``.
+    """Default root for downloaded datasets: `$FLATLAB_DATA` if set, else `<cache_dir()>/datasets`.
 
     Example:
         >>> import os

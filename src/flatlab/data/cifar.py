@@ -19,6 +19,8 @@ from .errors import DatasetFormatError
 
 @dataclass(frozen=True)
 class CifarSpec:
+    """Where a CIFAR dataset's files live, in its archive and on disk."""
+
     name: str
     folder: str
     train_files: tuple[str, ...]
@@ -31,10 +33,12 @@ class CifarSpec:
 
     @property
     def all_files(self) -> tuple[str, ...]:
+        """Every file the dataset needs."""
         return (*self.train_files, self.test_file, self.meta_file)
 
     @property
     def archive(self) -> str:
+        """File name of the official archive."""
         return self.url.rsplit("/", 1)[1]
 
 
@@ -88,9 +92,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def read_pickle(path: str | os.PathLike) -> dict[str, object]:
-    """Load one CIFAR pickle as a dict with ``str`` keys (the files come from Python 2).
+    """Load one CIFAR pickle as a dict with `str` keys (the files come from Python 2).
 
-    Raises ``DatasetFormatError`` naming the file if it is truncated, corrupt or not a dict.
+    Raises `DatasetFormatError` naming the file if it is truncated, corrupt or not a dict.
 
     Example:
         >>> batch = read_pickle("cifar-10-batches-py/data_batch_1")  # doctest: +SKIP
@@ -140,11 +144,11 @@ def _missing(folder: Path, spec: CifarSpec) -> list[str]:
 
 
 def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download: bool = False) -> ImageArrays:
-    """Load a CIFAR dataset described by ``spec`` (``CIFAR10`` or ``CIFAR100``).
+    """Load a CIFAR dataset described by `spec` (`CIFAR10` or `CIFAR100`).
 
-    ``root`` holds the extracted folder (``root/cifar-10-batches-py/...``) or is that folder;
-    default ``data_dir()``. With ``download=True`` missing files are fetched from the official
-    URL, md5-checked and extracted into ``root``.
+    `root` holds the extracted folder (`root/cifar-10-batches-py/...`) or is that folder;
+    default `data_dir()`. With `download=True` missing files are fetched from the official
+    URL, md5-checked and extracted into `root`.
 
     Example:
         >>> data = load_cifar(CIFAR10, "~/data", download=True)  # doctest: +SKIP
@@ -189,7 +193,7 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, download:
 
 
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> ImageArrays:
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (50,000 train / 10,000 test, 32x32 RGB).
+    """CIFAR-10 from `root/cifar-10-batches-py` (50,000 train / 10,000 test, 32x32 RGB).
 
     Example:
         >>> data = load_cifar10("~/data")  # doctest: +SKIP
@@ -200,7 +204,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
 
 
 def load_cifar100(root: str | os.PathLike | None = None, download: bool = False) -> ImageArrays:
-    """CIFAR-100 from ``root/cifar-100-python`` with the 100 fine labels.
+    """CIFAR-100 from `root/cifar-100-python` with the 100 fine labels.
 
     Example:
         >>> data = load_cifar100("~/data")  # doctest: +SKIP

@@ -31,7 +31,7 @@ def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 def fetch(url: str, dest: Path) -> None:
-    """Download ``url`` to ``dest`` (atomically). Tests replace this function to stay offline."""
+    """Download `url` to `dest` (atomically). Tests replace this function to stay offline."""
     with urllib.request.urlopen(url, timeout=60) as response, atomic_write(dest) as out:
         shutil.copyfileobj(response, out, length=1 << 20)
 
@@ -39,7 +39,7 @@ def fetch(url: str, dest: Path) -> None:
 def download_verified(urls: str | Sequence[str], dest: str | os.PathLike, md5: str) -> Path:
     """Download a file (trying each mirror in turn) and check its md5.
 
-    A file already at ``dest`` with the right md5 is kept. A wrong md5 deletes the download and
+    A file already at `dest` with the right md5 is kept. A wrong md5 deletes the download and
     raises, so a truncated transfer is never mistaken for the dataset on the next run.
 
     Example:
@@ -75,7 +75,7 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Extract a tar(.gz) into ``dest``, rejecting absolute paths, ``..`` and links.
+    """Extract a tar(.gz) into `dest`, rejecting absolute paths, `..` and links.
 
     The dataset archives hold plain files only, so anything else means a tampered download.
 

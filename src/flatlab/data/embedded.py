@@ -18,11 +18,11 @@ def _read_digits_npz() -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(labels: np.ndarray, test_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, test)`` with ``test_size`` test samples, classes in proportion.
+    """Indices `(train, test)` with `test_size` test samples, classes in proportion.
 
-    Each class gives ``test_size * n_class / n`` samples, rounded by largest remainder so the total is
-    exact; which samples go to test is drawn with ``numpy.random.default_rng(seed)``. Both index
-    arrays are sorted, so the split depends only on ``labels``, ``test_size`` and ``seed``.
+    Each class gives `test_size * n_class / n` samples, rounded by largest remainder so the total is
+    exact; which samples go to test is drawn with `numpy.random.default_rng(seed)`. Both index
+    arrays are sorted, so the split depends only on `labels`, `test_size` and `seed`.
 
     Example:
         >>> import numpy as np
@@ -51,11 +51,11 @@ def stratified_split(labels: np.ndarray, test_size: int, seed: int = 0) -> tuple
 
 
 def load_digits(test_size: int = 360, seed: int = 0) -> ImageArrays:
-    """The 1,797 8x8 grey digits (UCI / scikit-learn), as uint8 ``[N, 1, 8, 8]`` in 0..255.
+    """The 1,797 8x8 grey digits (UCI / scikit-learn), as uint8 `[N, 1, 8, 8]` in 0..255.
 
     The original 0..16 intensities are scaled to 0..255 (rounded), so the data behaves like any
     other uint8 image set. The default split is 1,437 train / 360 test, stratified by class and fixed
-    by ``seed``. Needs no download and no scikit-learn.
+    by `seed`. Needs no download and no scikit-learn.
 
     Example:
         >>> data = load_digits()

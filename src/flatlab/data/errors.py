@@ -9,8 +9,8 @@ from ..errors import MissingDependencyError, UsageError
 
 class DatasetFormatError(UsageError):
     """A dataset file exists but cannot be read: truncated, corrupt or not in the expected format.
-    A :class:`~flatlab.errors.UsageError` (so a ``ValueError``): the user named the data, and the
-    command line reports it in one line.
+
+    A `UsageError` (so a `ValueError`): the user named the data, and the command line reports it in one line.
 
     The message always names the offending file, because "unpickling stack underflow" alone does not
     tell a user which of sixty thousand files to replace.
@@ -35,7 +35,7 @@ class DatasetFormatError(UsageError):
 
 
 def require_pillow():
-    """Import and return the ``PIL.Image`` module, or explain how to install it.
+    """Import and return the `PIL.Image` module, or explain how to install it.
 
     Pillow is optional: only decoding JPEG/PNG image folders needs it, so core installs stay on
     torch + numpy.

@@ -41,9 +41,9 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one idx file (``.gz`` or raw) into a numpy array of its declared dtype and shape.
+    """Read one idx file (`.gz` or raw) into a numpy array of its declared dtype and shape.
 
-    The magic number and the exact byte count are checked; problems raise ``DatasetFormatError``
+    The magic number and the exact byte count are checked; problems raise `DatasetFormatError`
     naming the file.
 
     Example:
@@ -81,6 +81,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 @dataclass(frozen=True)
 class IdxSpec:
+    """An idx-format dataset (MNIST, Fashion-MNIST): its folders, classes and files."""
+
     name: str
     folders: tuple[str, ...]
     classes: tuple[str, ...]
@@ -157,11 +159,11 @@ def _locate(spec: IdxSpec, root: Path) -> tuple[Path, dict[str, Path]] | None:
 def load_idx_dataset(
     spec: IdxSpec, root: str | os.PathLike | None = None, download: bool = False
 ) -> ImageArrays:
-    """Load an MNIST-style dataset from idx files in ``root`` (or ``root/<spec.folders>``).
+    """Load an MNIST-style dataset from idx files in `root` (or `root/<spec.folders>`).
 
-    Each of ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
-    ``t10k-labels-idx1-ubyte`` may be gzip-compressed (``.gz``) or raw. With ``download=True`` the
-    official ``.gz`` files are fetched into ``root/<spec.folders[0]>`` and md5-checked.
+    Each of `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte` and
+    `t10k-labels-idx1-ubyte` may be gzip-compressed (`.gz`) or raw. With `download=True` the
+    official `.gz` files are fetched into `root/<spec.folders[0]>` and md5-checked.
 
     Example:
         >>> data = load_idx_dataset(FASHION_MNIST, "/work/shared/data")  # doctest: +SKIP

@@ -1,10 +1,12 @@
 """Image-folder datasets: small ones decoded once into cached uint8 arrays, large ones streamed.
 
-Layout (class index = position in the sorted class-folder names)::
+Layout (class index = position in the sorted class-folder names):
 
-    root/train/<class>/<image>      root/test/<class>/<image>   (or root/val/...)
+```python
+root/train/<class>/<image>      root/test/<class>/<image>   (or root/val/...)
+```
 
-``root`` may also be a ``.tar`` / ``.tar.gz`` of that layout (optionally inside one top folder),
+`root` may also be a `.tar` / `.tar.gz` of that layout (optionally inside one top folder),
 read directly without extracting.
 """
 
@@ -49,7 +51,7 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def _decode_image(data: bytes, name: str, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """Decode one image to uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; errors name the file."""
+    """Decode one image to uint8 `[H, W]` (grey) or `[H, W, 3]`; errors name the file."""
     Image = require_pillow()
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -63,7 +65,7 @@ def _decode_image(data: bytes, name: str, size: tuple[int, int] | None, channels
 
 
 def _split_location(parts: tuple[str, ...]) -> tuple[tuple[str, ...], str, str] | None:
-    """``(prefix, split, class)`` of an image path ``prefix/split/class/file``, else None."""
+    """`(prefix, split, class)` of an image path `prefix/split/class/file`, else None."""
     if len(parts) < 3 or parts[-3] not in _SPLITS or any(p.startswith(".") for p in parts):
         return None
     if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
@@ -253,15 +255,15 @@ def load_image_folder(
     cache_root: str | os.PathLike | None = None,
     name: str | None = None,
 ) -> ImageArrays:
-    """Decode a small image folder (or its ``.tar.gz``) once into uint8 arrays, cached on disk.
+    """Decode a small image folder (or its `.tar.gz`) once into uint8 arrays, cached on disk.
 
-    The cache lives in ``cache_root`` (default ``<cache_dir()>/imagefolder``), keyed by a hash of
+    The cache lives in `cache_root` (default `<cache_dir()>/imagefolder`), keyed by a hash of
     the file list with sizes and modification times (for an archive: its path, size and mtime) and
-    of ``size``/``channels``; it is written atomically, and a changed folder makes a new one.
+    of `size`/`channels`; it is written atomically, and a changed folder makes a new one.
 
-    Images must all have one size, unless ``size=(H, W)`` (or an int) is given, which resizes every
-    image bilinearly; mixed sizes otherwise raise a ``DatasetFormatError`` naming two offending
-    files, because silently resizing would change the data. ``channels`` forces 1 (grey) or 3
+    Images must all have one size, unless `size=(H, W)` (or an int) is given, which resizes every
+    image bilinearly; mixed sizes otherwise raise a `DatasetFormatError` naming two offending
+    files, because silently resizing would change the data. `channels` forces 1 (grey) or 3
     (RGB); by default grey when every image is grey, else RGB.
 
     Example:
@@ -325,11 +327,11 @@ def _to_image_arrays(arrays: dict, name: str) -> ImageArrays:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """A large image folder (``root/<class>/**/<image>``, e.g. ImageNet's ``train/``) decoded per item.
+    """A large image folder (`root/<class>/**/<image>`, e.g. ImageNet's `train/`) decoded per item.
 
-    Items are ``(uint8 tensor [3, size, size], label)``; normalise on the device, per batch. With
-    ``train=True`` the view is ``RandomResizedCrop(size, scale, ratio)`` plus a random horizontal
-    flip; otherwise ``Resize(resize)`` + ``CenterCrop(size)``. Use with a ``DataLoader`` with workers;
+    Items are `(uint8 tensor [3, size, size], label)`; normalise on the device, per batch. With
+    `train=True` the view is `RandomResizedCrop(size, scale, ratio)` plus a random horizontal
+    flip; otherwise `Resize(resize)` + `CenterCrop(size)`. Use with a `DataLoader` with workers;
     the file list is kept in numpy arrays, so forked workers do not copy it page by page through
     Python reference counting.
 
@@ -401,7 +403,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def load(self, index: int):
-        """The decoded RGB PIL image at ``index`` (no transform); errors name the file."""
+        """The decoded RGB PIL image at `index` (no transform); errors name the file."""
         Image = require_pillow()
         path = self.root / str(self.paths[index])
         try:

@@ -1,4 +1,4 @@
-"""``BatchLoader``: epochs over an in-memory uint8 dataset by index slicing, augmenting whole batches."""
+"""`BatchLoader`: epochs over an in-memory uint8 dataset by index slicing, augmenting whole batches."""
 
 from __future__ import annotations
 
@@ -25,34 +25,34 @@ _PERMUTATION, _AUGMENT = 0, 1
 
 
 class BatchLoader:
-    """Iterate ``(images, labels)`` batches from uint8 tensors held on ``device``.
+    """Iterate `(images, labels)` batches from uint8 tensors held on `device`.
 
-    The dataset is moved to ``device`` once; each batch is an index into it, augmented on the whole
+    The dataset is moved to `device` once; each batch is an index into it, augmented on the whole
     batch with tensor ops (padded random crop, horizontal flip, cutout), then converted to float and
     normalised per channel. Cutout runs after normalisation, so the square is filled with 0, the
     channel mean.
 
-    Reproducibility: epoch ``e``'s order depends only on ``(seed, e)`` and its augmentation only on
-    ``(seed, e, rank)``. ``set_epoch(e)`` selects the epoch; without it, each new iteration
-    advances the epoch by one, so forgetting ``set_epoch`` does not repeat the same order forever.
+    Reproducibility: epoch `e`'s order depends only on `(seed, e)` and its augmentation only on
+    `(seed, e, rank)`. `set_epoch(e)` selects the epoch; without it, each new iteration
+    advances the epoch by one, so forgetting `set_epoch` does not repeat the same order forever.
 
-    DDP: with ``world_size > 1`` every rank draws the same global permutation and takes every
-    ``world_size``-th index of it, starting at its rank: shards are disjoint and equal in size (the
+    DDP: with `world_size > 1` every rank draws the same global permutation and takes every
+    `world_size`-th index of it, starting at its rank: shards are disjoint and equal in size (the
     few samples left over differ from epoch to epoch when shuffling), and the ranks' batches k
-    together form the global batch k of a single process with ``world_size`` times the batch.
+    together form the global batch k of a single process with `world_size` times the batch.
 
     Args:
-        images: uint8 ``[N, C, H, W]``. labels: int ``[N]``.
+        images: uint8 `[N, C, H, W]`. labels: int `[N]`.
         batch_size: samples per batch (per rank).
         shuffle: draw a new permutation each epoch; else sequential order.
         drop_last: drop the last, smaller batch.
         crop_padding: pad by this much and crop back to size at a random offset (0: off).
-        pad_mode: ``"reflect"``, ``"zeros"`` or ``"replicate"``.
+        pad_mode: `"reflect"`, `"zeros"` or `"replicate"`.
         flip: mirror each sample left-right with probability 1/2.
         cutout: side of the square erased per sample (0: off).
-        mean, std: per-channel normalisation in [0, 1] units (e.g. ``ImageArrays.mean_std()``);
-            ``None`` only scales to [0, 1].
-        device: where data and batches live (default: where ``images`` already are).
+        mean, std: per-channel normalisation in [0, 1] units (e.g. `ImageArrays.mean_std()`);
+            `None` only scales to [0, 1].
+        device: where data and batches live (default: where `images` already are).
         dtype: float dtype of the image batches.
         channels_last: return batches in channels-last memory format (faster convolutions on GPU).
         seed: base seed for orders and augmentation.
@@ -149,7 +149,7 @@ class BatchLoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples this rank sees per epoch (before ``drop_last``)."""
+        """Samples this rank sees per epoch (before `drop_last`)."""
         return self.images.shape[0] // self.world_size
 
     def __len__(self) -> int:
@@ -158,13 +158,13 @@ class BatchLoader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch`` (same order and augmentation on every run)."""
+        """Make the next iteration produce epoch `epoch` (same order and augmentation on every run)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch``, in iteration order (on ``device``).
+        """This rank's sample indices for `epoch`, in iteration order (on `device`).
 
         Example:
             >>> import torch

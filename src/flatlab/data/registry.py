@@ -1,4 +1,4 @@
-"""Datasets by name: ``load_dataset("cifar10", root)`` and ``list_datasets()``."""
+"""Datasets by name: `load_dataset("cifar10", root)` and `list_datasets()`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DEFAULT_DATASET = "digits"
 
 
 def register_dataset(name: str, loader: Loader | None = None):
-    """Register ``loader(root, download, **kw) -> ImageArrays`` under ``name`` (usable as a decorator).
+    """Register `loader(root, download, **kw) -> ImageArrays` under `name` (usable as a decorator).
 
     Example:
         >>> @register_dataset("digits-small")
@@ -61,7 +61,7 @@ _EMBEDDED = {"digits"}  # shipped inside the package: no files to read, nothing 
 
 
 def is_embedded(name: str) -> bool:
-    """Whether the dataset ``name`` ships inside flatlab (so a ``root`` has nothing to point at).
+    """Whether the dataset `name` ships inside flatlab (so a `root` has nothing to point at).
 
     Example:
         >>> is_embedded("digits"), is_embedded("CIFAR-10")
@@ -72,7 +72,7 @@ def is_embedded(name: str) -> bool:
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by ``load_dataset``, sorted.
+    """Names accepted by `load_dataset`, sorted.
 
     Example:
         >>> list_datasets()
@@ -84,10 +84,10 @@ def list_datasets() -> list[str]:
 def load_dataset(
     name: str = DEFAULT_DATASET, root: str | os.PathLike | None = None, download: bool = False, **kw
 ) -> ImageArrays:
-    """Load a dataset by name as ``ImageArrays``; ``kw`` goes to the dataset's loader.
+    """Load a dataset by name as `ImageArrays`; `kw` goes to the dataset's loader.
 
-    ``root`` is where the files are (default ``data_dir()``; required for ``imagefolder``, where it
-    is the folder or ``.tar.gz``). ``download=True`` fetches missing official files where the
+    `root` is where the files are (default `data_dir()`; required for `imagefolder`, where it
+    is the folder or `.tar.gz`). `download=True` fetches missing official files where the
     dataset has a download (CIFAR, MNIST, Fashion-MNIST).
 
     Example:

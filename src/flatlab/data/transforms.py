@@ -1,9 +1,9 @@
 """Per-image Pillow transforms for large (ImageNet-style) folders, without torchvision.
 
-``random_resized_crop`` follows torchvision's ``RandomResizedCrop`` sampling (10 tries, then a
-centre crop clamped to the allowed aspect ratio); ``resize_center_crop`` is ``Resize(256)`` then
-``CenterCrop(224)``. Both crop and resize in one Pillow call (``resize(box=...)``), so the full-size
-intermediate image is never built. Randomness comes from torch's RNG, which ``DataLoader`` seeds
+`random_resized_crop` follows torchvision's `RandomResizedCrop` sampling (10 tries, then a
+centre crop clamped to the allowed aspect ratio); `resize_center_crop` is `Resize(256)` then
+`CenterCrop(224)`. Both crop and resize in one Pillow call (`resize(box=...)`), so the full-size
+intermediate image is never built. Randomness comes from torch's RNG, which `DataLoader` seeds
 differently in every worker.
 """
 
@@ -22,7 +22,7 @@ def random_resized_crop_box(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, int]:
-    """Sample ``(left, top, crop_width, crop_height)`` covering a random area fraction and aspect ratio.
+    """Sample `(left, top, crop_width, crop_height)` covering a random area fraction and aspect ratio.
 
     Example:
         >>> import torch
@@ -54,7 +54,7 @@ def random_resized_crop_box(
 
 
 def random_resized_crop(img, size: int = 224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
-    """Crop a random area/aspect region of a PIL image and resize it to ``size`` x ``size`` (bilinear).
+    """Crop a random area/aspect region of a PIL image and resize it to `size` x `size` (bilinear).
 
     Example:
         >>> from PIL import Image
@@ -68,7 +68,7 @@ def random_resized_crop(img, size: int = 224, scale=(0.08, 1.0), ratio=(3 / 4, 4
 
 
 def resize_center_crop(img, size: int = 224, resize: int = 256):
-    """Evaluation view: scale the short side to ``resize``, then take the centred ``size`` square.
+    """Evaluation view: scale the short side to `resize`, then take the centred `size` square.
 
     Example:
         >>> from PIL import Image
@@ -85,7 +85,7 @@ def resize_center_crop(img, size: int = 224, resize: int = 256):
 
 
 def to_tensor_uint8(img) -> torch.Tensor:
-    """PIL image to a uint8 ``[C, H, W]`` tensor (normalisation is left to the GPU, per batch).
+    """PIL image to a uint8 `[C, H, W]` tensor (normalisation is left to the GPU, per batch).
 
     Example:
         >>> from PIL import Image

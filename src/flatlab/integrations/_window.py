@@ -1,5 +1,6 @@
 """What the framework adapters check before training: that a data-driven mask (SSAM-F) which
-refreshes from the accumulation window finds enough rows there."""
+refreshes from the accumulation window finds enough rows there.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from ..optim import SharpnessAware
 
 
 def check_window_feeds_mask(opt: SharpnessAware, rows: int | None, window: str) -> None:
-    """Refuses, before the first step, a mask that scores more samples than ``rows``, the rows of
-    the window it will refresh from (described by ``window``); None: not known yet."""
+    """Refuses, before the first step, a mask that scores more samples than `rows`, the rows of
+    the window it will refresh from (described by `window`); None: not known yet.
+    """
     coordinates = opt.coordinates
     if rows is None or not coordinates.needs_data or coordinates.has_data_source:
         return

@@ -1,14 +1,14 @@
-"""Every flatlab method under PyTorch Lightning (the ``flatlab[lightning]`` extra).
+"""Every flatlab method under PyTorch Lightning (the `flatlab[lightning]` extra).
 
 Lightning's automatic optimization hands the optimizer a closure that returns the mean loss, which
 runs every method but ESAM's data selection (per-sample losses) and SSAM-F's mask refresh from data;
-its ``accumulate_grad_batches`` runs the earlier micro-batches outside the step, where a two-pass
-method cannot re-evaluate them at w + eps, so the step refuses it. :class:`SharpnessAwareModule`
-switches to manual optimization and steps the optimizer with ``flatlab.micro_batches`` over
-``accumulate`` batches (the step equals one step on their concatenation; ESAM ranks all of them).
+its `accumulate_grad_batches` runs the earlier micro-batches outside the step, where a two-pass
+method cannot re-evaluate them at w + eps, so the step refuses it. `SharpnessAwareModule`
+switches to manual optimization and steps the optimizer with `flatlab.micro_batches` over
+`accumulate` batches (the step equals one step on their concatenation; ESAM ranks all of them).
 
-Example::
-
+Example:
+    ```python
     class Model(SharpnessAwareModule):
         accumulate = 2                      # not Trainer(accumulate_grad_batches=...): see below
 
@@ -19,12 +19,13 @@ Example::
         def configure_optimizers(self):
             opt = flatlab.create_optimizer("esam", self.net, lr=0.1, momentum=0.9)
             return {"optimizer": opt, "lr_scheduler": CosineAnnealingLR(opt, T_max=100)}
+    ```
 
-Lightning refuses ``Trainer(accumulate_grad_batches=k)`` under manual optimization: set the
-module's ``accumulate`` instead. Step-interval LR schedulers are stepped after each optimizer step
-(respecting their ``frequency``), epoch-interval ones at the end of each epoch. SSAM-F's mask
-refreshes from the optimizer's ``mask_data`` when it has one, else from the current batches
-(:meth:`SharpnessAwareModule.mask_batches`). ``precision="16-mixed"`` hands Lightning's GradScaler
+Lightning refuses `Trainer(accumulate_grad_batches=k)` under manual optimization: set the
+module's `accumulate` instead. Step-interval LR schedulers are stepped after each optimizer step
+(respecting their `frequency`), epoch-interval ones at the end of each epoch. SSAM-F's mask
+refreshes from the optimizer's `mask_data` when it has one, else from the current batches
+(`SharpnessAwareModule.mask_batches`). `precision="16-mixed"` hands Lightning's GradScaler
 to the step, which scales each of its backward passes.
 """
 
@@ -43,7 +44,8 @@ __all__ = ["SharpnessAwareModule"]
 
 class SharpnessAwareModule(L.LightningModule):
     """A LightningModule mixin that trains with any flatlab method; implement
-    :meth:`per_sample_loss` (and ``configure_optimizers``, returning a flatlab optimizer)."""
+    `per_sample_loss` (and `configure_optimizers`, returning a flatlab optimizer).
+    """
 
     #: batches per optimizer step (gradient accumulation, exact: one step over their concatenation)
     accumulate: int = 1
@@ -54,16 +56,19 @@ class SharpnessAwareModule(L.LightningModule):
         self._window: list[Any] = []
 
     def per_sample_loss(self, batch: Any, idx: Tensor | None) -> Tensor:
-        """Per-sample losses (shape ``[len(idx)]``) of the rows ``idx`` (None: all) of ``batch``;
-        no ``backward``: the optimizer takes it."""
+        """Per-sample losses (shape `[len(idx)]`) of the rows `idx` (None: all) of `batch`;
+        no `backward`: the optimizer takes it.
+        """
         raise NotImplementedError("SharpnessAwareModule needs per_sample_loss(batch, idx)")
 
     def mask_batches(self, batches: list[Any]) -> list[tuple[Tensor, Tensor]]:
-        """The ``(inputs, targets)`` batches an SSAM-F mask refresh reads when the optimizer has no
-        ``mask_data``: by default the current batches, taken as ``(inputs, targets)`` pairs."""
+        """The `(inputs, targets)` batches an SSAM-F mask refresh reads when the optimizer has no
+        `mask_data`: by default the current batches, taken as `(inputs, targets)` pairs.
+        """
         return [(b[0], b[1]) for b in batches]
 
     def on_train_start(self) -> None:
+        """Refuses an SSAM-F mask that scores more samples than a window holds."""
         opt = self.optimizers().optimizer
         if isinstance(opt, SharpnessAware):
             size = getattr(self.trainer.train_dataloader, "batch_size", None)
@@ -71,6 +76,7 @@ class SharpnessAwareModule(L.LightningModule):
             check_window_feeds_mask(opt, rows, "the accumulation window (the loader's batch_size x accumulate rows)")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """Collects `accumulate` batches, then takes one optimizer step over them."""
         self._window.append(batch)
         if len(self._window) < self.accumulate and not self.trainer.is_last_batch:
             return None
@@ -96,6 +102,7 @@ class SharpnessAwareModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        """Steps the epoch-interval LR schedulers."""
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:

@@ -1,21 +1,22 @@
-"""Every flatlab method under the Hugging Face ``Trainer`` (the ``flatlab[hf]`` extra).
+"""Every flatlab method under the Hugging Face `Trainer` (the `flatlab[hf]` extra).
 
 A sharpness-aware step re-runs the whole accumulated batch at w + eps, so it cannot be built from
-the Trainer's one backward per micro-batch. :class:`SharpnessAwareTrainer` keeps the micro-batches
+the Trainer's one backward per micro-batch. `SharpnessAwareTrainer` keeps the micro-batches
 of an accumulation window instead and, on the window's last one, takes one flatlab step over them
-all (``flatlab.micro_batches``: the step equals one step on their concatenation, ESAM ranking the
-whole window). The Trainer's own ``optimizer.step()`` that follows is then a no-op. Everything
+all (`flatlab.micro_batches`: the step equals one step on their concatenation, ESAM ranking the
+whole window). The Trainer's own `optimizer.step()` that follows is then a no-op. Everything
 else stays the Trainer's: its base optimizer and weight-decay groups, LR scheduler, bf16/fp16
 autocast, logging and checkpoints (the optimizer's state_dict carries flatlab's own state, so a
 resumed run equals a straight one).
 
-Example::
-
+Example:
+    ```python
     from flatlab.integrations.transformers import SharpnessAwareTrainer
 
     trainer = SharpnessAwareTrainer(model=model, args=TrainingArguments(..., gradient_accumulation_steps=4),
                                     train_dataset=data, method="esam", method_options={"rho": 0.05})
     trainer.train()
+    ```
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ __all__ = ["SharpnessAwareTrainer", "per_example_loss", "rows_of", "shifts_label
 
 
 def per_example_loss(logits: Tensor, labels: Tensor, *, shift: bool = False, problem_type: str | None = None) -> Tensor:
-    """One loss per example (shape ``[B]``) from a Hugging Face model's logits.
+    """One loss per example (shape `[B]`) from a Hugging Face model's logits.
 
-    - ``logits [B, C]`` (sequence classification): cross-entropy; ``problem_type="regression"``:
-      squared error (averaged over the outputs); ``"multi_label_classification"``: binary
+    - `logits [B, C]` (sequence classification): cross-entropy; `problem_type="regression"`:
+      squared error (averaged over the outputs); `"multi_label_classification"`: binary
       cross-entropy averaged over the labels.
-    - ``logits [B, T, V]`` (language modelling, token classification): the mean token loss of each
-      sequence over the labels that are not -100; ``shift=True`` for a causal LM (token t predicts
+    - `logits [B, T, V]` (language modelling, token classification): the mean token loss of each
+      sequence over the labels that are not -100; `shift=True` for a causal LM (token t predicts
       label t + 1, as the model's own loss does). The step then minimises the mean over sequences,
       which equals the model's token mean when every sequence has as many labelled tokens.
     """
@@ -62,13 +63,13 @@ def per_example_loss(logits: Tensor, labels: Tensor, *, shift: bool = False, pro
 
 
 def shifts_labels(model: nn.Module, batch: dict[str, Any]) -> bool | None:
-    """Whether ``model``'s own loss on ``batch`` is a causal LM's (logits at t scored against the
+    """Whether `model`'s own loss on `batch` is a causal LM's (logits at t scored against the
     label at t + 1): True or False when it clearly matches the shifted or the unshifted token mean
     of the same forward's logits; None when the model gives no loss or logits, or matches neither
     clearly (a loss with an added auxiliary term, ties of an untrained model).
 
-    The model's own loss is the reference :func:`per_example_loss` must agree with, and it is there
-    whatever wraps the model (peft, ``torch.compile``, DDP, FSDP, DeepSpeed) and whatever the model
+    The model's own loss is the reference `per_example_loss` must agree with, and it is there
+    whatever wraps the model (peft, `torch.compile`, DDP, FSDP, DeepSpeed) and whatever the model
     is (a vision-language model, remote code), where its class name would need a list that misses
     some. It costs one forward of one batch, without gradients and in eval mode: no dropout, so no
     random numbers are drawn and a resumed run still takes the steps of a straight one.
@@ -104,8 +105,9 @@ def shifts_labels(model: nn.Module, batch: dict[str, Any]) -> bool | None:
 
 
 def base_model(model: nn.Module) -> nn.Module:
-    """The ``transformers`` model inside wrappers: peft (``get_base_model()``), ``torch.compile``
-    (``_orig_mod``), DDP, FSDP, DeepSpeed and accelerate's wrappers (``module``)."""
+    """The `transformers` model inside wrappers: peft (`get_base_model()`), `torch.compile`
+    (`_orig_mod`), DDP, FSDP, DeepSpeed and accelerate's wrappers (`module`).
+    """
     while not isinstance(model, PreTrainedModel):
         if hasattr(model, "get_base_model"):
             inner = model.get_base_model()
@@ -119,8 +121,9 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def rows_of(inputs: dict[str, Any], idx: Tensor | None) -> dict[str, Any]:
-    """The rows ``idx`` (None: all) of a batch of model inputs: every tensor whose first dimension
-    is the batch's is indexed, anything else passed as it is."""
+    """The rows `idx` (None: all) of a batch of model inputs: every tensor whose first dimension
+    is the batch's is indexed, anything else passed as it is.
+    """
     if idx is None:
         return inputs
     size = _batch_size(inputs)
@@ -137,8 +140,9 @@ def _batch_size(inputs: dict[str, Any]) -> int:
 
 class _WindowOptimizer(torch.optim.Optimizer):
     """What the Trainer (and accelerate) hold as the optimizer: the flatlab optimizer's
-    param_groups, state and state_dict, but a ``step()`` that does nothing, the window's step
-    having been taken in ``training_step``."""
+    param_groups, state and state_dict, but a `step()` that does nothing, the window's step
+    having been taken in `training_step`.
+    """
 
     def __init__(self, optimizer: SharpnessAware):  # no Optimizer.__init__: everything is forwarded
         self.optimizer = optimizer
@@ -179,27 +183,27 @@ class _WindowOptimizer(torch.optim.Optimizer):
 
 
 class SharpnessAwareTrainer(Trainer):
-    """A ``transformers.Trainer`` whose optimizer is a flatlab method.
+    """A `transformers.Trainer` whose optimizer is a flatlab method.
 
     Args (besides the Trainer's):
-        method: a flatlab optimizer name (``flatlab.list_optimizers()``), or a function that takes
-            the base optimizer the Trainer built (from ``args.optim``, its learning rate and weight
+        method: a flatlab optimizer name (`flatlab.list_optimizers()`), or a function that takes
+            the base optimizer the Trainer built (from `args.optim`, its learning rate and weight
             decay groups) and returns the flatlab optimizer, e.g.
-            ``lambda base: flatlab.SSAM(base, mask_data=..., model=model)``. A flatlab optimizer
-            passed as ``optimizers=(opt, scheduler)`` is used as it is.
-        method_options: keyword arguments of the named method (``rho``, ``beta``, ``seed``, ...).
+            `lambda base: flatlab.SSAM(base, mask_data=..., model=model)`. A flatlab optimizer
+            passed as `optimizers=(opt, scheduler)` is used as it is.
+        method_options: keyword arguments of the named method (`rho`, `beta`, `seed`, ...).
             By name the base optimizer must be one flatlab knows (AdamW, Adam, SGD; the Trainer's
-            default ``adamw_torch`` is); it is rebuilt with the Trainer's settings and groups.
-        per_example_loss: ``fn(model, inputs) -> losses [B]``; default: :meth:`per_example_losses`
-            (the model's logits and ``inputs["labels"]``, see :func:`per_example_loss`).
+            default `adamw_torch` is); it is rebuilt with the Trainer's settings and groups.
+        per_example_loss: `fn(model, inputs) -> losses [B]`; default: `per_example_losses`
+            (the model's logits and `inputs["labels"]`, see `per_example_loss`).
 
-    ``args.max_grad_norm`` becomes the optimizer's ``max_grad_norm`` (the descent gradient is
+    `args.max_grad_norm` becomes the optimizer's `max_grad_norm` (the descent gradient is
     clipped inside the step) unless the optimizer has its own. SSAM-F's Fisher mask refreshes from
-    the optimizer's ``mask_data`` when it has one; otherwise from the current accumulation window,
-    as ``(input_ids, labels)`` pairs (``num_samples`` must then not exceed the window's rows).
+    the optimizer's `mask_data` when it has one; otherwise from the current accumulation window,
+    as `(input_ids, labels)` pairs (`num_samples` must then not exceed the window's rows).
     Under fp16 the step scales each of its backward passes with accelerate's GradScaler.
     The weights hold w whenever the Trainer reads them (evaluation, checkpoints, the best model,
-    ``save_model``): a single-pass method (S2-SAM, MSAM) applies its perturbation inside the step,
+    `save_model`): a single-pass method (S2-SAM, MSAM) applies its perturbation inside the step,
     and its checkpointed optimizer state carries the pending one, so resuming is exact.
     """
 
@@ -221,6 +225,7 @@ class SharpnessAwareTrainer(Trainer):
     # the optimizer
 
     def create_optimizer(self, model=None):
+        """The Trainer's base optimizer wrapped in the flatlab method."""
         if isinstance(self.optimizer, _WindowOptimizer):
             return self.optimizer
         if self.optimizer is None:
@@ -265,7 +270,7 @@ class SharpnessAwareTrainer(Trainer):
     # the step
 
     def per_example_losses(self, model: nn.Module, inputs: dict[str, Any]) -> Tensor:
-        """Per-example losses of a batch of inputs (override, or pass ``per_example_loss=``)."""
+        """Per-example losses of a batch of inputs (override, or pass `per_example_loss=`)."""
         if self._per_example_loss is not None:
             return self._per_example_loss(model, inputs)
         if "labels" not in inputs:
@@ -288,8 +293,9 @@ class SharpnessAwareTrainer(Trainer):
         return self._shift
 
     def _decide_shift(self, model: nn.Module, batch: dict[str, Any]) -> None:
-        """Decides, once, from the model's own loss on the first batch (:func:`shifts_labels`);
-        the model's class decides where that loss cannot."""
+        """Decides, once, from the model's own loss on the first batch (`shifts_labels`);
+        the model's class decides where that loss cannot.
+        """
         if self._shift is None and self._per_example_loss is None:
             self._shift = shifts_labels(model, batch)
 
@@ -302,7 +308,8 @@ class SharpnessAwareTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> Tensor:
         """Keeps the micro-batch; on the last one of the accumulation window, takes the flatlab
         step over the whole window and returns its loss (0 for the others, so the Trainer's
-        logged loss, their sum, is the window's mean loss)."""
+        logged loss, their sum, is the window's mean loss).
+        """
         opt = self.sharpness_aware
         self._take_over_scaler()
         model.train()
@@ -330,7 +337,8 @@ class SharpnessAwareTrainer(Trainer):
     def _take_over_scaler(self) -> None:
         """Under fp16, accelerate's optimizer wrapper would call scaler.step/update after the
         window; the flatlab step does both itself (scaling each of its backward passes), so the
-        scaler moves from the wrapper to this trainer."""
+        scaler moves from the wrapper to this trainer.
+        """
         if getattr(self.optimizer, "scaler", None) is not None:
             self._scaler = self.optimizer.scaler
             self.optimizer.scaler = None

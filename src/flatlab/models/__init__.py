@@ -1,7 +1,7 @@
-"""Models used by the SAM-family papers, built by name: ``create_model("resnet18", num_classes=10)``.
+"""Models used by the SAM-family papers, built by name: `create_model("resnet18", num_classes=10)`.
 
-``list_models()`` gives the names; ``width`` shrinks any of them for CPU-scale runs. ``forward_flops``
-and ``training_flops`` (:mod:`flatlab.models.flops`) count a model's FLOPs per conv/linear layer.
+`list_models()` gives the names; `width` shrinks any of them for CPU-scale runs. `forward_flops`
+and `training_flops` (`flatlab.models.flops`) count a model's FLOPs per conv/linear layer.
 """
 
 # The family modules are imported for their side effect: each registers its models.

@@ -2,18 +2,18 @@
 
 SSAM (Mi et al., NeurIPS 2022) Tables 1-3 list a "FLOPs" column "theoretically estimated by
 considering sparse multiplication compared to SGD" (SGD = 1, SAM = 2); sparse training (S2-SAM)
-likewise scales each layer's cost by its density. To make such estimates, ``forward_flops`` measures
-a model's forward cost per sample with ``torch.utils.flop_counter.FlopCounterMode`` and breaks it
-down per convolution / linear module, so that ``training_flops`` can scale each layer by a density.
+likewise scales each layer's cost by its density. To make such estimates, `forward_flops` measures
+a model's forward cost per sample with `torch.utils.flop_counter.FlopCounterMode` and breaks it
+down per convolution / linear module, so that `training_flops` can scale each layer by a density.
 
 Counting convention (FlopCounterMode's): a multiply-add is 2 FLOPs; only matrix products and
 convolutions are counted (bias additions, normalisation, activations and pooling are not), e.g. a
-``Conv2d`` costs ``2 * C_out * H_out * W_out * (C_in / groups) * k_h * k_w`` per sample and a
-``Linear`` ``2 * in_features * out_features``.
+`Conv2d` costs `2 * C_out * H_out * W_out * (C_in / groups) * k_h * k_w` per sample and a
+`Linear` `2 * in_features * out_features`.
 
 Training cost: the backward pass of a matmul/conv layer computes the gradient with respect to the
 input and with respect to the weight, each about as costly as the forward product, hence the usual
-estimate ``forward + backward ~ 3 x forward`` per forward-backward pass (``backward_factor=2``). SGD
+estimate `forward + backward ~ 3 x forward` per forward-backward pass (`backward_factor=2`). SGD
 makes one pass per step, SAM two, so SAM costs 2x SGD as in SSAM's tables; the first layer's input
 gradient, which is not needed, is not subtracted.
 """
@@ -42,15 +42,17 @@ LAYER_TYPES: tuple[type[nn.Module], ...] = (
 
 @dataclass
 class FlopCount:
-    """Forward FLOPs per sample: ``total``, ``per_layer`` (module name -> FLOPs for every conv/linear
-    module, in ``named_modules`` order, a module called twice counted twice) and ``other`` (the
-    counted FLOPs outside those modules, e.g. a functional matmul)."""
+    """Forward FLOPs per sample: `total`, `per_layer` (module name -> FLOPs for every conv/linear
+    module, in `named_modules` order, a module called twice counted twice) and `other` (the
+    counted FLOPs outside those modules, e.g. a functional matmul).
+    """
 
     total: int
     per_layer: dict[str, int] = field(default_factory=dict)
 
     @property
     def other(self) -> int:
+        """FLOPs not attributed to a named layer."""
         return self.total - sum(self.per_layer.values())
 
 
@@ -62,16 +64,17 @@ def forward_flops(
     layer_types: tuple[type[nn.Module], ...] = LAYER_TYPES,
     dtype: torch.dtype | None = None,
 ) -> FlopCount:
-    """Forward FLOPs per sample of ``model`` on inputs of shape ``input_shape`` (without batch dim).
+    """Forward FLOPs per sample of `model` on inputs of shape `input_shape` (without batch dim).
 
-    The model runs once in eval mode under ``no_grad`` on zeros of shape ``(batch_size, *input_shape)``
+    The model runs once in eval mode under `no_grad` on zeros of shape `(batch_size, *input_shape)`
     (dtype of the first floating parameter unless given), on its own device; counts are divided by
-    ``batch_size``. Its training flag is restored afterwards.
+    `batch_size`. Its training flag is restored afterwards.
 
-    Example::
-
+    Example:
+        ```python
         fc = forward_flops(model, (3, 32, 32))
         fc.total, fc.per_layer["conv1"]
+        ```
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -102,14 +105,15 @@ def forward_flops(
 def training_step_flops(
     model: nn.Module, input_shape: Sequence[int], *, passes: float = 1.0, backward_factor: float = 2.0
 ) -> float:
-    """Training FLOPs per sample of one optimiser step: ``passes * (1 + backward_factor) * forward``.
+    """Training FLOPs per sample of one optimiser step: `passes * (1 + backward_factor) * forward`.
 
-    ``passes`` is the number of forward-backward passes per step (SGD 1, SAM 2, S2-SAM 1).
+    `passes` is the number of forward-backward passes per step (SGD 1, SAM 2, S2-SAM 1).
 
-    Example::
-
+    Example:
+        ```python
         sgd = training_step_flops(model, (3, 32, 32))
         sam = training_step_flops(model, (3, 32, 32), passes=2)     # == 2 * sgd
+        ```
     """
     return passes * (1.0 + backward_factor) * forward_flops(model, input_shape).total
 
@@ -123,17 +127,18 @@ def training_flops(
 ) -> float:
     """Per-sample training FLOPs of one step with every layer's cost scaled by its density.
 
-    ``sum_l per_layer[l] * densities.get(l, 1) * (1 + backward_factor) * passes``: a layer with
-    density ``d`` (fraction of non-zero weights) costs ``d`` times its dense forward and backward (the
-    sparse-multiplication estimate of SSAM's FLOPs column). Only layers in ``per_layer`` are counted;
-    add ``FlopCount.other`` yourself if it matters. Unknown layer names in ``densities`` and
-    densities outside [0, 1] raise ``ValueError``.
+    `sum_l per_layer[l] * densities.get(l, 1) * (1 + backward_factor) * passes`: a layer with
+    density `d` (fraction of non-zero weights) costs `d` times its dense forward and backward (the
+    sparse-multiplication estimate of SSAM's FLOPs column). Only layers in `per_layer` are counted;
+    add `FlopCount.other` yourself if it matters. Unknown layer names in `densities` and
+    densities outside [0, 1] raise `ValueError`.
 
-    Example::
-
+    Example:
+        ```python
         fc = forward_flops(model, (3, 32, 32))
         dense = training_flops(fc.per_layer)
         sparse = training_flops(fc.per_layer, {name: 0.1 for name in fc.per_layer})  # 90% sparse
+        ```
     """
     densities = dict(densities or {})
     unknown = set(densities) - set(per_layer)

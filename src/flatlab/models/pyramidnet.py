@@ -3,7 +3,7 @@
 ESAM (Du et al., 2022) trains "PyramidNet-110" on CIFAR but does not state alpha. Its SGD baselines
 (96.62% / 81.89% on CIFAR-10/100) match Han et al.'s PyramidNet-110 with alpha=270 (28.3M
 parameters; 96.27% / 81.75% reported) rather than alpha=48 (1.7M; 95.38% / 76.69%), so use
-``create_model("pyramidnet110", alpha=270)`` to reproduce ESAM. The default here is alpha=48.
+`create_model("pyramidnet110", alpha=270)` to reproduce ESAM. The default here is alpha=48.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .registry import register_model
 
 class PyramidBasicBlock(nn.Module):
     """BN-conv3x3-BN-ReLU-conv3x3-BN; the shortcut average-pools when striding and zero-pads the
-    extra channels, so the widening adds no shortcut parameters."""
+    extra channels, so the widening adds no shortcut parameters.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -33,6 +34,7 @@ class PyramidBasicBlock(nn.Module):
         self.extra_channels = planes - in_planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output."""
         out = self.conv1(self.bn1(x))
         out = self.bn3(self.conv2(F.relu(self.bn2(out))))
         shortcut = self.downsample(x)
@@ -43,7 +45,8 @@ class PyramidBasicBlock(nn.Module):
 
 class PyramidNet(nn.Module):
     """Additive PyramidNet: the channel count grows by alpha / N after each of the N = 3n blocks,
-    from 16 to 16 + alpha (n = (depth - 2) / 6 basic blocks per stage)."""
+    from 16 to 16 + alpha (n = (depth - 2) / 6 basic blocks per stage).
+    """
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class PyramidNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = self.layers(self.bn1(self.conv1(x)))
         x = self.avgpool(F.relu(self.bn(x)))
         return self.fc(torch.flatten(x, 1))
@@ -90,7 +94,9 @@ class PyramidNet(nn.Module):
 def pyramidnet110(
     num_classes: int = 10, in_channels: int = 3, width: float = 1.0, alpha: float = 48
 ) -> PyramidNet:
-    """PyramidNet-110 (additive, basic blocks, 18 per stage). alpha=48 (default) gives 1.77M parameters
-    for 10 classes, published as "1.7M"; alpha=270 gives 28.5M (published "28.3M"), which is what
-    ESAM's reported accuracies point to (see the module docstring)."""
+    """PyramidNet-110 (additive, basic blocks, 18 per stage).
+
+    alpha=48 (default) gives 1.77M parameters for 10 classes, published as "1.7M"; alpha=270 gives 28.5M (published
+    "28.3M"), which is what ESAM's reported accuracies point to (see the module docstring).
+    """
     return PyramidNet(110, alpha, num_classes, in_channels, width)

@@ -1,7 +1,7 @@
 """Model registry: build any flatlab model by name.
 
 A variant is a registry entry (a builder function), not a subclass. Every builder takes
-``(num_classes, in_channels, width, **kwargs)`` and returns an ``nn.Module``; ``width`` is a
+`(num_classes, in_channels, width, **kwargs)` and returns an `nn.Module`; `width` is a
 channel multiplier so that the published architectures can be shrunk for CPU-scale runs.
 """
 
@@ -21,7 +21,7 @@ _REGISTRY: dict[str, ModelBuilder] = {}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator that registers ``fn(num_classes, in_channels, width, **kwargs)`` under ``name``."""
+    """Decorator that registers `fn(num_classes, in_channels, width, **kwargs)` under `name`."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
 
@@ -35,20 +35,20 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """Names accepted by `create_model`, sorted."""
     return sorted(_REGISTRY)
 
 
 def create_model(
     name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **kwargs
 ) -> nn.Module:
-    """Build the registered model ``name``.
+    """Build the registered model `name`.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of `list_models`.
         num_classes: size of the classifier output.
         in_channels: channels of the input images (1 for digits / Fashion-MNIST, 3 for CIFAR).
-        width: channel multiplier; every channel count ``c`` becomes ``max(1, round(c * width))``.
+        width: channel multiplier; every channel count `c` becomes `max(1, round(c * width))`.
             1.0 is the published architecture.
         **kwargs: model-specific options (see each builder's docstring).
     """
@@ -75,5 +75,5 @@ def create_model(
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalar parameters in ``model`` (only those with ``requires_grad`` if asked)."""
+    """Number of scalar parameters in `model` (only those with `requires_grad` if asked)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

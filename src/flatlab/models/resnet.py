@@ -68,6 +68,7 @@ class BasicBlock(nn.Module):
             self.shortcut = _projection(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -95,6 +96,7 @@ class Bottleneck(nn.Module):
             self.shortcut = _projection(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -103,7 +105,8 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     """Stem, then stages of residual blocks (the first at stride 1, the others at stride 2), global
-    average pooling and one linear classifier. Adaptive pooling makes any input resolution work."""
+    average pooling and one linear classifier. Adaptive pooling makes any input resolution work.
+    """
 
     def __init__(
         self,
@@ -145,6 +148,7 @@ class ResNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         x = self.avgpool(self.layers(x))
         return self.fc(torch.flatten(x, 1))
@@ -154,8 +158,8 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "cifar") -> ResNet:
     """ResNet-18 (basic blocks [2, 2, 2, 2], 64-512 channels, option-B projection shortcuts).
 
-    Default ``stem="cifar"``: 3x3 stride-1 first conv and no max-pool, as in SSAM/ESAM on CIFAR
-    (11.17M parameters for 10 classes). ``stem="imagenet"`` gives the 7x7/2 conv + max-pool stem.
+    Default `stem="cifar"`: 3x3 stride-1 first conv and no max-pool, as in SSAM/ESAM on CIFAR
+    (11.17M parameters for 10 classes). `stem="imagenet"` gives the 7x7/2 conv + max-pool stem.
     """
     return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels, width, stem, "B")
 
@@ -164,8 +168,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, st
 def resnet32(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, shortcut: str = "A") -> ResNet:
     """The CIFAR ResNet-32 of He et al. (2016): 3x3 stem, 3 stages of 5 basic blocks, 16/32/64 channels.
 
-    Default ``shortcut="A"`` (parameter-free zero-padding identity shortcuts, as in the paper's
-    CIFAR experiments): 0.46M parameters for 10 classes. ``shortcut="B"`` uses 1x1 conv + BN
+    Default `shortcut="A"` (parameter-free zero-padding identity shortcuts, as in the paper's
+    CIFAR experiments): 0.46M parameters for 10 classes. `shortcut="B"` uses 1x1 conv + BN
     projections where the shape changes (+~3k parameters).
     """
     return ResNet(BasicBlock, (5, 5, 5), (16, 32, 64), num_classes, in_channels, width, "cifar", shortcut)
@@ -177,7 +181,7 @@ def resnet50(
 ) -> ResNet:
     """ResNet-50 (bottleneck blocks [3, 4, 6, 3], stride on the 3x3 conv, projection shortcuts).
 
-    Default ``stem="imagenet"`` (7x7 stride-2 conv + 3x3/2 max-pool): 25.56M parameters with
-    ``num_classes=1000``. ``stem="cifar"`` is the 3x3 stride-1 stem for 32x32 inputs.
+    Default `stem="imagenet"` (7x7 stride-2 conv + 3x3/2 max-pool): 25.56M parameters with
+    `num_classes=1000`. `stem="cifar"` is the 3x3 stride-1 stem for 32x32 inputs.
     """
     return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_channels, width, stem, "B")

@@ -15,11 +15,11 @@ from .registry import register_model
 
 
 class MLP(nn.Module):
-    """Pools the image to ``pool_size`` x ``pool_size``, flattens it, then Linear-ReLU layers.
+    """Pools the image to `pool_size` x `pool_size`, flattens it, then Linear-ReLU layers.
 
     The fixed-size pooling is what lets one model take any resolution without lazy layers; it is
     the identity when the input already has that size (8x8 digits by default). Pass
-    ``pool_size=28`` to see full-resolution Fashion-MNIST.
+    `pool_size=28` to see full-resolution Fashion-MNIST.
     """
 
     def __init__(
@@ -45,13 +45,15 @@ class MLP(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = torch.flatten(self.pool(x), 1)
         return self.fc(self.hidden(x))
 
 
 class SmallCNN(nn.Module):
     """Conv3x3-BN-ReLU blocks, a 2x2 max-pool after each block but the first, global average
-    pooling and a linear classifier; 8x8 inputs still end at 2x2 before the global pool."""
+    pooling and a linear classifier; 8x8 inputs still end at 2x2 before the global pool.
+    """
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class SmallCNN(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.fc(torch.flatten(x, 1))
 
@@ -88,7 +91,7 @@ def mlp(
     hidden: Sequence[int] = (256, 256),
     pool_size: int = 8,
 ) -> MLP:
-    """Two hidden layers of 256 units (times ``width``) on the image pooled to ``pool_size``^2."""
+    """Two hidden layers of 256 units (times `width`) on the image pooled to `pool_size`^2."""
     return MLP(num_classes, in_channels, width, hidden, pool_size)
 
 
@@ -96,5 +99,5 @@ def mlp(
 def cnn(
     num_classes: int = 10, in_channels: int = 3, width: float = 1.0, channels: Sequence[int] = (32, 64, 128)
 ) -> SmallCNN:
-    """Three conv-BN-ReLU blocks (32/64/128 channels times ``width``); ~93k parameters on CIFAR."""
+    """Three conv-BN-ReLU blocks (32/64/128 channels times `width`); ~93k parameters on CIFAR."""
     return SmallCNN(num_classes, in_channels, width, channels)

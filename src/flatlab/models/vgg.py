@@ -1,7 +1,7 @@
 """CIFAR VGG with BatchNorm and a single linear classifier.
 
 This is the VGG of the sparse-training literature (SNIP/GraSP code, followed by S2-SAM's VGG-19 and
-SSAM's VGG-11-BN): conv3x3-BN-ReLU layers, five 2x2 max-pools, then one ``Linear(512, classes)``
+SSAM's VGG-11-BN): conv3x3-BN-ReLU layers, five 2x2 max-pools, then one `Linear(512, classes)`
 instead of ImageNet's three-layer 4096-wide head. Convs carry no bias since BN follows each one.
 VGG-19-BN on CIFAR-10: 20.04M parameters.
 """
@@ -54,6 +54,7 @@ class VGG(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = self.avgpool(self.features(x))
         return self.fc(torch.flatten(x, 1))
 

@@ -27,6 +27,7 @@ class WideBasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output."""
         out = F.relu(self.bn1(x))
         # When the shape changes, the projection reads the pre-activated input, as in the reference code.
         shortcut = x if self.shortcut is None else self.shortcut(out)
@@ -37,7 +38,8 @@ class WideBasicBlock(nn.Module):
 
 class WideResNet(nn.Module):
     """WRN-depth-k: 3x3 stem (16 channels), 3 stages of (depth - 4) / 6 blocks with 16k/32k/64k
-    channels, final BN-ReLU, global average pooling and a linear classifier."""
+    channels, final BN-ReLU, global average pooling and a linear classifier.
+    """
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class WideResNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
         x = self.layers(self.conv1(x))
         x = self.avgpool(F.relu(self.bn(x)))
         return self.fc(torch.flatten(x, 1))
@@ -82,6 +85,8 @@ class WideResNet(nn.Module):
 def wrn28_10(
     num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0
 ) -> WideResNet:
-    """WideResNet-28-10: 36.48M parameters for 10 classes. ``dropout`` (default 0) sits between the
-    two convs of each block, as in the paper (which uses 0.3 in some runs)."""
+    """WideResNet-28-10: 36.48M parameters for 10 classes.
+
+    `dropout` (default 0) sits between the two convs of each block, as in the paper (which uses 0.3 in some runs).
+    """
     return WideResNet(28, 10, num_classes, in_channels, width, dropout)

@@ -1,8 +1,9 @@
 """The SAM family behind the torch.optim interface, composed from seven policies, one module each:
-which gradient drives the perturbation (``sources``), how it is shaped (``shapes``), which
-coordinates move (``coordinates``), which samples drive the descent (``samples``), when the extra
-pass is taken (``schedules``), how the descent gradient is formed (``descents``) and the radius over
-training (``radius``)."""
+which gradient drives the perturbation (`sources`), how it is shaped (`shapes`), which
+coordinates move (`coordinates`), which samples drive the descent (`samples`), when the extra
+pass is taken (`schedules`), how the descent gradient is formed (`descents`) and the radius over
+training (`radius`).
+"""
 
 from .batchnorm import frozen_bn_stats
 from .coordinates import (

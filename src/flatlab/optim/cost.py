@@ -1,7 +1,7 @@
 """What a step costs in forward/backward passes, declared by the optimizer's policies.
 
-A training-FLOPs estimate (``flatlab.sparse.step_flops``) or a benchmark reads the passes from the
-optimizer (:func:`flatlab.optim.step_passes`) instead of a table of method names, so a newly
+A training-FLOPs estimate (`flatlab.sparse.step_flops`) or a benchmark reads the passes from the
+optimizer (`flatlab.optim.step_passes`) instead of a table of method names, so a newly
 registered method is counted correctly.
 """
 

@@ -20,15 +20,15 @@ def empirical_fisher(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     chunk_size: int = 32,
 ) -> list[Tensor]:
-    """Sum over ``num_samples`` samples of the squared per-sample gradient, for each of ``params``.
+    """Sum over `num_samples` samples of the squared per-sample gradient, for each of `params`.
 
-    SSAM-F's score (Mi et al. 2022, eq. 5). ``data`` yields ``(inputs, targets)`` batches; batches
-    are consumed until ``num_samples`` samples are seen. Per-sample gradients come from
-    ``vmap(grad(...))`` in chunks of ``chunk_size`` samples, never one backward per sample.
+    SSAM-F's score (Mi et al. 2022, eq. 5). `data` yields `(inputs, targets)` batches; batches
+    are consumed until `num_samples` samples are seen. Per-sample gradients come from
+    `vmap(grad(...))` in chunks of `chunk_size` samples, never one backward per sample.
 
     The model is evaluated in eval mode so that each sample's gradient depends on that sample
     alone (BatchNorm uses its running statistics) and no buffer is updated; its mode is restored.
-    Parameters of ``params`` that are not parameters of ``model`` get a zero score.
+    Parameters of `params` that are not parameters of `model` get a zero score.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")

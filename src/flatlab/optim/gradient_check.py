@@ -1,5 +1,5 @@
 """Whether a step's gradients are finite, and at what loss scale they were taken: one object with
-one entry point, :meth:`GradientCheck.read`, for every pass of a step (the ascent gradient at w,
+one entry point, `GradientCheck.read`, for every pass of a step (the ascent gradient at w,
 the gradients of further ascent steps, the descent gradient), with or without a GradScaler.
 
 A step reads the host once: the check's verdict (a norm or a found-inf flag) is that one sync, and
@@ -23,7 +23,8 @@ __all__ = ["GradientCheck", "Reading", "Amp", "norm_checks"]
 @dataclass(frozen=True)
 class Amp:
     """What a GradScaler hands the step that takes the descent: its overflow flag for this
-    iteration and the scale the gradients carry (None: already unscaled)."""
+    iteration and the scale the gradients carry (None: already unscaled).
+    """
 
     found_inf: Tensor
     grad_scale: Tensor | None
@@ -49,36 +50,37 @@ class GradientCheck:
     Args:
         skip_nonfinite: a descent gradient with an inf or NaN skips the base step (the weights stay
             exactly as they were). With a GradScaler, its own check decides instead.
-        foreach: use ``torch._foreach_*`` kernels.
+        foreach: use `torch._foreach_*` kernels.
     """
 
     def __init__(self, skip_nonfinite: bool = True, foreach: bool = True):
         self.skip_nonfinite = skip_nonfinite
         self.foreach = foreach
         #: the factor the gradients of this step's backward passes carry (a GradScaler's scale
-        #: inside ``step(scaler=)``); norms are reported divided by it
+        #: inside `step(scaler=)`); norms are reported divided by it
         self.loss_scale = 1.0
         # the gradients now in .grad were read finite by this step (a plain step's, whose norm
         # the schedule read) and no backward ran since: the descent need not read them again
         self._vouched = False
 
     def vouch(self) -> None:
-        """The gradients now in ``.grad`` were just read finite; the descent may trust them."""
+        """The gradients now in `.grad` were just read finite; the descent may trust them."""
         self._vouched = True
 
     def forget(self) -> None:
-        """A backward ran (or a step ended): what was read no longer describes ``.grad``."""
+        """A backward ran (or a step ended): what was read no longer describes `.grad`."""
         self._vouched = False
 
     def read(self, grads: list[Tensor], *, also: list[Tensor] = (), norm: bool = False, always: bool = False,
              amp: Amp | None = None) -> Reading:
-        """The one entry point: unscales ``grads`` (and ``also``: gradients of the same step kept
+        """The one entry point: unscales `grads` (and `also`: gradients of the same step kept
         aside, e.g. the one at w that GSAM's descent mixes in) in place when a GradScaler handed
-        the step its ``amp`` pair, and says whether they are finite and, with ``norm``, the global
-        L2 norm of ``grads`` (divided by the loss scale).
+        the step its `amp` pair, and says whether they are finite and, with `norm`, the global
+        L2 norm of `grads` (divided by the loss scale).
 
-        ``always``: check even when ``skip_nonfinite`` is off, for gradients that state is derived
-        from (a moving average, a mask), which must never see an inf or NaN."""
+        `always`: check even when `skip_nonfinite` is off, for gradients that state is derived
+        from (a moving average, a mask), which must never see an inf or NaN.
+        """
         every = [*grads, *also]
         if amp is not None:
             if bool(amp.found_inf.item()):
@@ -103,7 +105,7 @@ class GradientCheck:
         return Reading(math.isfinite(value) or not (always or self.skip_nonfinite), value)
 
     def _all_finite(self, grads: list[Tensor], inv_scale: Tensor | None = None) -> bool:
-        """Whether every gradient is finite; multiplies them by ``inv_scale`` when given."""
+        """Whether every gradient is finite; multiplies them by `inv_scale` when given."""
         if inv_scale is None and norm_checks(grads):
             return bool(torch.isfinite(global_norm(grads, 2.0, foreach=self.foreach)))
         # fp16/bf16 (a finite gradient's norm may overflow) or unscaling: the fused kernel's flags
@@ -123,7 +125,8 @@ class GradientCheck:
 
 
 def norm_checks(tensors: list[Tensor]) -> bool:
-    """Whether the L2 norm can stand for a finiteness check of ``tensors``: an inf or NaN makes it
+    """Whether the L2 norm can stand for a finiteness check of `tensors`: an inf or NaN makes it
     non-finite, and in float32/float64 a finite gradient's norm overflows only past ~1e19 (such a
-    step is skipped too). One read of the gradients, where the fused check also writes them."""
+    step is skipped too). One read of the gradients, where the fused check also writes them.
+    """
     return all(t.dtype in (torch.float32, torch.float64) for t in tensors)

@@ -1,7 +1,8 @@
 """What the optimizer watches outside its step: backward passes into its parameters (the
 accumulation mistake a two-pass step warns about; a gradient taken at w where a single-pass
 method's w + eps was due) and the model's training forward (which applies a pending perturbation).
-The hooks hold the optimizer weakly, so a dropped optimizer is freed."""
+The hooks hold the optimizer weakly, so a dropped optimizer is freed.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ __all__ = ["watch_backwards", "perturb_before_training_forward", "is_lightning_c
 
 
 def watch_backwards(optimizer, params: list[Tensor]) -> None:
-    """Notes a backward into the parameters outside ``optimizer.step``."""
+    """Notes a backward into the parameters outside `optimizer.step`."""
     ref = weakref.ref(optimizer)
 
     def accumulated(_: Tensor) -> None:
@@ -35,9 +36,10 @@ def watch_backwards(optimizer, params: list[Tensor]) -> None:
 
 def perturb_before_training_forward(optimizer, model: nn.Module):
     """Registers the forward pre-hook that moves a single-pass method's weights from w to the
-    pending w + eps when a training forward of ``model`` starts (train mode, gradients on); an
+    pending w + eps when a training forward of `model` starts (train mode, gradients on); an
     evaluation forward, a state_dict or a checkpoint between steps reads w. Prepended, so that it
-    runs before FSDP's own pre-forward hook gathers the (then perturbed) shards."""
+    runs before FSDP's own pre-forward hook gathers the (then perturbed) shards.
+    """
     ref = weakref.ref(optimizer)
 
     @torch.compiler.disable  # runs eagerly before a compiled forward, never traced into it
@@ -50,7 +52,8 @@ def perturb_before_training_forward(optimizer, model: nn.Module):
 
 
 def is_lightning_closure(closure: Callable) -> bool:
-    """Whether ``closure`` is Lightning's automatic-optimization closure (a partial of its
-    precision plugin's method)."""
+    """Whether `closure` is Lightning's automatic-optimization closure (a partial of its
+    precision plugin's method).
+    """
     owner = getattr(getattr(closure, "func", closure), "__self__", closure)
     return type(owner).__module__.split(".")[0] in ("lightning", "pytorch_lightning")

@@ -1,11 +1,11 @@
 """What the parameters hold, w or w + eps, and the moves between the two.
 
 The optimizer decides when to move; this module only moves, with no parameter-sized temporary:
-w is saved in the optimizer's ``state[p]["backup"]`` (allocated once and kept: re-allocating it
+w is saved in the optimizer's `state[p]["backup"]` (allocated once and kept: re-allocating it
 every step costs page faults) and eps is added in one scaled add; w is put back by copy, since
 subtracting eps would not give w back in low precision. A single-pass method's eps can wait,
 *pending*, for the next training forward, so that whatever reads the weights in between
-(evaluation, ``state_dict``, a checkpoint) reads w.
+(evaluation, `state_dict`, a checkpoint) reads w.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ class Phase(enum.Enum):
 
     #: the parameters hold w
     AT_W = "at_w"
-    #: the parameters hold w + eps; w of each perturbed tensor is in ``state[p]["backup"]``
+    #: the parameters hold w + eps; w of each perturbed tensor is in `state[p]["backup"]`
     PERTURBED = "perturbed"
     #: the ascent gradient was not finite: w is in place and the coming descent is skipped
     SKIPPED = "skipped"
-    #: the schedule skipped the perturbation: ``.grad`` holds the gradient at w to descend with
+    #: the schedule skipped the perturbation: `.grad` holds the gradient at w to descend with
     PLAIN = "plain"
     #: a single-pass method between steps: the parameters hold w and the next training forward of
-    #: ``model`` (or the next ``step(closure)``) moves them to w + eps, built from
+    #: `model` (or the next `step(closure)`) moves them to w + eps, built from
     #: the held directions times a factor
     PENDING = "pending"
 
 
 class Perturbation:
-    """The perturbed tensors, their saved w, and a pending eps (``factor * directions``)."""
+    """The perturbed tensors, their saved w, and a pending eps (`factor * directions`)."""
 
     def __init__(self, state: MutableMapping[Tensor, dict], coordinates: Coordinates, foreach: bool = True):
         self.state = state
@@ -50,14 +50,15 @@ class Perturbation:
         self.phase = Phase.AT_W
         #: the tensors that hold (or, PENDING, will hold) w + eps
         self.tensors: list[Tensor] = []
-        #: PENDING: the directions, aligned with ``tensors``: the spent gradients' memory (which
-        #: ``.grad`` would otherwise hold), released once applied
+        #: PENDING: the directions, aligned with `tensors`: the spent gradients' memory (which
+        #: `.grad` would otherwise hold), released once applied
         self.pending: list[Tensor] | None = None
         self.factor: float | Tensor = 1.0
         #: eps itself while a step takes several ascent steps (None otherwise)
         self.eps: list[Tensor] | None = None
 
     def backups(self, tensors: list[Tensor]) -> list[Tensor]:
+        """The buffers that hold w of `tensors` while perturbed (allocated on first use)."""
         out = []
         for p in tensors:
             state = self.state[p]
@@ -67,19 +68,19 @@ class Perturbation:
         return out
 
     def move(self, tensors: list[Tensor], directions: list[Tensor], factor: float | Tensor) -> None:
-        """w -> w + factor * directions, w saved."""
+        """W -> w + factor * directions, w saved."""
         copy_(self.backups(tensors), tensors)
         add_scaled_(tensors, directions, factor, foreach=self.foreach)
         self.phase, self.tensors = Phase.PERTURBED, tensors
 
     def hold(self, tensors: list[Tensor], directions: list[Tensor], factor: float | Tensor) -> None:
-        """Keeps w and the move for :meth:`apply_pending`."""
+        """Keeps w and the move for `apply_pending`."""
         self.pending, self.factor = list(directions), factor
         self.phase, self.tensors = Phase.PENDING, tensors
 
     @torch.no_grad()
     def apply_pending(self) -> None:
-        """PENDING -> PERTURBED, as :meth:`move` would have done when the eps was built."""
+        """PENDING -> PERTURBED, as `move` would have done when the eps was built."""
         if self.phase is not Phase.PENDING:
             return
         directions, factor = self.pending, self.factor
@@ -99,7 +100,7 @@ class Perturbation:
 
     @contextmanager
     def unperturbed(self) -> Iterator[None]:
-        """w in the parameters inside the block, w + eps again after it."""
+        """W in the parameters inside the block, w + eps again after it."""
         if self.phase is not Phase.PERTURBED or not self.tensors:
             yield
             return

@@ -16,18 +16,19 @@ class RhoSchedule(Policy):
     name = "rho"
 
     def bind(self, optimizer: torch.optim.Optimizer, rho: float) -> None:
-        """Called once with the optimizer and its ``rho`` (the radius at the start)."""
+        """Called once with the optimizer and its `rho` (the radius at the start)."""
 
     def radius(self, optimizer: torch.optim.Optimizer) -> float:
+        """The radius for the coming step."""
         raise NotImplementedError
 
 
 
 class LRProportional(RhoSchedule):
-    """GSAM's schedule: ``rho_t = rho_min + (rho_max - rho_min) * (lr_t - lr_min) / (lr_max - lr_min)``
-    with ``lr_t`` the first param group's learning rate, so rho decays with the learning rate.
+    """GSAM's schedule: `rho_t = rho_min + (rho_max - rho_min) * (lr_t - lr_min) / (lr_max - lr_min)`
+    with `lr_t` the first param group's learning rate, so rho decays with the learning rate.
 
-    ``rho_max`` defaults to the optimizer's ``rho``, ``lr_max`` to the learning rate at construction
+    `rho_max` defaults to the optimizer's `rho`, `lr_max` to the learning rate at construction
     (the peak of a decaying schedule; pass it when a warm-up starts lower).
     """
 
@@ -43,6 +44,7 @@ class LRProportional(RhoSchedule):
         self.lr_min, self.lr_max = float(lr_min), lr_max
 
     def bind(self, optimizer, rho) -> None:
+        """Takes the optimizer's radius and initial learning rate as the schedule's top."""
         if self.rho_max is None:
             self.rho_max = rho
         if self.lr_max is None:
@@ -53,9 +55,11 @@ class LRProportional(RhoSchedule):
             raise ValueError(f"rho_max must be >= rho_min, got rho_max={self.rho_max}, rho_min={self.rho_min}")
 
     def radius(self, optimizer) -> float:
+        """The radius for the coming step."""
         lr = float(optimizer.param_groups[0]["lr"])
         fraction = (lr - self.lr_min) / (self.lr_max - self.lr_min)
         return self.rho_min + (self.rho_max - self.rho_min) * fraction
 
     def extra_repr(self) -> str:
+        """The schedule's settings, for `repr`."""
         return f"rho_min={self.rho_min:g}, rho_max={self.rho_max:g}, lr_max={self.lr_max}"

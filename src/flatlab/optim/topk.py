@@ -1,7 +1,7 @@
 """Mask arithmetic shared by sparse training (weight masks) and SSAM (perturbation masks).
 
 The functions without suffix work jointly over a list of tensors (one global budget, given as a
-density); the ``*_per_tensor`` variants give each tensor its own budget, given as an exact count
+density); the `*_per_tensor` variants give each tensor its own budget, given as an exact count
 (layer-wise allocations such as ERK). Masks are boolean tensors on each score tensor's own device.
 """
 
@@ -22,7 +22,7 @@ __all__ = [
 
 
 def count_for_density(numel: int, density: float) -> int:
-    """How many coordinates of ``numel`` stay live at ``density`` (rounded to nearest)."""
+    """How many coordinates of `numel` stay live at `density` (rounded to nearest)."""
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
     return int(round(density * numel))
@@ -68,8 +68,9 @@ def _random_flat(n: int, k: int, generator: torch.Generator) -> Tensor:
 
 
 def topk_mask(scores: list[Tensor], density: float) -> list[Tensor]:
-    """Boolean masks selecting exactly ``round(density * N)`` coordinates with the largest scores,
-    N being the total number of coordinates of ``scores``."""
+    """Boolean masks selecting exactly `round(density * N)` coordinates with the largest scores,
+    N being the total number of coordinates of `scores`.
+    """
     if not scores:
         return []
     flat = _flatten(scores)
@@ -77,21 +78,22 @@ def topk_mask(scores: list[Tensor], density: float) -> list[Tensor]:
 
 
 def topk_mask_per_tensor(scores: list[Tensor], counts: list[int]) -> list[Tensor]:
-    """Per tensor, a boolean mask of exactly ``counts[i]`` coordinates with the largest scores.
+    """Per tensor, a boolean mask of exactly `counts[i]` coordinates with the largest scores.
 
-    Example::
-
+    Example:
+        ```python
         >>> topk_mask_per_tensor([torch.tensor([3.0, 1.0, 2.0])], [2])[0].tolist()
         [True, False, True]
+        ```
     """
     counts = _check_counts(scores, counts)
     return [_topk_flat(_flatten([s]), k).view(s.shape) for s, k in zip(scores, counts)]
 
 
 def random_mask(like: list[Tensor], density: float, generator: torch.Generator) -> list[Tensor]:
-    """Uniformly random boolean masks with exactly ``round(density * N)`` live coordinates.
+    """Uniformly random boolean masks with exactly `round(density * N)` live coordinates.
 
-    The draw uses ``generator`` on the CPU so it is reproducible across devices; the masks are
+    The draw uses `generator` on the CPU so it is reproducible across devices; the masks are
     moved to each tensor's device.
     """
     if not like:
@@ -101,8 +103,9 @@ def random_mask(like: list[Tensor], density: float, generator: torch.Generator) 
 
 
 def random_mask_per_tensor(like: list[Tensor], counts: list[int], generator: torch.Generator) -> list[Tensor]:
-    """Per tensor, a uniformly random boolean mask with exactly ``counts[i]`` live coordinates
-    (drawn on the CPU with ``generator``, tensor by tensor, then moved to the tensor's device)."""
+    """Per tensor, a uniformly random boolean mask with exactly `counts[i]` live coordinates
+    (drawn on the CPU with `generator`, tensor by tensor, then moved to the tensor's device).
+    """
     counts = _check_counts(like, counts)
     return [_random_flat(t.numel(), k, generator).view(t.shape).to(t.device) for t, k in zip(like, counts)]
 
@@ -110,10 +113,10 @@ def random_mask_per_tensor(like: list[Tensor], counts: list[int], generator: tor
 def drop_grow(
     masks: list[Tensor], drop_scores: list[Tensor], grow_scores: list[Tensor], count: int
 ) -> list[Tensor]:
-    """Drops the ``count`` live coordinates with the smallest ``drop_scores`` and grows as many of
-    the coordinates that were dead before the drop, those with the largest ``grow_scores``.
+    """Drops the `count` live coordinates with the smallest `drop_scores` and grows as many of
+    the coordinates that were dead before the drop, those with the largest `grow_scores`.
 
-    The number of live coordinates is unchanged. ``count`` is capped by the number of live and of
+    The number of live coordinates is unchanged. `count` is capped by the number of live and of
     dead coordinates. Returns new masks; the inputs are not modified.
     """
     if not masks:
@@ -134,8 +137,9 @@ def drop_grow(
 def drop_grow_per_tensor(
     masks: list[Tensor], drop_scores: list[Tensor], grow_scores: list[Tensor], counts: list[int]
 ) -> list[Tensor]:
-    """:func:`drop_grow` tensor by tensor, ``counts[i]`` coordinates moved in tensor i (each count
-    capped by that tensor's live and dead coordinates), so every tensor keeps its own density."""
+    """`drop_grow` tensor by tensor, `counts[i]` coordinates moved in tensor i (each count
+    capped by that tensor's live and dead coordinates), so every tensor keeps its own density.
+    """
     if len(counts) != len(masks):
         raise ValueError(f"got {len(counts)} counts for {len(masks)} masks")
     return [drop_grow([m], [d], [g], c)[0] for m, d, g, c in zip(masks, drop_scores, grow_scores, counts)]

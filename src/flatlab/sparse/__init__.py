@@ -2,14 +2,15 @@
 magnitude, SNIP, GraSP) or moved during training (SET, RigL), enforced through every optimizer of
 the SAM family; layer-wise budgets (uniform, ERK); FLOPs relative to dense SGD.
 
-The mask arithmetic (``flatlab.optim.topk``) is shared with SSAM's perturbation masks and re-exported here.
+The mask arithmetic (`flatlab.optim.topk`) is shared with SSAM's perturbation masks and re-exported here.
 
-Example::
-
+Example:
+    ```python
     masking = flatlab.sparse.create_masking("rigl", model, 0.9, total_steps=10_000)
     masking.init()
     masking.attach(opt)
     ...  # after every opt.step(): masking.after_step()
+    ```
 """
 
 from ..optim.topk import (

@@ -2,11 +2,11 @@
 during training by drop/grow (dynamic methods), and enforced on weights, gradients, optimizer
 state and SAM perturbations.
 
-Static masks: ``random``; ``magnitude`` (one-shot prune of the current weights, lottery-ticket
-style with ``init(rewind_to=...)``); ``snip`` (connection sensitivity |g * w|, Lee et al. 2019);
-``grasp`` (gradient-signal preservation, keep the largest w * Hg, Wang et al. 2020).
-Dynamic masks start random and move every ``update_interval`` steps: ``set`` (drop the smallest
-|w|, grow at random, Mocanu et al. 2018) and ``rigl`` (drop the smallest |w|, grow the largest
+Static masks: `random`; `magnitude` (one-shot prune of the current weights, lottery-ticket
+style with `init(rewind_to=...)`); `snip` (connection sensitivity |g * w|, Lee et al. 2019);
+`grasp` (gradient-signal preservation, keep the largest w * Hg, Wang et al. 2020).
+Dynamic masks start random and move every `update_interval` steps: `set` (drop the smallest
+|w|, grow at random, Mocanu et al. 2018) and `rigl` (drop the smallest |w|, grow the largest
 |dense gradient|, Evci et al. 2020).
 """
 
@@ -36,42 +36,45 @@ DYNAMIC_METHODS = ("set", "rigl")
 
 
 class WeightMasking:
-    """Boolean masks over the prunable weights of ``model`` at a global ``sparsity``.
+    """Boolean masks over the prunable weights of `model` at a global `sparsity`.
 
     Args:
-        model: the network; its conv and linear weights are masked (see ``prunable_parameters``).
+        model: the network; its conv and linear weights are masked (see `prunable_parameters`).
         sparsity: fraction of masked weights that are zero, in [0, 1). Exactly
-            ``round((1 - sparsity) * N)`` weights stay live, N the number of masked weights.
-        method: one of ``random``, ``magnitude``, ``snip``, ``grasp`` (static), ``set``, ``rigl``
+            `round((1 - sparsity) * N)` weights stay live, N the number of masked weights.
+        method: one of `random`, `magnitude`, `snip`, `grasp` (static), `set`, `rigl`
             (dynamic; they start from a random mask).
-        distribution: ``erk`` (default), ``uniform`` (same density per layer) or ``global`` (one
+        distribution: `erk` (default), `uniform` (same density per layer) or `global` (one
             budget: for the scored methods the top scores across all layers, as in the SNIP, GraSP
             and lottery-ticket papers; for the random ones a uniformly random global mask).
         update_interval: steps between two drop/grow updates (dynamic methods).
         update_fraction: fraction of each layer's live weights moved at the first update; it decays
-            by a cosine to 0 at ``end_fraction * total_steps``, after which the mask is fixed.
-        total_steps: length of the run in optimizer steps; None keeps ``update_fraction`` constant
+            by a cosine to 0 at `end_fraction * total_steps`, after which the mask is fixed.
+        total_steps: length of the run in optimizer steps; None keeps `update_fraction` constant
             and never stops updating.
         seed: seed of the masking's own CPU generator (random masks, SET's growth).
-        keep_first, keep_last: keep the first / last prunable layer dense (not masked at all).
+        keep_first: keep the first prunable layer dense (not masked at all).
+        keep_last: keep the last prunable layer dense.
         grasp_temperature: GraSP divides the logits by this (200 in the authors' code).
 
-    Use, in this order::
+    Use, in this order:
 
-        masking = WeightMasking(model, 0.9, method="rigl", total_steps=epochs * len(loader))
-        masking.init()                      # snip/grasp: masking.init(data=few_batches)
-        opt = flatlab.create_optimizer("s2sam", model, lr=0.1, momentum=0.9)
-        masking.attach(opt)                 # gradient hooks + the optimizer's weight masks
-        for x, y in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            masking.after_step()            # re-applies the masks, drop/grow when due
+    ```python
+    masking = WeightMasking(model, 0.9, method="rigl", total_steps=epochs * len(loader))
+    masking.init()                      # snip/grasp: masking.init(data=few_batches)
+    opt = flatlab.create_optimizer("s2sam", model, lr=0.1, momentum=0.9)
+    masking.attach(opt)                 # gradient hooks + the optimizer's weight masks
+    for x, y in loader:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        masking.after_step()            # re-applies the masks, drop/grow when due
+    ```
 
     With RigL, the dense gradient used for growth is the one of the last backward before
-    ``after_step``: the gradient the optimizer applied. For SAM that is the descent gradient at
+    `after_step`: the gradient the optimizer applied. For SAM that is the descent gradient at
     w + eps, for S2-SAM the gradient at the point perturbed by the previous step's gradient. It is
-    all-reduced across processes when ``torch.distributed`` is initialised; use the same ``seed``
+    all-reduced across processes when `torch.distributed` is initialised; use the same `seed`
     on every rank. Weight magnitudes are always those of w, not w + eps.
     """
 
@@ -137,20 +140,23 @@ class WeightMasking:
 
     @property
     def dynamic(self) -> bool:
+        """Whether the mask moves during training (SET, RigL)."""
         return self.method in DYNAMIC_METHODS
 
     @property
     def density(self) -> float:
+        """Fraction of the masked weights that stay live."""
         return 1.0 - self.sparsity
 
     @property
     def end_step(self) -> float:
-        """The step from which the mask no longer moves (infinite when ``total_steps`` is None)."""
+        """The step from which the mask no longer moves (infinite when `total_steps` is None)."""
         return math.inf if self.total_steps is None else self.end_fraction * self.total_steps
 
     def fraction_at(self, step: int) -> float:
-        """Fraction of each layer's live weights dropped (and regrown) by an update at ``step``:
-        ``update_fraction / 2 * (1 + cos(pi * step / end_step))``, 0 from ``end_step`` on."""
+        """Fraction of each layer's live weights dropped (and regrown) by an update at `step`:
+        `update_fraction / 2 * (1 + cos(pi * step / end_step))`, 0 from `end_step` on.
+        """
         if self.total_steps is None:
             return self.update_fraction
         if step >= self.end_step:
@@ -158,7 +164,7 @@ class WeightMasking:
         return 0.5 * self.update_fraction * (1.0 + math.cos(math.pi * step / self.end_step))
 
     def update_due(self, step: int) -> bool:
-        """Whether ``after_step`` updates the mask once ``step`` optimizer steps are done."""
+        """Whether `after_step` updates the mask once `step` optimizer steps are done."""
         return self.dynamic and step > 0 and step % self.update_interval == 0 and step < self.end_step
 
     def _refresh_due(self) -> None:
@@ -188,19 +194,21 @@ class WeightMasking:
         *,
         rewind_to: dict[str, Tensor] | None = None,
     ) -> WeightMasking:
-        """Builds the masks and zeroes the pruned weights; returns ``self``.
+        """Builds the masks and zeroes the pruned weights; returns `self`.
 
-        ``data`` (snip, grasp): an iterable of a few ``(inputs, targets)`` batches, read once; the
-        scores use the gradient of the mean loss over them, with ``loss_fn(outputs, targets)``
+        `data` (snip, grasp): an iterable of a few `(inputs, targets)` batches, read once; the
+        scores use the gradient of the mean loss over them, with `loss_fn(outputs, targets)`
         (default cross-entropy), in the model's current train/eval mode. Buffers (BatchNorm
         statistics) are restored afterwards.
 
-        ``rewind_to``: a (partial) ``model.state_dict()`` saved earlier, loaded after the masks are
-        built, e.g. the initial weights for a lottery ticket::
+        `rewind_to`: a (partial) `model.state_dict()` saved earlier, loaded after the masks are
+        built, e.g. the initial weights for a lottery ticket:
 
-            theta0 = copy.deepcopy(model.state_dict())
-            ...                                   # dense training
-            WeightMasking(model, 0.8, method="magnitude").init(rewind_to=theta0)
+        ```python
+        theta0 = copy.deepcopy(model.state_dict())
+        ...                                   # dense training
+        WeightMasking(model, 0.8, method="magnitude").init(rewind_to=theta0)
+        ```
         """
         if self.method in ("snip", "grasp") and data is None:
             raise ValueError(f"method {self.method!r} scores connections on data: call init(data=batches)")
@@ -294,10 +302,10 @@ class WeightMasking:
     def attach(self, optimizer: torch.optim.Optimizer | None = None) -> WeightMasking:
         """Registers gradient hooks that zero the gradients of pruned weights (so momentum and
         Adam moments never move them and a SAM ascent direction is zero there), and, for a
-        :class:`flatlab.SharpnessAware` optimizer, hands it the masks so that every perturbation
-        shape leaves pruned weights untouched. Returns ``self``.
+        `flatlab.SharpnessAware` optimizer, hands it the masks so that every perturbation
+        shape leaves pruned weights untouched. Returns `self`.
 
-        Call it after ``init`` (or ``load_state_dict``); calling it again re-attaches (e.g. to a
+        Call it after `init` (or `load_state_dict`); calling it again re-attaches (e.g. to a
         new optimizer).
         """
         self.detach()
@@ -345,7 +353,7 @@ class WeightMasking:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """weights *= mask."""
+        """Multiplies the weights by their masks (pruned weights become 0)."""
         torch._foreach_mul_(self.params, list(self.masks.values()))
 
     @torch.no_grad()
@@ -365,11 +373,11 @@ class WeightMasking:
                         value.mul_(m)
 
     def after_step(self, step: int | None = None) -> None:
-        """Call after every ``optimizer.step()``: re-applies the masks to the weights and, for the
+        """Call after every `optimizer.step()`: re-applies the masks to the weights and, for the
         dynamic methods, drops and grows when an update is due.
 
-        ``step``, optional, is the number of optimizer steps taken so far, this one included; it
-        must match the masking's own count (``self.steps + 1``).
+        `step`, optional, is the number of optimizer steps taken so far, this one included; it
+        must match the masking's own count (`self.steps + 1`).
         """
         expected = self.steps + 1
         if step is not None and int(step) != expected:
@@ -416,7 +424,8 @@ class WeightMasking:
 
     def state_dict(self) -> dict[str, Any]:
         """Masks (bool), counters and the generator state: with the model's and optimizer's state
-        dicts, a run resumes exactly."""
+        dicts, a run resumes exactly.
+        """
         return {
             "masks": {n: m.detach().clone() for n, m in self.masks.items()},
             "steps": self.steps,
@@ -429,7 +438,8 @@ class WeightMasking:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Loads masks, counters and generator in place (the weights come from the model's own
-        ``state_dict``; call ``apply_masks`` if they may not be masked yet)."""
+        `state_dict`; call `apply_masks` if they may not be masked yet).
+        """
         masks = state["masks"]
         if list(masks) != self.names:
             raise ValueError(f"saved masks are for {list(masks)}, this masking has {self.names}")
@@ -455,10 +465,11 @@ class WeightMasking:
         """Real sparsity per layer and overall, from the masks and from the weights equal to zero
         (the weights w, also under a single-step optimizer holding w + eps). JSON-serialisable.
 
-        Example::
-
+        Example:
+            ```python
             r = masking.report()
             r["overall"]["mask_sparsity"], r["layers"]["conv1.weight"]["weight_sparsity"]
+            ```
         """
         layers: dict[str, dict[str, Any]] = {}
         with self._unperturbed():

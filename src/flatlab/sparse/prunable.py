@@ -1,8 +1,8 @@
 """Which tensors sparse training masks: the weights of convolutions and linear layers.
 
 Biases and normalisation parameters are few and stay dense, as in SNIP, GraSP, SET and RigL. Every
-layer is masked by default (RigL's ERK setting, and S2-SAM's CIFAR runs); ``keep_first`` and
-``keep_last`` keep the stem and the classifier dense, as several ImageNet set-ups do.
+layer is masked by default (RigL's ERK setting, and S2-SAM's CIFAR runs); `keep_first` and
+`keep_last` keep the stem and the classifier dense, as several ImageNet set-ups do.
 """
 
 from __future__ import annotations
@@ -24,20 +24,21 @@ def prunable_parameters(
     keep_last: bool = False,
     layer_types: tuple[type[nn.Module], ...] = PRUNABLE_TYPES,
 ) -> list[tuple[str, nn.Parameter]]:
-    """``(name, weight)`` of every conv/linear layer of ``model`` that requires grad, in
+    """`(name, weight)` of every conv/linear layer of `model` that requires grad, in
     registration order, each tensor once (a weight shared by two layers is listed under its first
     name).
 
-    ``keep_first`` leaves out the first such layer (usually the stem convolution), ``keep_last``
+    `keep_first` leaves out the first such layer (usually the stem convolution), `keep_last`
     the last one (usually the classifier).
 
-    Example::
-
+    Example:
+        ```python
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 10))
         >>> [name for name, _ in prunable_parameters(net)]
         ['0.weight', '2.weight']
         >>> [name for name, _ in prunable_parameters(net, keep_last=True)]
         ['0.weight']
+        ```
     """
     found: list[tuple[str, nn.Parameter]] = []
     seen: set[int] = set()

@@ -1,7 +1,7 @@
-"""Sparse-training methods by name: ``create_masking("rigl", model, 0.9, total_steps=...)``.
+"""Sparse-training methods by name: `create_masking("rigl", model, 0.9, total_steps=...)`.
 
 An entry is data (the method and a one-line summary), as in the optimizer registry; the options
-are those of :class:`WeightMasking`.
+are those of `WeightMasking`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ _REGISTRY: dict[str, str] = {
 
 
 def list_sparse_methods() -> list[str]:
-    """Names accepted by :func:`create_masking`."""
+    """Names accepted by `create_masking`."""
     return list(_REGISTRY)
 
 
 def create_masking(name: str, model: nn.Module, sparsity: float, **kwargs: Any) -> WeightMasking:
-    """A :class:`WeightMasking` of method ``name`` (see :func:`list_sparse_methods`); ``kwargs`` go
-    to it (distribution, update_interval, total_steps, seed, ...). Call ``init`` on the result.
+    """A `WeightMasking` of method `name` (see `list_sparse_methods`); `kwargs` go
+    to it (distribution, update_interval, total_steps, seed, ...). Call `init` on the result.
 
-    Example::
-
+    Example:
+        ```python
         masking = create_masking("snip", model, 0.95, distribution="global").init(data=batches[:4])
+        ```
     """
     if name not in _REGISTRY:
         raise UsageError(f"unknown sparse method {name!r}; choose from {', '.join(list_sparse_methods())}")

@@ -1,4 +1,4 @@
-"""Training: the papers' experiments as plain functions plus a config (see ``flatlab train``)."""
+"""Training: the papers' experiments as plain functions plus a config (see `flatlab train`)."""
 
 from .compare import compare_runs, format_table, plot_runs
 from .config import TrainConfig, load_config_file

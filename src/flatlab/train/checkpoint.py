@@ -1,5 +1,6 @@
 """Checkpoints: written atomically (a crash or Ctrl-C leaves the old file or the new one), read back
-without running code, the RNG states they keep, and whether one belongs to the run that loads it."""
+without running code, the RNG states they keep, and whether one belongs to the run that loads it.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ _IDENTITY = ("dataset", "optimizer", "base", "model", "width", "model_args", "sp
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
+    """`torch.save` through a temporary file and an atomic rename."""
     with atomic_write(path) as f:
         torch.save(state, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reads a checkpoint with ``weights_only=True``: tensors and plain Python values only, so that
-    a run directory from elsewhere cannot execute code when it is loaded."""
+    """Reads a checkpoint with `weights_only=True`: tensors and plain Python values only, so that
+    a run directory from elsewhere cannot execute code when it is loaded.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"no checkpoint at {path}")
@@ -51,8 +53,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def check_checkpoint_matches(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """Raises :class:`UsageError` when the checkpoint ``state`` was written by a run with another
-    dataset, optimizer, model or sparse method than ``config``."""
+    """Raises `UsageError` when the checkpoint `state` was written by a run with another
+    dataset, optimizer, model or sparse method than `config`.
+    """
     saved = state.get("config")
     if not isinstance(saved, dict):
         raise UsageError(f"checkpoint {path} holds no run config: it was not written by flatlab train")
@@ -69,14 +72,16 @@ def check_checkpoint_matches(state: dict[str, Any], config: TrainConfig, path: P
 
 def first_line(err: Exception) -> str:
     """The first line of an error's message (its type where the message is empty), at most 200
-    characters: what a one-line refusal of a checkpoint that does not fit quotes of torch's error."""
+    characters: what a one-line refusal of a checkpoint that does not fit quotes of torch's error.
+    """
     text = str(err).strip()
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def _reason(err: Exception) -> str:
-    """What torch found wrong with a file, as ``": <reason>"``, without its advice to retry with
-    ``weights_only=False``: that would run code, and for a corrupt file it fails anyway."""
+    """What torch found wrong with a file, as `": <reason>"`, without its advice to retry with
+    `weights_only=False`: that would run code, and for a corrupt file it fails anyway.
+    """
     text = str(err)
     if "WeightsUnpickler error:" in text:  # the reason follows torch's advice
         text = text.split("WeightsUnpickler error:", 1)[1]
@@ -88,7 +93,7 @@ def _reason(err: Exception) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """The random generators' states as tensors and builtins (loadable with ``weights_only=True``)."""
+    """The random generators' states as tensors and builtins (loadable with `weights_only=True`)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -102,6 +107,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores the torch, Python and NumPy generators saved by `rng_state`."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuples(state["python"]))
     n = state["numpy"]
@@ -112,5 +118,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _as_tuples(value):
-    """``random.setstate`` wants the nested tuples ``getstate`` gave, whatever a loader made of them."""
+    """`random.setstate` wants the nested tuples `getstate` gave, whatever a loader made of them."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -19,6 +19,7 @@ _IGNORED = {"seed", "name", "out", "progress", "threads"}  # do not define the e
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's config and summary, refused in one line if it is not a finished run."""
     run_dir = Path(run_dir)
     config_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
     if not config_path.is_file():
@@ -44,8 +45,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation of the values that are not NaN.
 
     The standard deviation of a single value is NaN, not 0: the spread of one sample (one seed) is
-    undefined, and 0 would claim a perfectly reproducible result. Tables then show ``n=1`` (see
-    :func:`format_mean_std`). No values at all give ``(nan, nan)``.
+    undefined, and 0 would claim a perfectly reproducible result. Tables then show `n=1` (see
+    `format_mean_std`). No values at all give `(nan, nan)`.
     """
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -54,7 +55,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def format_mean_std(mean: float, std: float, fmt: str = ".2f", std_fmt: str | None = None) -> str:
-    """``mean ± std``; ``mean (n=1)`` where the std is undefined (one value, see :func:`mean_std`)."""
+    """`mean ± std`; `mean (n=1)` where the std is undefined (one value, see `mean_std`)."""
     text = format(mean, fmt)
     if math.isnan(mean):
         return text
@@ -62,8 +63,10 @@ def format_mean_std(mean: float, std: float, fmt: str = ".2f", std_fmt: str | No
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
-    """A Markdown table, one line per row. ``align``: ``l`` or ``r`` per column (default: the first
-    column left, the others right)."""
+    """A Markdown table, one line per row.
+
+    `align`: `l` or `r` per column (default: the first column left, the others right).
+    """
     align = align or "l" + "r" * (len(headers) - 1)
     if len(align) != len(headers) or any(len(r) != len(headers) for r in rows):
         raise ValueError("markdown_table: every row and align need one entry per header")
@@ -123,7 +126,7 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows of :func:`compare_runs` as a Markdown table (one seed: ``n=1`` instead of a spread)."""
+    """The rows of `compare_runs` as a Markdown table (one seed: `n=1` instead of a spread)."""
     headers = ["run", "seeds", "test top-1 (%)", "best top-1 (%)", "images/s", "x SGD speed", "wall (s)"]
     cells = [[r["label"], len(r["seeds"]),
               format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]),
@@ -135,15 +138,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_number(value: float, fmt: str) -> str:
-    """``value`` formatted, or ``-`` where it is undefined (no SGD row to compare the speed with)."""
+    """`value` formatted, or `-` where it is undefined (no SGD row to compare the speed with)."""
     return "-" if value is None or math.isnan(value) else format(value, fmt)
 
 
 def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> Path:
     """Test top-1 and training loss per epoch of every run (one colour per group) as a PNG.
 
-    Runs are grouped by their configs but for the seed, labelled by what differs; ``labels`` (one per
-    run directory) names the groups instead."""
+    Runs are grouped by their configs but for the seed, labelled by what differs; `labels` (one per
+    run directory) names the groups instead.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -182,9 +186,10 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path, labels: list[str] | 
 
 
 def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Writes the matplotlib figure ``fig`` as a PNG, unless ``path`` already shows the same pixels: a
+    """Writes the matplotlib figure `fig` as a PNG, unless `path` already shows the same pixels: a
     figure drawn again from unchanged runs leaves its file alone, also one written by another
-    matplotlib or zlib (whose bytes differ). No "Software" entry, which names matplotlib's version."""
+    matplotlib or zlib (whose bytes differ). No "Software" entry, which names matplotlib's version.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     path = Path(path)

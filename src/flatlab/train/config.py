@@ -1,19 +1,21 @@
 """The training configuration: one flat dataclass, defaults < config file (YAML/JSON) < flags.
 
 Every value, whether from a file, a flag or code, is converted to its field's type or rejected in
-one line naming the key, where it came from and the type expected (:func:`convert`); numbers may be
-spelled as YAML or Python spell them (``5e-4``, ``1_000``, ``.inf``).
+one line naming the key, where it came from and the type expected (`convert`); numbers may be
+spelled as YAML or Python spell them (`5e-4`, `1_000`, `.inf`).
 
-A method's hyper-parameters (:data:`OPTIMIZER_FIELDS`) are accepted only by the methods that read
-them: ``--optimizer sgd --rho 0.1`` is an error naming the method and the options it takes. A config
+A method's hyper-parameters (`OPTIMIZER_FIELDS`) are accepted only by the methods that read
+them: `--optimizer sgd --rho 0.1` is an error naming the method and the options it takes. A config
 file that serves several methods puts each method's settings in a section named after it, used only
-when that method is chosen (the flat keys and flags of the file still apply)::
+when that method is chosen (the flat keys and flags of the file still apply):
 
-    optimizer: esam
-    lr: 0.05
-    esam: {rho: 0.05, beta: 0.6, gamma: 0.5}
-    sam: {rho: 0.05}
-    sgd: {weight_decay: 0.0005}
+```yaml
+optimizer: esam
+lr: 0.05
+esam: {rho: 0.05, beta: 0.6, gamma: 0.5}
+sam: {rho: 0.05}
+sgd: {weight_decay: 0.0005}
+```
 """
 
 from __future__ import annotations
@@ -68,13 +70,16 @@ _BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov"}
 
 
 def optimizer_fields(method: str) -> list[str]:
-    """The config fields of :data:`OPTIMIZER_FIELDS` that the optimizer ``method`` reads (none for a
-    base optimizer alone). Raises :class:`UsageError` for an unknown method."""
+    """The config fields of `OPTIMIZER_FIELDS` that the optimizer `method` reads (none for a base optimizer alone).
+
+    Raises `UsageError` for an unknown method.
+    """
     accepted = method_options(method)
     return [key for key, arg in OPTIMIZER_FIELDS.items() if arg in accepted]
 
 
 def not_taken_message(method: str, keys: list[str], where: str = "") -> str:
+    """The error for method options that the optimizer `method` does not read."""
     takes = optimizer_fields(method)
     offer = f"it takes {', '.join(takes)}" if takes else "it takes no method options"
     return (f"optimizer {method!r} does not take {', '.join(keys)}{where}; {offer}"
@@ -82,7 +87,7 @@ def not_taken_message(method: str, keys: list[str], where: str = "") -> str:
 
 
 def _one_of(names) -> str:
-    """``a, b or c``."""
+    """`a, b or c`."""
     names = list(names)
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
@@ -107,8 +112,11 @@ def _sparse_help() -> str:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Only the fields that differ between seeds of one experiment
-    should be ``seed``; ``compare`` groups runs whose configs are equal but for it."""
+    """Everything that defines a run.
+
+    Only the fields that differ between seeds of one experiment should be `seed`; `compare` groups runs whose
+    configs are equal but for it.
+    """
 
     # data
     dataset: str = field(default="digits", metadata={"help": _dataset_help})
@@ -243,8 +251,10 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raises :class:`~flatlab.errors.UsageError` naming the first field out of range. The
-        optimizer's hyper-parameters are checked by the optimizer (``check_optimizer``)."""
+        """Raises `UsageError` naming the first field out of range.
+
+        The optimizer's hyper-parameters are checked by the optimizer (`check_optimizer`).
+        """
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise UsageError(what)
@@ -296,21 +306,24 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The names of the config keys."""
         return [f.name for f in fields(cls)]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | None = "<dict>", *, lenient: bool = False) -> TrainConfig:
-        """A config from one mapping of fields (and method sections); ``source`` names it in errors.
-        ``lenient`` drops method options the chosen method does not read, and a data root of an
-        embedded dataset, instead of refusing them (for configs saved by older versions, where such
-        options had no effect)."""
+        """A config from one mapping of fields (and method sections); `source` names it in errors.
+
+        `lenient` drops method options the chosen method does not read, and a data root of an embedded dataset,
+        instead of refusing them (for configs saved by older versions, where such options had no effect).
+        """
         return cls.from_layers([Layer(values, source)], lenient=lenient)
 
     @classmethod
     def from_layers(cls, layers: list[Layer], *, lenient: bool = False) -> TrainConfig:
-        """Merges ``layers`` (later ones win) over the defaults: each value converted to its field's
+        """Merges `layers` (later ones win) over the defaults: each value converted to its field's
         type, the chosen method's section of each layer applied right after that layer's flat keys,
-        and every method option checked against the method (see the module docstring)."""
+        and every method option checked against the method (see the module docstring).
+        """
         names = set(cls.field_names())
         optimizers = set(list_optimizers())
         flat: list[tuple[dict[str, Any], Layer]] = []
@@ -358,7 +371,7 @@ class TrainConfig:
 
     @classmethod
     def _section(cls, method: str, values: dict[str, Any], layer: Layer) -> dict[str, Any]:
-        """The settings of the section ``method`` of ``layer``, converted and checked."""
+        """The settings of the section `method` of `layer`, converted and checked."""
         where = Layer(values, f"{layer.source}, section {method!r}" if layer.source else f"section {method!r}")
         out = {}
         for key, value in values.items():
@@ -370,9 +383,11 @@ class TrainConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (JSON-ready)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
 
     def optimizer_kwargs(self) -> dict[str, Any]:
@@ -380,6 +395,7 @@ class TrainConfig:
         return {arg: getattr(self, key) for key, arg in OPTIMIZER_FIELDS.items() if getattr(self, key) is not None}
 
     def run_name(self) -> str:
+        """The run directory's name: `name`, else one built from the dataset, model, method and seed."""
         if self.name:
             return self.name
         sparse = f"-{self.sparse}{self.sparsity:g}" if self.sparse else ""
@@ -417,18 +433,21 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Layer:
-    """One source of config values: a file (``source`` names it), a study's entry, or the command
-    line (``source=None``: the values are flags)."""
+    """One source of config values: a file (`source` names it), a study's entry, or the command
+    line (`source=None`: the values are flags).
+    """
 
     values: dict[str, Any]
     source: str | None = "<dict>"
 
     def where(self, key: str, verb: str = "") -> str:
+        """Where `key` came from, for an error message."""
         if self.source is None:
             return f" ({verb + ' ' if verb else ''}by --{key.replace('_', '-')})"
         return f" ({verb + ' ' if verb else ''}in {self.source})"
 
     def convert(self, key: str, value: Any) -> Any:
+        """`value` converted to the type of `key`, or an error naming where it came from."""
         try:
             return convert(key, value)
         except UsageError as err:
@@ -438,8 +457,9 @@ class Layer:
 
 
 def field_help(name: str) -> str:
-    """The help of field ``name``'s flag: its text and, where the text does not say it, its default
-    (``None`` of a method option: the method's own)."""
+    """The help of field `name`'s flag: its text and, where the text does not say it, its default
+    (`None` of a method option: the method's own).
+    """
     f = next(f for f in fields(TrainConfig) if f.name == name)
     text = f.metadata["help"]
     text = text() if callable(text) else text
@@ -461,7 +481,7 @@ def field_help(name: str) -> str:
 
 @functools.cache
 def field_kinds() -> dict[str, tuple[Any, bool]]:
-    """``{field: (type, optional)}`` from the annotations (strings under PEP 563)."""
+    """`{field: (type, optional)}` from the annotations (strings under PEP 563)."""
     hints = typing.get_type_hints(TrainConfig)
     kinds = {}
     for f in fields(TrainConfig):
@@ -498,9 +518,10 @@ def _number(value: Any) -> float | int:
 
 
 def convert(key: str, value: Any) -> Any:
-    """``value`` as the type of the config field ``key``: numbers from their text (``"5e-4"``), whole
-    floats to ints; a :class:`UsageError` "expected <type>, got <value>" for anything else (a string
-    for a flag that is true or false, ``1.5`` for an integer, a list for a number...)."""
+    """`value` as the type of the config field `key`: numbers from their text (`"5e-4"`), whole
+    floats to ints; a `UsageError` "expected <type>, got <value>" for anything else (a string
+    for a flag that is true or false, `1.5` for an integer, a list for a number...).
+    """
     kind, optional = field_kinds()[key]
     if value is None:
         if optional:

@@ -21,6 +21,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class RunData:
+    """The data of a run: its training and evaluation loaders and the dataset's shape."""
+
     train: object  # iterable of (x, y) batches with set_epoch() and len()
     test: object
     num_classes: int
@@ -32,8 +34,9 @@ class RunData:
     arrays: ImageArrays | None = None  # in-memory datasets only
 
     def fisher_batch(self, num_samples: int, seed: int, step: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``num_samples`` un-augmented training samples, drawn from (seed, step) alone so that a
-        resumed run and every DDP rank draw the same ones."""
+        """`num_samples` un-augmented training samples, drawn from (seed, step) alone so that a
+        resumed run and every DDP rank draw the same ones.
+        """
         if self.arrays is None:
             raise UsageError("SSAM-F's Fisher mask needs an in-memory dataset (not --stream)")
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -55,8 +58,9 @@ def _subset(images: Tensor, labels: Tensor, n: int | None, seed: int, what: str,
 
 
 def _hold_out(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``n`` training samples set aside for evaluation (a fixed draw, the same for every seed and
-    method, so that tuning compares like with like), and the rest."""
+    """`n` training samples set aside for evaluation (a fixed draw, the same for every seed and
+    method, so that tuning compares like with like), and the rest.
+    """
     if n >= images.shape[0]:
         raise UsageError(f"holdout={n} leaves nothing to train on: the training split has {images.shape[0]} samples")
     perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(HOLDOUT_SEED))
@@ -92,6 +96,7 @@ class _Streaming:
 
 
 def build_data(config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
+    """The data a run's config asks for, this process's share of it under DDP."""
     if config.stream:
         if config.holdout is not None:
             raise UsageError("--holdout needs an in-memory dataset (not --stream)")

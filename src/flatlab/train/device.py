@@ -10,8 +10,9 @@ __all__ = ["resolve_device"]
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; any other torch device name as is, with a readable
-    error when it names CUDA on a machine without it."""
+    """`"auto"` -> CUDA if available else CPU; any other torch device name as is, with a readable
+    error when it names CUDA on a machine without it.
+    """
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,4 +1,4 @@
-"""torchrun support: the same command trains with DDP when launched under ``torchrun``."""
+"""torchrun support: the same command trains with DDP when launched under `torchrun`."""
 
 from __future__ import annotations
 
@@ -16,23 +16,29 @@ __all__ = ["Distributed", "setup_distributed", "launched_rank"]
 
 @dataclass
 class Distributed:
+    """This process's place in a `torchrun` launch (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """Whether there is more than one process."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that prints and writes)."""
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Waits for every process."""
         if self.enabled:
             dist.barrier()
 
     def all_reduce_sum(self, values: list[float], device: torch.device) -> list[float]:
+        """The values summed over all processes."""
         if not self.enabled:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -40,7 +46,7 @@ class Distributed:
         return t.tolist()
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` (any picklable object) on every rank."""
+        """Rank 0's `value` (any picklable object) on every rank."""
         if not self.enabled:
             return value
         box = [value]
@@ -48,6 +54,7 @@ class Distributed:
         return box[0]
 
     def close(self) -> None:
+        """Frees the process group."""
         if self.enabled and dist.is_initialized():
             # The DDP module of the run (in reference cycles with its optimizer) must be freed
             # while the process group lives: a reducer destroyed at interpreter exit tears down

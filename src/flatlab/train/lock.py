@@ -1,7 +1,7 @@
 """One process per run directory: an exclusive lock held while a run trains or resumes.
 
-The lock is ``flock`` on a file next to the run directory, ``.NAME.lock`` (the directory itself is
-created only at the first checkpoint, and replaced as a whole by ``--overwrite``). The kernel drops
+The lock is `flock` on a file next to the run directory, `.NAME.lock` (the directory itself is
+created only at the first checkpoint, and replaced as a whole by `--overwrite`). The kernel drops
 the lock when its process ends, however it ends, so a file left by a killed process blocks nothing.
 The file holds the holder's pid, for the message of the process that is refused.
 """
@@ -30,14 +30,16 @@ class RunInUseError(UsageError):
 
 def lock_path(run_dir: str | os.PathLike) -> Path:
     # resolved, so that every spelling of the directory (relative, ".", a symlink) maps to one lock
+    """The lock file of `run_dir`, beside it."""
     run_dir = Path(run_dir).resolve()
     return run_dir.with_name(f".{run_dir.name}.lock")
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Holds the lock of ``run_dir`` for the block; raises :class:`RunInUseError` at once, naming
-    the directory, when another process holds it."""
+    """Holds the lock of `run_dir` for the block; raises `RunInUseError` at once, naming
+    the directory, when another process holds it.
+    """
     if fcntl is None:
         yield
         return

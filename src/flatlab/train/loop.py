@@ -22,7 +22,7 @@ __all__ = ["StepRunner", "EpochStats", "train_one_epoch", "evaluate", "TrainingD
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became inf or NaN, or exceeded :data:`DIVERGED_LOSS`."""
+    """The training loss became inf or NaN, or exceeded `DIVERGED_LOSS`."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -41,15 +41,15 @@ def _autocast(device: torch.device, amp: str):
 
 
 class StepRunner:
-    """Takes one optimisation step on a batch, the way each kind of optimizer needs it:
+    """Takes one optimisation step on a batch, the way each kind of optimizer needs it.
 
-    * a plain optimizer or a single-pass method (S2-SAM): forward, backward, ``step()``;
-    * a two-pass method: ``step(per_sample(closure))`` (the closure serves every variant, and
-      ESAM's data selection needs per-sample losses), with ``scaler=`` under fp16.
+    * a plain optimizer or a single-pass method (S2-SAM): forward, backward, `step()`;
+    * a two-pass method: `step(per_sample(closure))` (the closure serves every variant, and
+      ESAM's data selection needs per-sample losses), with `scaler=` under fp16.
 
-    With ``accumulate=N`` each batch is split into N micro-batches (one graph alive at a time), and
+    With `accumulate=N` each batch is split into N micro-batches (one graph alive at a time), and
     the step equals the step on the whole batch: a two-pass method steps on
-    :func:`flatlab.micro_batches`, a one-pass step accumulates N backwards (under DDP only the last
+    `flatlab.micro_batches`, a one-pass step accumulates N backwards (under DDP only the last
     one all-reduces).
 
     Returns the mean loss and the number of correct top-1 predictions of the pass at w.
@@ -75,9 +75,11 @@ class StepRunner:
         self.two_pass = isinstance(optimizer, SharpnessAware) and optimizer.needs_closure
 
     def losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Per-sample cross-entropy (with the run's label smoothing), in float32."""
         return F.cross_entropy(outputs.float(), targets, reduction="none", label_smoothing=self.label_smoothing)
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One step on the batch `(x, y)`; returns its loss and number of correct predictions."""
         return self._closure(x, y) if self.two_pass else self._one_pass(x, y)
 
     def _micro(self, x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -124,14 +126,18 @@ class StepRunner:
         return loss.detach(), sum(first.values())
 
     def state_dict(self) -> dict:
+        """The GradScaler's state."""
         return {"scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores the GradScaler's state."""
         self.scaler.load_state_dict(state["scaler"])
 
 
 @dataclass
 class EpochStats:
+    """Training loss, accuracy, images and seconds of one epoch."""
+
     loss: float
     accuracy: float
     images: int
@@ -139,6 +145,7 @@ class EpochStats:
 
     @property
     def images_per_s(self) -> float:
+        """Training throughput of the epoch."""
         return self.images / max(self.seconds, 1e-9)
 
 
@@ -152,8 +159,10 @@ def train_one_epoch(
     progress: bool | None = None,
     check_every: int = 10,
 ) -> EpochStats:
-    """Trains over ``loader`` once. The loss is checked for inf/NaN every ``check_every`` steps
-    and at the end (a host sync per check, not per step)."""
+    """Trains over `loader` once.
+
+    The loss is checked for inf/NaN every `check_every` steps and at the end (a host sync per check, not per step).
+    """
     runner.model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=runner.device)
     correct = torch.zeros((), dtype=torch.int64, device=runner.device)
@@ -197,8 +206,9 @@ def _float_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy (top-k with k = min(5, classes)) on ``loader``:
-    :func:`flatlab.analysis.evaluate` in eval mode, under ``amp``, with the loss in float32."""
+    """Mean cross-entropy, top-1 and top-5 accuracy (top-k with k = min(5, classes)) on `loader`:
+    `flatlab.analysis.evaluate` in eval mode, under `amp`, with the loss in float32.
+    """
     was_training = model.training
     model.eval()
     try:

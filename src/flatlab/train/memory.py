@@ -1,8 +1,8 @@
 """Whether a run's model can fit in memory, decided before a byte of it is allocated.
 
-``--width 1000`` asks for ~100 G parameters; allocating them fails deep inside torch with a long
-out-of-memory traceback, or drives the machine into swap first. :func:`check_memory` builds the
-model on the ``meta`` device (shapes, no storage), counts what training must hold at least, and
+`--width 1000` asks for ~100 G parameters; allocating them fails deep inside torch with a long
+out-of-memory traceback, or drives the machine into swap first. `check_memory` builds the
+model on the `meta` device (shapes, no storage), counts what training must hold at least, and
 refuses in one line when that exceeds the memory the device has free.
 
 The estimate is a floor, so that only a run that cannot fit is refused: the weights, their
@@ -34,9 +34,10 @@ GiB = 2**30
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes one process holds at least to train: ``copies`` tensors the size of the weights
-    (``weight_bytes`` each: the weights, their gradients, the optimizer's state) and
-    ``activations`` (what backward keeps of one micro-batch)."""
+    """Bytes one process holds at least to train: `copies` tensors the size of the weights
+    (`weight_bytes` each: the weights, their gradients, the optimizer's state) and
+    `activations` (what backward keeps of one micro-batch).
+    """
 
     parameters: int
     copies: int
@@ -47,12 +48,14 @@ class MemoryEstimate:
     def total(self) -> int:
         # the gradients are set to None before each forward and fill up as backward frees the
         # activations: only one of the two is certain to be whole at a time
+        """Bytes the step needs at its peak."""
         return (self.copies - 1) * self.weight_bytes + max(self.weight_bytes, self.activations)
 
 
 def state_copies(config: TrainConfig) -> int:
     """Tensors the size of the weights that training keeps: the weights, their gradients, the base
-    optimizer's state and, for a sharpness-aware method, its copy of w."""
+    optimizer's state and, for a sharpness-aware method, its copy of w.
+    """
     base = base_of(config.optimizer, config.base)
     moments = 2 if base in ("adam", "adamw") else int(config.momentum > 0)
     return 2 + moments + (0 if is_base_optimizer(config.optimizer) else 1)
@@ -60,8 +63,9 @@ def state_copies(config: TrainConfig) -> int:
 
 def estimate_training_memory(config: TrainConfig, num_classes: int, in_channels: int, image_size: tuple[int, int],
                              world_size: int = 1) -> MemoryEstimate | None:
-    """The floor of what one process holds to train ``config`` (see the module docstring), or None
-    when the model cannot be built on the meta device (the check is then skipped)."""
+    """The floor of what one process holds to train `config` (see the module docstring), or None
+    when the model cannot be built on the meta device (the check is then skipped).
+    """
     try:
         with torch.device("meta"):
             model = create_model(config.resolved_model(), num_classes=num_classes, in_channels=in_channels,
@@ -78,9 +82,10 @@ def estimate_training_memory(config: TrainConfig, num_classes: int, in_channels:
 
 
 def _saved_inputs(model: nn.Module, shape: tuple[int, ...], element_size: int) -> int:
-    """Bytes of the inputs of the modules with parameters, for one forward of ``shape``: backward
+    """Bytes of the inputs of the modules with parameters, for one forward of `shape`: backward
     needs each (a convolution's or linear layer's for its weight gradient, a norm's for its own), so
-    they are all alive together at the end of the forward. A tensor read by two modules counts once."""
+    they are all alive together at the end of the forward. A tensor read by two modules counts once.
+    """
     inputs: dict[int, torch.Tensor] = {}  # the tensors held, so that no id is reused
 
     def keep(_module, args) -> None:
@@ -102,9 +107,10 @@ def _saved_inputs(model: nn.Module, shape: tuple[int, ...], element_size: int) -
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a new allocation on ``device``: CUDA's free memory, or on the CPU the
-    kernel's estimate of what can be allocated without swapping (``MemAvailable``), bounded by the
-    memory cgroup's limit (a container's); None where unknown."""
+    """Bytes free for a new allocation on `device`: CUDA's free memory, or on the CPU the
+    kernel's estimate of what can be allocated without swapping (`MemAvailable`), bounded by the
+    memory cgroup's limit (a container's); None where unknown.
+    """
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
@@ -133,8 +139,9 @@ def available_memory(device: torch.device) -> int | None:
 
 def check_memory(config: TrainConfig, num_classes: int, in_channels: int, image_size: tuple[int, int],
                  device: torch.device, world_size: int = 1, *, available: int | None = None) -> None:
-    """Raises :class:`UsageError` when training ``config`` certainly needs more memory than
-    ``device`` has free (``available`` bytes, measured when not given)."""
+    """Raises `UsageError` when training `config` certainly needs more memory than
+    `device` has free (`available` bytes, measured when not given).
+    """
     estimate = estimate_training_memory(config, num_classes, in_channels, image_size, world_size)
     if estimate is None:
         return

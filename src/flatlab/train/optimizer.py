@@ -31,8 +31,7 @@ def build_optimizer(config: TrainConfig, params_or_model, total_steps: int | Non
 
 
 def check_optimizer(config: TrainConfig) -> None:
-    """Raises a :class:`~flatlab.errors.UsageError` with the optimizer's own message for a bad name
-    or hyper-parameter, before any training."""
+    """Raises a `UsageError` with the optimizer's own message for a bad name or hyper-parameter, before any training."""
     try:
         # a one-weight stand-in model, with a normalisation layer for the methods that perturb those
         build_optimizer(config, torch.nn.LayerNorm(1))

@@ -1,9 +1,9 @@
 """A whole run: build everything from a config, train with per-epoch checkpoints, resume exactly.
 
-``train`` reads as its steps: check before any work, build the run (:class:`_Run`), take the run
+`train` reads as its steps: check before any work, build the run (`_Run`), take the run
 directory's lock, resume from the checkpoint, then per epoch train, evaluate, checkpoint and log,
 and finish with the final weights and summary. The run directory and its files are
-:mod:`flatlab.train.rundir`; a finished run is loaded back by :mod:`flatlab.train.trained`.
+`flatlab.train.rundir`; a finished run is loaded back by `flatlab.train.trained`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ __all__ = [
 
 @dataclass
 class RunResult:
+    """A finished run: its directory and summary."""
+
     run_dir: Path
     summary: dict[str, Any]
 
@@ -189,8 +191,9 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
     """Runs (or resumes) one training run and returns its directory and summary.
 
     Everything is validated and built (config, optimizer, data, model) before anything is written;
-    with ``overwrite`` an earlier run in the directory is replaced, all of it, only when the new run
-    writes its first checkpoint."""
+    with `overwrite` an earlier run in the directory is replaced, all of it, only when the new run
+    writes its first checkpoint.
+    """
     config = absolute_paths(config)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -214,9 +217,10 @@ def train(config: TrainConfig, *, resume_dir: str | Path | None = None, overwrit
 
 
 def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None, **kwargs) -> RunResult:
-    """Continues the run in ``run_dir`` from its last checkpoint, with its saved config.
-    ``overrides`` changes what does not change the run: where its data lives now (``data_root``),
-    ``threads``."""
+    """Continues the run in `run_dir` from its last checkpoint, with its saved config.
+
+    `overrides` changes what does not change the run: where its data lives now (`data_root`), `threads`.
+    """
     config = load_run_config(run_dir)
     if overrides:
         config = config.replace(**overrides)
@@ -316,8 +320,7 @@ def _train_epoch(run: _Run, progress: bool | None, started: bool) -> EpochStats:
 
 
 def _epoch_row(run: _Run, stats: EpochStats, wall_start: float) -> dict[str, Any]:
-    """The epoch's line of ``metrics.jsonl``: training numbers over all ranks, the test numbers on
-    evaluation epochs."""
+    """The epoch's line of `metrics.jsonl`: training numbers over all ranks, the test numbers on evaluation epochs."""
     dist = run.dist
     # each rank saw its shard of the epoch: sums over all ranks give the epoch's loss and accuracy
     loss_sum, correct, images, seconds = dist.all_reduce_sum(
@@ -335,7 +338,8 @@ def _epoch_row(run: _Run, stats: EpochStats, wall_start: float) -> dict[str, Any
 
 class _RunFiles:
     """What rank 0 writes into the run directory epoch by epoch: the checkpoint, the metrics (the
-    history so far), TensorBoard's scalars. Every rank knows whether the directory is written yet."""
+    history so far), TensorBoard's scalars. Every rank knows whether the directory is written yet.
+    """
 
     def __init__(self, run: _Run, started: bool):
         self.run, self.dir = run, run.run_dir

@@ -1,14 +1,16 @@
 """A run directory and its files: checked before any work, locked while a run writes it, created (or
 replacing an earlier run, all of it) at the first checkpoint, read back to resume or analyse.
 
-A run directory holds::
+A run directory holds:
 
-    config.json      the resolved config (and flatlab/torch versions, command, machine)
-    metrics.jsonl    one JSON line per epoch
-    checkpoint.pt    the latest epoch: model, optimizer (base state, masks, g_prev), scheduler,
-                     GradScaler, RNG states, epoch; written atomically
-    summary.json     the final result, written when the run ends
-    model.pt         the final weights (unperturbed), for analysis
+```python
+config.json      the resolved config (and flatlab/torch versions, command, machine)
+metrics.jsonl    one JSON line per epoch
+checkpoint.pt    the latest epoch: model, optimizer (base state, masks, g_prev), scheduler,
+                 GradScaler, RNG states, epoch; written atomically
+summary.json     the final result, written when the run ends
+model.pt         the final weights (unperturbed), for analysis
+```
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "m
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run was trained with (its ``config.json``). Method options the method did not
-    read, which older versions saved without effect, are dropped."""
+    """The config a run was trained with (its `config.json`).
+
+    Method options the method did not read, which older versions saved without effect, are dropped.
+    """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserFileNotFoundError(f"{run_dir} is not a flatlab run directory (no config.json)")
@@ -56,8 +60,9 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its data root made absolute, so that the run can be resumed and analysed from
-    any working directory."""
+    """`config` with its data root made absolute, so that the run can be resumed and analysed from
+    any working directory.
+    """
     if config.data_root is None:
         return config
     return config.replace(data_root=os.path.abspath(os.path.expanduser(config.data_root)))
@@ -91,7 +96,8 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
 @contextlib.contextmanager
 def locked_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> Iterator[None]:
     """Holds the run directory's lock for the block, checking the directory again under it: another
-    process may have started or finished a run there since the check before the work."""
+    process may have started or finished a run there since the check before the work.
+    """
     with run_lock(run_dir):
         check_run_dir(run_dir, resuming, overwrite)
         yield
@@ -112,8 +118,9 @@ def start_run_dir(run_dir: Path, config: TrainConfig) -> None:
 
 
 def save_config(run_dir: Path, config: TrainConfig) -> None:
-    """Records ``config`` in the run's ``config.json`` where it differs from the saved one (a resumed
-    run's new data root), keeping the rest of the file (versions, command, machine of the start)."""
+    """Records `config` in the run's `config.json` where it differs from the saved one (a resumed
+    run's new data root), keeping the rest of the file (versions, command, machine of the start).
+    """
     path = run_dir / "config.json"
     meta = json.loads(path.read_text())
     if meta.get("config") != config.to_dict():
@@ -121,7 +128,7 @@ def save_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 def read_metrics(run_dir: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl`` up to and including epoch ``upto_epoch``."""
+    """The rows of `metrics.jsonl` up to and including epoch `upto_epoch`."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -130,12 +137,14 @@ def read_metrics(run_dir: Path, upto_epoch: int) -> list[dict[str, Any]]:
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes `metrics.jsonl`, one line per epoch, atomically."""
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def save_final(run_dir: Path, model_state: dict[str, Any], config: TrainConfig, summary: dict[str, Any]) -> None:
-    """Writes the final weights (``model.pt``, with the config) and then ``summary.json``, whose
-    presence marks the run as finished."""
+    """Writes the final weights (`model.pt`, with the config) and then `summary.json`, whose
+    presence marks the run as finished.
+    """
     save_checkpoint(run_dir / "model.pt", {"model": model_state, "config": config.to_dict()})
     atomic_write_json(run_dir / "summary.json", summary)
 

@@ -12,10 +12,10 @@ __all__ = ["lr_factor", "create_scheduler"]
 def lr_factor(
     step: int, total: int, kind: str = "cosine", warmup: int = 0, milestones=(0.5, 0.75), decay: float = 0.1
 ) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total`` steps.
+    """Multiplier of the base learning rate at `step` (0-based) of `total` steps.
 
-    Warm-up rises linearly to 1 over ``warmup`` steps (step 0 gets 1 / warmup). Cosine decays to 0
-    at ``total``; step decay multiplies by ``decay`` at each milestone (fractions of ``total``).
+    Warm-up rises linearly to 1 over `warmup` steps (step 0 gets 1 / warmup). Cosine decays to 0
+    at `total`; step decay multiplies by `decay` at each milestone (fractions of `total`).
     """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
@@ -32,7 +32,7 @@ def lr_factor(
 def create_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, kind: str, warmup_steps: int, milestones, decay: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` (call ``scheduler.step()`` after every optimizer step)."""
+    """A per-step `LambdaLR` (call `scheduler.step()` after every optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, kind, warmup_steps, tuple(milestones), decay)
     )

@@ -19,8 +19,9 @@ __all__ = ["shard_model", "full_state", "reshard_like"]
 
 
 def shard_model(model: nn.Module) -> nn.Module:
-    """``fully_shard`` on every direct child that holds parameters, then on the model: each child's
-    parameters are all-gathered only for its own forward and backward."""
+    """`fully_shard` on every direct child that holds parameters, then on the model: each child's
+    parameters are all-gathered only for its own forward and backward.
+    """
     for child in model.children():
         if any(True for _ in child.parameters()):
             fully_shard(child)
@@ -29,7 +30,7 @@ def shard_model(model: nn.Module) -> nn.Module:
 
 
 def full_state(obj: Any) -> Any:
-    """``obj`` (nested dicts, lists, tuples) with every DTensor gathered into a full tensor."""
+    """`obj` (nested dicts, lists, tuples) with every DTensor gathered into a full tensor."""
     if isinstance(obj, DTensor):
         return obj.full_tensor()
     if isinstance(obj, dict):
@@ -40,8 +41,9 @@ def full_state(obj: Any) -> Any:
 
 
 def reshard_like(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-    """After loading a full state into ``optimizer`` (and its ``base``, if any), shards every
-    per-parameter tensor of a sharded parameter's shape like that parameter."""
+    """After loading a full state into `optimizer` (and its `base`, if any), shards every
+    per-parameter tensor of a sharded parameter's shape like that parameter.
+    """
     holders = [optimizer, getattr(optimizer, "base", None)]
     for holder in (h for h in holders if h is not None):
         for p in params:

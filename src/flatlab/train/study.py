@@ -1,7 +1,9 @@
 """A study: a grid of methods x seeds from one config file, resumable, with one results table.
 
-The file names the shared settings, the methods (each a set of config changes) and the seeds::
+The file names the shared settings, the methods (each a set of config changes) and the seeds.
 
+Example:
+    ```yaml
     name: cpu-study
     out: runs/cpu-study
     seeds: [0, 1, 2]
@@ -10,17 +12,18 @@ The file names the shared settings, the methods (each a set of config changes) a
       sgd: {optimizer: sgd}
       sam: {optimizer: sam, rho: 0.05}
     hessian: {batches: 4, iters: 20}     # optional: top Hessian eigenvalue of each final model
+    ```
 
-Relative paths in the file (``out``, which defaults to ``runs/NAME``, ``extends``, ``data_root``) are
+Relative paths in the file (`out`, which defaults to `runs/NAME`, `extends`, `data_root`) are
 relative to the file's folder, so the study means the same from any working directory.
 
-``flatlab study FILE`` runs every (method, seed) not finished yet (an interrupted run is resumed from
-its checkpoint, a finished one skipped), then writes ``results.json``, ``results.csv``,
-``results.md``, ``curves.png`` and ``tradeoff.png`` into ``out``. Interrupt and rerun it at will.
+`flatlab study FILE` runs every (method, seed) not finished yet (an interrupted run is resumed from
+its checkpoint, a finished one skipped), then writes `results.json`, `results.csv`,
+`results.md`, `curves.png` and `tradeoff.png` into `out`. Interrupt and rerun it at will.
 Tabulating unchanged runs again reproduces these files byte for byte (a figure whose pixels are
 unchanged is not rewritten), so a study committed with its results stays clean when rerun.
 
-``--jobs N`` trains N runs at a time, each in its own process (give each ``threads`` = cores / N: on a
+`--jobs N` trains N runs at a time, each in its own process (give each `threads` = cores / N: on a
 small CPU model two one-thread runs make more images per second than one two-thread run). Every run's
 images/s is then measured beside N-1 others, the same for every method, so the ratios stay comparable.
 """
@@ -65,10 +68,12 @@ _KEYS = {"name", "out", "seeds", "base", "methods", "hessian", "device", "extend
 
 
 class Study:
-    """A study from its mapping ``spec``. ``source`` names the file in errors; ``root`` is the folder that
-    relative paths in ``spec`` are relative to (the file's; default the working directory);
-    ``origins`` names, for a study that extends another, the file each key was read from (``"base.lr"``,
-    ``"methods"``), so that an error points at the file to fix."""
+    """A study from its mapping `spec`.
+
+    `source` names the file in errors; `root` is the folder that relative paths in `spec` are relative to (the
+    file's; default the working directory); `origins` names, for a study that extends another, the file each key was
+    read from (`"base.lr"`, `"methods"`), so that an error points at the file to fix.
+    """
 
     def __init__(self, spec: dict[str, Any], source: str = "<dict>", *, root: str | Path | None = None,
                  origins: dict[str, str] | None = None):
@@ -94,6 +99,7 @@ class Study:
             self.config(method, self.seeds[0])  # validates every method's config up front
 
     def config(self, method: str, seed: int) -> TrainConfig:
+        """The training config of `method` on `seed`."""
         entry = self.methods[method]
         values = {**self.base, **entry}
         optimizer = values.get("optimizer", _DEFAULT_OPTIMIZER)
@@ -114,10 +120,11 @@ class Study:
             self._refuse(self._setter(method, str(err)), str(err))
 
     def run_dir(self, method: str, seed: int) -> Path:
+        """The run directory of `method` on `seed`."""
         return self.out / f"{method}-seed{seed}"
 
     def _refuse(self, key_path: str, message: str) -> typing.NoReturn:
-        """Raises ``FILE: KEY.PATH: message``, FILE being the file that holds the key."""
+        """Raises `FILE: KEY.PATH: message`, FILE being the file that holds the key."""
         head = key_path.split(".")[0]
         source = self._origins.get(".".join(key_path.split(".")[:2]) if head == "base" else head, self.source)
         raise UsageError(f"{source}: {key_path}: {message}")
@@ -126,8 +133,9 @@ class Study:
         return Path(_join(self.root, value)) if self.root is not None else Path(value)
 
     def _entry(self, where: str, values: Any) -> dict[str, Any]:
-        """``base`` or one method's changes, checked key by key: an unknown key, a value of the wrong
-        type or a method option in another method's section is refused with its key path."""
+        """`base` or one method's changes, checked key by key: an unknown key, a value of the wrong
+        type or a method option in another method's section is refused with its key path.
+        """
         values = {} if values is None else values
         if not isinstance(values, dict):
             self._refuse(where, f"expected a mapping of config keys, got {type(values).__name__}")
@@ -153,8 +161,9 @@ class Study:
             self._refuse(key_path, str(err))
 
     def _setter(self, method: str, message: str) -> str:
-        """The key path of the value ``message`` refuses: the first key of the method's entry, then of
-        ``base``, whose field (or optimizer argument) the message names."""
+        """The key path of the value `message` refuses: the first key of the method's entry, then of
+        `base`, whose field (or optimizer argument) the message names.
+        """
         for where, values in ((f"methods.{method}", self.methods[method]), ("base", self.base)):
             for key in values:
                 names = {key, OPTIMIZER_FIELDS.get(key, key)}
@@ -172,14 +181,14 @@ def _did_you_mean(key: str, choices) -> str:
 
 
 def _join(root: str | Path, value: str) -> str:
-    """``value`` relative to ``root`` (lexically normalised); an absolute or ``~`` path unchanged."""
+    """`value` relative to `root` (lexically normalised); an absolute or `~` path unchanged."""
     if os.path.isabs(os.path.expanduser(value)):
         return value
     return os.path.normpath(os.path.join(root, value))
 
 
 def _with_root(values: dict[str, Any], root: str | Path | None) -> dict[str, Any]:
-    """``values`` with a relative ``data_root`` (also in a method's section) made relative to ``root``."""
+    """`values` with a relative `data_root` (also in a method's section) made relative to `root`."""
     if root is None:
         return values
     out = {}
@@ -193,10 +202,13 @@ def _with_root(values: dict[str, Any], root: str | Path | None) -> dict[str, Any
 
 
 def load_study(path: str | Path) -> Study:
-    """Reads a study file. ``extends: other.yaml`` (relative to this file) starts from that study: this
-    file's ``base`` entries override the other's one by one (``null`` restores a field's default), every
-    other key replaces the other's. A paper-scale study is then the CPU study plus what scale changes.
-    Relative paths in each file are relative to that file's folder."""
+    """Reads a study file.
+
+    `extends: other.yaml` (relative to this file) starts from that study: this file's `base` entries override the
+    other's one by one (`null` restores a field's default), every other key replaces the other's. A paper-scale
+    study is then the CPU study plus what scale changes. Relative paths in each file are relative to that file's
+    folder.
+    """
     path = Path(path)
     origins: dict[str, str] = {}
     spec = _resolve_extends(path, seen=(), origins=origins)
@@ -204,8 +216,9 @@ def load_study(path: str | Path) -> Study:
 
 
 def _resolve_extends(path: Path, seen: tuple[Path, ...], origins: dict[str, str]) -> dict[str, Any]:
-    """The study in ``path`` merged over the one it extends, with the parent's relative paths made
-    relative to this file's folder; ``origins`` gets the file each top-level and ``base.`` key comes from."""
+    """The study in `path` merged over the one it extends, with the parent's relative paths made
+    relative to this file's folder; `origins` gets the file each top-level and `base.` key comes from.
+    """
     spec = load_config_file(path)
     parent = spec.pop("extends", None)
     own = {key: str(path) for key in spec}
@@ -303,7 +316,7 @@ def _prefixed_print(prefix: str):
 
 
 def _worker(task: tuple[Study, str, int, bool], results) -> None:
-    """One run in its own process; sends ``(name, error, traceback)`` back through ``results``."""
+    """One run in its own process; sends `(name, error, traceback)` back through `results`."""
     study, method, seed, rerun = task
     try:
         _run_one(study, method, seed, log=_prefixed_print(f"{method}-seed{seed}"), progress=False, rerun=rerun)
@@ -315,12 +328,13 @@ def _worker(task: tuple[Study, str, int, bool], results) -> None:
 
 
 def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> None:
-    """Trains ``tasks`` ``jobs`` at a time, each in a fresh process (spawn: no forked torch thread pools;
+    """Trains `tasks` `jobs` at a time, each in a fresh process (spawn: no forked torch thread pools;
     one run per process: a long study does not accumulate memory).
 
     The terminal sends Ctrl-C to every process of the command: the runs' processes ignore it from
     their start (they would each print a traceback), and this one stops them. Their checkpoints are
-    written atomically, so running the study again resumes them."""
+    written atomically, so running the study again resumes them.
+    """
     import multiprocessing
     from multiprocessing.connection import wait
     from multiprocessing.pool import RemoteTraceback
@@ -355,8 +369,10 @@ def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> 
 
 @contextlib.contextmanager
 def _sigint_ignored():
-    """Ignores Ctrl-C while a process starts: it inherits that, and Python then installs no handler
-    for it. (A Ctrl-C in these few milliseconds is lost.)"""
+    """Ignores Ctrl-C while a process starts: it inherits that, and Python then installs no handler for it.
+
+    (A Ctrl-C in these few milliseconds is lost.)
+    """
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
         return
@@ -369,12 +385,13 @@ def _sigint_ignored():
 
 def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1,
               rerun: bool = False) -> list[dict[str, Any]]:
-    """Trains every (method, seed) not finished yet (``rerun``: every one, replacing the finished
-    runs), ``jobs`` at a time, then tabulates the study. A study whose runs are all finished (e.g.
+    """Trains every (method, seed) not finished yet (`rerun`: every one, replacing the finished
+    runs), `jobs` at a time, then tabulates the study. A study whose runs are all finished (e.g.
     committed with the repository) only tabulates them: it finishes at once.
 
-    ``jobs > 1`` starts worker processes with ``spawn``: a script that calls this needs the usual
-    ``if __name__ == "__main__":`` guard (the ``flatlab study`` command has it)."""
+    `jobs > 1` starts worker processes with `spawn`: a script that calls this needs the usual
+    `if __name__ == "__main__":` guard (the `flatlab study` command has it).
+    """
     check_number("jobs", jobs, low=1, integer=True)
     reason = unwritable(study.out)
     if reason:
@@ -413,16 +430,18 @@ def _recorded_session(path: Path) -> dict[str, Any] | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Writes ``text`` unless ``path`` holds it already (its time stamp then says when it changed)."""
+    """Writes `text` unless `path` holds it already (its time stamp then says when it changed)."""
     if not (path.is_file() and path.read_bytes() == text.encode()):
         atomic_write_text(path, text)
 
 
 def summarise(study: Study, log=print, session: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Tabulates the finished runs into ``results.{json,csv,md}``, ``curves.png`` and ``tradeoff.png``.
-    ``session`` says where the runs were trained (versions, ``jobs``, machine, command); without it the
-    one ``results.json`` records is kept (the current process's where there is none), so that
-    tabulating unchanged runs again writes the same files."""
+    """Tabulates the finished runs into `results.{json,csv,md}`, `curves.png` and `tradeoff.png`.
+
+    `session` says where the runs were trained (versions, `jobs`, machine, command); without it the one
+    `results.json` records is kept (the current process's where there is none), so that tabulating unchanged runs
+    again writes the same files.
+    """
     session = session or _recorded_session(study.out / "results.json") or _session(1)
     rows = []
     for method in study.methods:
@@ -490,7 +509,8 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
 
 def _sam_fraction(run: dict[str, Any]) -> float | None:
     """The share of sharpness-aware steps of a finished run: 0 for a base optimizer alone, None
-    when a run made before flatlab recorded it."""
+    when a run made before flatlab recorded it.
+    """
     if "sam_steps_per_step" in run["summary"]:
         return run["summary"]["sam_steps_per_step"]
     return 0.0 if is_base_optimizer(run["config"]["optimizer"]) else None
@@ -499,7 +519,8 @@ def _sam_fraction(run: dict[str, Any]) -> float | None:
 def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """The gain over SGD (paired difference of test top-1, mean ± std over seeds) against the training
     time relative to SGD and, when measured, test top-1 against the top Hessian eigenvalue: cost and
-    flatness next to accuracy, one point per method."""
+    flatness next to accuracy, one point per method.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

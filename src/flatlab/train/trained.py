@@ -1,5 +1,6 @@
 """A trained run loaded back: its model (with the run's final or latest weights), data and config,
-what the analysis commands and studies start from."""
+what the analysis commands and studies start from.
+"""
 
 from __future__ import annotations
 
@@ -27,16 +28,16 @@ def load_trained(
     *,
     overrides: dict[str, Any] | None = None,
 ):
-    """The trained model of a run (weights of ``model.pt``, or of ``checkpoint.pt`` for an
+    """The trained model of a run (weights of `model.pt`, or of `checkpoint.pt` for an
     unfinished run), its data and its config: what the analysis commands start from.
 
-    ``run_dir`` may also be a checkpoint file itself (``model.pt`` and ``checkpoint.pt`` both keep
-    the run's config), e.g. one copied away from its run directory. ``overrides`` replaces config
-    fields before the data is built, e.g. ``{"data_root": "/data/cifar10"}`` where the dataset lives
+    `run_dir` may also be a checkpoint file itself (`model.pt` and `checkpoint.pt` both keep
+    the run's config), e.g. one copied away from its run directory. `overrides` replaces config
+    fields before the data is built, e.g. `{"data_root": "/data/cifar10"}` where the dataset lives
     somewhere else now.
 
-    Returns ``(model, data, config)``; ``data`` is a :class:`~flatlab.train.data.RunData` whose
-    ``test`` and ``train`` loaders yield normalised batches (the train loader augments).
+    Returns `(model, data, config)`; `data` is a `RunData` whose
+    `test` and `train` loaders yield normalised batches (the train loader augments).
     """
     device = torch.device(device)
     path, state, config = _read(Path(run_dir), checkpoint, device)
@@ -59,7 +60,8 @@ def load_trained(
 
 def _read(run_dir: Path, checkpoint: str, device: torch.device) -> tuple[Path, dict[str, Any], TrainConfig]:
     """The checkpoint file to load, its state and the run's config, from a run directory or from a
-    checkpoint file (which keeps the config too)."""
+    checkpoint file (which keeps the config too).
+    """
     if run_dir.is_file():
         path = run_dir
         state = load_checkpoint(path, map_location=device)

@@ -1,17 +1,17 @@
-"""Analysis reports of trained runs: what ``flatlab landscape``, ``hessian``, ``gradstats`` and
-``robustness`` run, as library functions.
+"""Analysis reports of trained runs: what `flatlab landscape`, `hessian`, `gradstats` and
+`robustness` run, as library functions.
 
-Each ``analyse_*`` takes one or more run directories written by ``flatlab train`` (or their
-``model.pt`` / ``checkpoint.pt`` files, which keep the run's config, or runs already opened with
-:func:`open_run`), draws a fixed evaluation budget of batches from each run's data
-(:func:`select_batches`), calls the library functions of :mod:`flatlab.analysis` and writes, per run,
+Each `analyse_*` takes one or more run directories written by `flatlab train` (or their
+`model.pt` / `checkpoint.pt` files, which keep the run's config, or runs already opened with
+`open_run`), draws a fixed evaluation budget of batches from each run's data
+(`select_batches`), calls the library functions of `flatlab.analysis` and writes, per run,
 a JSON file of numbers (with the options, the data used, the seconds each part took and the flatlab
-version) and PNG figures into ``RUN/analysis/`` (:func:`output_dirs`); figures comparing several
-runs go into ``out`` (default: the first run's ``analysis/`` folder). The options every report
-shares are the fields of :class:`ReportOptions`, passed as keywords. ``*_table`` turns the records
+version) and PNG figures into `RUN/analysis/` (`output_dirs`); figures comparing several
+runs go into `out` (default: the first run's `analysis/` folder). The options every report
+shares are the fields of `ReportOptions`, passed as keywords. `*_table` turns the records
 a report returns into the markdown table the command prints.
 
-This is train-layer code: opening a run needs its :class:`~flatlab.train.TrainConfig` and data.
+This is train-layer code: opening a run needs its `TrainConfig` and data.
 """
 
 from .common import ReportOptions, output_dirs, write_result

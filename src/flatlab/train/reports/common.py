@@ -1,8 +1,8 @@
 """What every analysis report shares: its common options, the loop over runs, the JSON it writes.
 
-A report opens each run in turn (:func:`~flatlab.train.reports.runs.open_run`), draws its evaluation
-batches, has its analysis compute numbers and figures, and writes ``<folder>/<name>.json``
-atomically; the figures comparing several runs go into one shared folder (:func:`output_dirs`).
+A report opens each run in turn (`open_run`), draws its evaluation
+batches, has its analysis compute numbers and figures, and writes `<folder>/<name>.json`
+atomically; the figures comparing several runs go into one shared folder (`output_dirs`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ ProgressFactory = Callable[[str], contextlib.AbstractContextManager]
 
 @contextlib.contextmanager
 def no_progress(_desc: str) -> Iterator[None]:
+    """A progress context that shows nothing."""
     yield None
 
 
 class _OptionalPlots:
-    """:mod:`flatlab.analysis.plots`, except that without matplotlib a figure is skipped (returns
-    None, with one note on stderr) instead of failing: the JSON numbers need no matplotlib."""
+    """`flatlab.analysis.plots`, except that without matplotlib a figure is skipped (returns
+    None, with one note on stderr) instead of failing: the JSON numbers need no matplotlib.
+    """
 
     noted = False
 
@@ -70,11 +72,12 @@ plots = _OptionalPlots()
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """The options every report takes besides its own: the evaluation budget (``batches`` of
-    ``batch_size`` samples of ``split``, drawn with ``seed``; see
-    :func:`~flatlab.train.reports.runs.select_batches`), where the results go (``out``; see
-    :func:`output_dirs`), how the runs are opened (``load``: keywords of
-    :func:`~flatlab.train.reports.runs.open_run`) and the ``progress`` bars of the long loops."""
+    """The options every report takes besides its own: the evaluation budget (`batches` of
+    `batch_size` samples of `split`, drawn with `seed`; see
+    `select_batches`), where the results go (`out`; see
+    `output_dirs`), how the runs are opened (`load`: keywords of
+    `open_run`) and the `progress` bars of the long loops.
+    """
 
     batches: int | None = 4
     batch_size: int = 128
@@ -86,10 +89,11 @@ class ReportOptions:
 
 
 def report(**defaults) -> Callable[[Callable], Callable]:
-    """Turns ``fn(runs, options, *, <its own options>)`` into the report called as
-    ``fn(runs, *, <its own options>, batches=..., seed=..., ...)``: the fields of
-    :class:`ReportOptions`, with this analysis's ``defaults``, are keywords beside its own, and its
-    signature lists them all, so that the command line reads every flag's default from it."""
+    """Turns `fn(runs, options, *, <its own options>)` into the report called as
+    `fn(runs, *, <its own options>, batches=..., seed=..., ...)`: the fields of
+    `ReportOptions`, with this analysis's `defaults`, are keywords beside its own, and its
+    signature lists them all, so that the command line reads every flag's default from it.
+    """
     base = ReportOptions(**defaults)
     shared = dataclasses.fields(ReportOptions)
 
@@ -132,9 +136,11 @@ def _unique_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def output_dirs(runs: Sequence[str | Path], out: str | Path | None = None) -> tuple[list[Path], Path]:
-    """Where results go: ``(per_run, shared)``. Without ``out``: each run's ``analysis/`` folder, and
-    the first run's for figures comparing several runs. With ``out``: ``out`` itself for one run,
-    ``out/<run name>/`` per run and ``out`` for the comparisons when there are several."""
+    """Where results go: `(per_run, shared)`.
+
+    Without `out`: each run's `analysis/` folder, and the first run's for figures comparing several runs. With
+    `out`: `out` itself for one run, `out/<run name>/` per run and `out` for the comparisons when there are several.
+    """
     paths = [Path(r) for r in runs]
     if out is None:
         per_run = [(p if p.is_dir() else p.parent) / "analysis" for p in paths]
@@ -204,6 +210,7 @@ class Timer:
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
+        """Times the block as the part `name`."""
         start = time.perf_counter()
         try:
             yield
@@ -212,6 +219,7 @@ class Timer:
 
     @property
     def total(self) -> float:
+        """Seconds of every part together."""
         return sum(self.parts.values())
 
 
@@ -220,7 +228,7 @@ def _paths(runs: Sequence[str | Path | LoadedRun]) -> list[Path]:
 
 
 def _loaded(runs: Sequence[str | Path | LoadedRun], load: dict) -> Iterator[LoadedRun]:
-    """The runs, loaded one at a time, labelled uniquely (``sam``, ``sam-2``) for figures and tables."""
+    """The runs, loaded one at a time, labelled uniquely (`sam`, `sam-2`) for figures and tables."""
     for run, label in zip(runs, _unique_labels(_paths(runs))):
         run = run if isinstance(run, LoadedRun) else open_run(run, **load)
         yield dataclasses.replace(run, label=label)
@@ -239,9 +247,10 @@ def per_run(
     *,
     raw: bool = False,
 ) -> tuple[list[dict], Path]:
-    """The loop every report shares: load each run in turn, select its batches, ``compute``, write
-    ``<folder>/<stem>.json``. Returns the records written (each with its ``path``) and the folder
-    for the figures comparing the runs."""
+    """The loop every report shares: load each run in turn, select its batches, `compute`, write
+    `<folder>/<stem>.json`. Returns the records written (each with its `path`) and the folder
+    for the figures comparing the runs.
+    """
     per_run_dirs, shared = output_dirs(_paths(runs), options.out)
     for folder in [*per_run_dirs, shared]:  # before minutes of computing, not after
         reason = unwritable(folder)
@@ -272,7 +281,7 @@ def mark_compare(records: list[dict], path: Path | None) -> None:
 
 
 def fmt(value, spec: str = ".4g") -> str:
-    """A number for a summary table; ``-`` for a missing or non-finite one."""
+    """A number for a summary table; `-` for a missing or non-finite one."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value, spec)

@@ -25,10 +25,12 @@ def analyse_gradstats(
     gamma: float = 0.5,
     beta: float = 1.0,
 ) -> list[dict]:
-    """SSAM Fig. 2's relative gradient difference of SAM vs SGD, ESAM's SDS B+/B- statistics
-    (``gamma``: fraction in B+) and ESAM's linearity measure, at SAM radius ``rho`` (default: the
-    run's rho, else 0.05), over the same batches. Writes ``gradstats.json`` and
-    ``gradstats_relative_gradient.png`` per run (and a comparison histogram)."""
+    """SSAM Fig.
+
+    2's relative gradient difference of SAM vs SGD, ESAM's SDS B+/B- statistics (`gamma`: fraction in B+) and ESAM's
+    linearity measure, at SAM radius `rho` (default: the run's rho, else 0.05), over the same batches. Writes
+    `gradstats.json` and `gradstats_relative_gradient.png` per run (and a comparison histogram).
+    """
     if rho is not None and not (math.isfinite(rho) and rho > 0):
         raise UsageError(f"--rho must be > 0, got {rho!r}")
     if not 0.0 < gamma < 1.0:
@@ -76,7 +78,7 @@ def analyse_gradstats(
 
 
 def gradstats_table(records: list[dict]) -> str:
-    """The records of :func:`analyse_gradstats` as a markdown table, one row per run."""
+    """The records of `analyse_gradstats` as a markdown table, one row per run."""
     rows = []
     for r in records:
         res, sds = r["results"], r["results"]["sds_mean"]

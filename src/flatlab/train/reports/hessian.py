@@ -26,10 +26,12 @@ def analyse_hessian(
     density: int = 1,
     density_iters: int = 40,
 ) -> list[dict]:
-    """Top-``k`` Hessian eigenvalues by Lanczos with lambda_1/lambda_5 (SSAM Sec. 5.3), the trace by
-    Hutchinson (``trace_samples``, 0: skip) and the eigenvalue density by stochastic Lanczos
-    quadrature (``density`` runs of ``density_iters`` steps, 0: skip; Ghorbani et al. 2019).
-    Writes ``hessian.json`` and ``hessian_density.png`` per run (and a comparison density figure)."""
+    """Top-`k` Hessian eigenvalues by Lanczos with lambda_1/lambda_5 (SSAM Sec.
+
+    5.3), the trace by Hutchinson (`trace_samples`, 0: skip) and the eigenvalue density by stochastic Lanczos
+    quadrature (`density` runs of `density_iters` steps, 0: skip; Ghorbani et al. 2019). Writes `hessian.json` and
+    `hessian_density.png` per run (and a comparison density figure).
+    """
     check_positive("k", k)
     if iters is not None:
         check_positive("iters", iters, k)
@@ -78,7 +80,7 @@ def analyse_hessian(
 
 
 def hessian_table(records: list[dict]) -> str:
-    """The records of :func:`analyse_hessian` as a markdown table, one row per run."""
+    """The records of `analyse_hessian` as a markdown table, one row per run."""
     rows = []
     for r in records:
         res = r["results"]

@@ -22,7 +22,8 @@ DIRECTIONS = ("random", "gaussian", "adversarial")
 
 def _directions(run: LoadedRun, batches, directions: str, dims: int, groups: int, seed: int):
     """The directions of one run: a list of directions (1-D) or of (d1, d2) pairs (2-D); several
-    entries are averaged (ESAM's averaged Gaussian landscape)."""
+    entries are averaged (ESAM's averaged Gaussian landscape).
+    """
     model = run.model
     if directions == "random":
         if dims == 1:
@@ -55,12 +56,12 @@ def analyse_landscape(
 ) -> list[dict]:
     """Loss and accuracy along 1 or 2 directions around each run's weights (Li et al. 2018; ESAM).
 
-    ``directions``: ``random`` (filter-normalised Gaussian, Li et al.; SSAM Fig. 4), ``gaussian``
-    (ESAM Fig. 4: averaged over ``groups`` orthogonal Gaussian pairs), ``adversarial`` (1-D: the unit
-    loss gradient, SAM's ascent direction; 2-D: ESAM Fig. 8's ``lr * grad`` of two batch halves).
-    The axes run over ``linspace(-span, span, grid)``; ``log`` draws the loss on a log scale.
-    Writes ``landscape_<directions>_<dims>d.json`` and PNGs per run, and with several runs and
-    ``dims=1`` one figure with all their curves.
+    `directions`: `random` (filter-normalised Gaussian, Li et al.; SSAM Fig. 4), `gaussian`
+    (ESAM Fig. 4: averaged over `groups` orthogonal Gaussian pairs), `adversarial` (1-D: the unit
+    loss gradient, SAM's ascent direction; 2-D: ESAM Fig. 8's `lr * grad` of two batch halves).
+    The axes run over `linspace(-span, span, grid)`; `log` draws the loss on a log scale.
+    Writes `landscape_<directions>_<dims>d.json` and PNGs per run, and with several runs and
+    `dims=1` one figure with all their curves.
     """
     if directions not in DIRECTIONS:
         raise UsageError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
@@ -131,7 +132,7 @@ def analyse_landscape(
 
 
 def landscape_table(records: list[dict]) -> str:
-    """The records of :func:`analyse_landscape` as a markdown table, one row per run."""
+    """The records of `analyse_landscape` as a markdown table, one row per run."""
     rows = [[r["label"], fmt(r["results"]["center_loss"]), fmt(r["results"]["center_accuracy"]),
              fmt(r["results"]["max_loss"]), fmt(r["results"]["max_loss_increase"]), f"{r['time_s']:.1f}"]
             for r in records]

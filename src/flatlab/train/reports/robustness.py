@@ -41,7 +41,7 @@ def _parse_severities(text: str | Sequence[int]) -> list[int]:
 
 
 def _normalizer(run: LoadedRun) -> Callable[[Tensor], Tensor]:
-    """[0, 1] images -> the run's normalised inputs (``flatlab.data.normalize`` takes uint8)."""
+    """[0, 1] images -> the run's normalised inputs (`flatlab.data.normalize` takes uint8)."""
     mean = torch.tensor(run.data.mean, dtype=torch.float32, device=run.device).view(1, -1, 1, 1)
     std = torch.tensor(run.data.std, dtype=torch.float32, device=run.device).view(1, -1, 1, 1)
     return lambda x: (x - mean) / std
@@ -56,9 +56,10 @@ def analyse_robustness(
     severities: str | Sequence[int] = (1, 2, 3, 4, 5),
 ) -> list[dict]:
     """Accuracy on corrupted copies of the evaluation images (Hendrycks & Dietterich 2019 corruptions
-    with CIFAR-10-C parameters, generated with tensor ops from ``seed``; S2-SAM Table 5): per
+    with CIFAR-10-C parameters, generated with tensor ops from `seed`; S2-SAM Table 5): per
     corruption and severity, the mean per corruption, per severity and overall. Writes
-    ``robustness.json`` and ``robustness.png`` per run (and a comparison bar chart)."""
+    `robustness.json` and `robustness.png` per run (and a comparison bar chart).
+    """
     names = _parse_corruptions(corruptions)
     sevs = _parse_severities(severities)
     own = dict(corruptions=names, severities=sevs)
@@ -95,7 +96,7 @@ def analyse_robustness(
 
 
 def robustness_table(records: list[dict]) -> str:
-    """The records of :func:`analyse_robustness` as a markdown table, one column per run."""
+    """The records of `analyse_robustness` as a markdown table, one column per run."""
     names = records[0]["options"]["corruptions"]
     headers = ["corruption"] + [r["label"] for r in records]
     rows = [["clean"] + [f"{100 * r['results']['clean_accuracy']:.2f}" for r in records]]

@@ -1,8 +1,8 @@
 """A trained run opened for analysis, and the evaluation batches drawn from its data.
 
-The numerical analyses of :mod:`flatlab.analysis` take a model and batches; a run written by
-``flatlab train`` gives both, but only through its config (which model, which dataset, where it
-lives), so opening a run is train-layer code: it stands on :func:`flatlab.train.load_trained`.
+The numerical analyses of `flatlab.analysis` take a model and batches; a run written by
+`flatlab train` gives both, but only through its config (which model, which dataset, where it
+lives), so opening a run is train-layer code: it stands on `flatlab.train.load_trained`.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def open_run(
     checkpoint: str = "model.pt",
     data_root: str | None = None,
 ) -> LoadedRun:
-    """Load a finished run (``model.pt``) for analysis, with readable errors for a missing directory,
-    a directory that is not a run, and an unfinished run (``checkpoint="checkpoint.pt"`` analyses
-    its last completed epoch instead). ``run`` may also be a ``.pt`` file written by ``flatlab train``.
-    ``data_root`` points at the dataset where it lives now, if not where the run was trained."""
+    """Load a finished run (`model.pt`) for analysis, with readable errors for a missing directory,
+    a directory that is not a run, and an unfinished run (`checkpoint="checkpoint.pt"` analyses
+    its last completed epoch instead). `run` may also be a `.pt` file written by `flatlab train`.
+    `data_root` points at the dataset where it lives now, if not where the run was trained.
+    """
     path = Path(run)
     if not path.exists():
         raise UserFileNotFoundError(f"no such run directory: {path}")
@@ -65,7 +66,7 @@ def open_run(
 
 
 def check_positive(name: str, value, minimum: int = 1) -> None:
-    """Refuses ``value`` unless it is an integer >= ``minimum``, naming the flag ``--name``."""
+    """Refuses `value` unless it is an integer >= `minimum`, naming the flag `--name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
 
@@ -79,13 +80,13 @@ def select_batches(
     seed: int = 0,
     raw: bool = False,
 ) -> list[Batch]:
-    """The evaluation budget: ``batches`` batches of ``batch_size`` samples of ``split``, as a list.
+    """The evaluation budget: `batches` batches of `batch_size` samples of `split`, as a list.
 
-    The samples are a seeded random subset (``seed``) of the split, in dataset order, without
-    augmentation; ``batches=None`` (or more than the split holds) takes the whole split in order, so
+    The samples are a seeded random subset (`seed`) of the split, in dataset order, without
+    augmentation; `batches=None` (or more than the split holds) takes the whole split in order, so
     the test-split numbers then match the run's test metrics. Batches are normalised as in training,
-    or, with ``raw=True``, the uint8 images (for corrupting before normalisation). Datasets streamed
-    from disk (``--stream``) give the first ``batches`` batches of the run's own loader instead.
+    or, with `raw=True`, the uint8 images (for corrupting before normalisation). Datasets streamed
+    from disk (`--stream`) give the first `batches` batches of the run's own loader instead.
     """
     if split not in ("test", "train"):
         raise UsageError(f"--split must be test or train, got {split!r}")
