@@ -58,6 +58,7 @@ def check_number(
         Traceback (most recent call last):
         ...
         flatlab.errors.UsageError: beta must be in (0, 1], got beta=0.0
+
         ```
     """
     if value is None and optional:

@@ -51,6 +51,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu",
         >>> m = peak_memory(f)
         >>> (m.peak, m.retained)
         (1500, 500)
+
         ```
     """
     device = torch.device(device)

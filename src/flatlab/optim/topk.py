@@ -84,6 +84,7 @@ def topk_mask_per_tensor(scores: list[Tensor], counts: list[int]) -> list[Tensor
         ```python
         >>> topk_mask_per_tensor([torch.tensor([3.0, 1.0, 2.0])], [2])[0].tolist()
         [True, False, True]
+
         ```
     """
     counts = _check_counts(scores, counts)

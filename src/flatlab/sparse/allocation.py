@@ -40,6 +40,7 @@ def uniform_densities(shapes: Sequence[Shape], sparsity: float) -> list[float]:
         ```python
         >>> uniform_densities([(4, 3), (2, 4)], 0.75)
         [0.25, 0.25]
+
         ```
     """
     density = 1.0 - _check_sparsity(sparsity)
@@ -59,6 +60,7 @@ def erk_densities(shapes: Sequence[Shape], sparsity: float, power_scale: float =
     ```python
     >>> erk_densities([(10, 10), (2, 10)], 0.5)
     [0.4, 1.0]
+
     ```
     """
     density = 1.0 - _check_sparsity(sparsity)
@@ -95,6 +97,7 @@ def layer_counts(shapes: Sequence[Shape], sparsity: float, distribution: str = "
         ```python
         >>> layer_counts([(3, 3), (3, 3), (3, 3)], 0.5, "uniform")   # 13.5 -> 14 live: 5 + 5 + 4
         [5, 5, 4]
+
         ```
     """
     densities = layer_densities(shapes, sparsity, distribution)

@@ -56,6 +56,7 @@ def step_flops(
     >>> from flatlab.optim import Pass
     >>> step_flops({"fc": 100}, {"fc": 0.1}, passes=(Pass(), Pass()))
     60.0
+
     ```
     """
     check_number("dense_gradient_fraction", dense_gradient_fraction, low=0.0, high=1.0)
@@ -80,6 +81,7 @@ def relative_flops(per_layer: Mapping[str, float], densities: Mapping[str, float
     0.1
     >>> relative_flops({"a": 100, "b": 300}, passes=(Pass(), Pass()))
     2.0
+
     ```
     """
     return step_flops(per_layer, densities, **kwargs) / step_flops(per_layer)

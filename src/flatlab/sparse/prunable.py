@@ -38,6 +38,7 @@ def prunable_parameters(
         ['0.weight', '2.weight']
         >>> [name for name, _ in prunable_parameters(net, keep_last=True)]
         ['0.weight']
+
         ```
     """
     found: list[tuple[str, nn.Parameter]] = []
