@@ -148,10 +148,6 @@ def test_every_public_name_is_on_an_api_page_with_a_docstring(module_name):
 
 # ---- one docstring style ---------------------------------------------------------------------------
 
-#: the optim core, converted with its refactor (pyproject.toml excludes it from ruff's check as well)
-NOT_YET = {f"src/flatlab/optim/{n}.py" for n in (
-    "sharpness_aware", "sources", "descents", "coordinates", "schedules", "samples", "shapes", "policy",
-    "presets", "registry", "functional")}
 _REST = re.compile(r":(class|func|meth|mod|attr|data|exc|obj):`|(?<!`)``(?!`)|::[ \t]*$", re.MULTILINE)
 
 
@@ -170,8 +166,7 @@ def test_docstrings_are_markdown_not_rest():
     offenders = []
     for path in sorted((ROOT / "src").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel not in NOT_YET:
-            offenders += [f"{rel}:{line}" for line in rest_in_docstrings(path.read_text(encoding="utf-8"))]
+        offenders += [f"{rel}:{line}" for line in rest_in_docstrings(path.read_text(encoding="utf-8"))]
     assert not offenders, "reST in docstrings (write `code` and fenced blocks): " + ", ".join(offenders)
 
 

@@ -5,7 +5,7 @@ term); WSAM weights the sharpness g_p - g; LookSAM keeps the part of g_p orthogo
 sharpness-aware steps and adds it to the gradient of the plain steps between them.
 
 A policy works on the gradients in place, over aligned lists of tensors, with its per-parameter
-state in the optimizer's ``state[p]``; norms and inner products are global (all tensors together).
+state in the optimizer's `state[p]`; norms and inner products are global (all tensors together).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", 
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """num / den as a 0-d tensor on the device (no host sync), 0 where den is 0."""
+    """The ratio num / den as a 0-d tensor on the device (no host sync), 0 where den is 0."""
     den = den.to(num.device)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
 
@@ -34,7 +34,7 @@ def _times(tensors: list[Tensor], factor: Tensor) -> list[Tensor]:
 
 
 def _like(reference: Tensor, shard: Tensor) -> Tensor:
-    """``shard`` (a local tensor) as a DTensor laid out like ``reference`` when that is one."""
+    """`shard` (a local tensor) as a DTensor laid out like `reference` when that is one."""
     if isinstance(reference, DTensor):
         return DTensor.from_local(shard, reference.device_mesh, reference.placements, run_check=False,
                                   shape=reference.shape, stride=reference.stride())
@@ -45,7 +45,7 @@ class Descent(Policy):
     """Interface of a descent policy.
 
     Attributes:
-        name: short name for ``repr``.
+        name: short name for `repr`.
         needs_clean_gradient: True when the sharpness-aware step needs g (the gradient at w) as
             well as g_p: the optimizer then keeps a copy of it (one more parameter-sized buffer).
     """
@@ -54,21 +54,24 @@ class Descent(Policy):
     needs_clean_gradient = False
 
     def check(self, optimizer) -> None:
+        """Refuses a descent that needs the gradient at w under a single-pass source (it has none)."""
         if self.needs_clean_gradient and optimizer.source.single_pass:
             raise ValueError(f"the {self.name} descent needs the gradient at w: it needs a two-pass source")
 
     def bind(self, state: MutableMapping[Tensor, dict]) -> None:
+        """The optimizer's per-parameter state, where a descent keeps its buffers."""
         self.state = state
 
     def sharpness_aware(self, params: list[Tensor], clean: list[Tensor], grads: list[Tensor]) -> None:
-        """Turns ``grads`` (g_p, aligned with ``params``) into the descent gradient, in place;
-        ``clean`` holds g for the same tensors (empty unless ``needs_clean_gradient``)."""
+        """Turns `grads` (g_p, aligned with `params`) into the descent gradient, in place;
+        `clean` holds g for the same tensors (empty unless `needs_clean_gradient`).
+        """
 
     def plain(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Amends the gradient of a plain step (one the schedule skipped), in place."""
 
     def after_base_step(self, param_groups: list[dict], sharpness_aware: bool) -> None:
-        """Runs after the base optimizer's step (``param_groups``: the base's, for learning rates)."""
+        """Runs after the base optimizer's step (`param_groups`: the base's, for learning rates)."""
 
 
 
@@ -79,9 +82,10 @@ class PerturbedGradient(Descent):
 
 
 class SurrogateGap(Descent):
-    """GSAM (Zhuang et al. 2022): descend along ``g_p - alpha * g_perp``, with ``g_perp`` the part
+    """GSAM (Zhuang et al. 2022): descend along `g_p - alpha * g_perp`, with `g_perp` the part
     of g orthogonal to g_p, which lowers the surrogate gap L(w + eps) - L(w) without changing the
-    perturbed loss to first order."""
+    perturbed loss to first order.
+    """
 
     name = "surrogate-gap"
     needs_clean_gradient = True
@@ -91,6 +95,7 @@ class SurrogateGap(Descent):
         self.alpha = float(alpha)
 
     def sharpness_aware(self, params, clean, grads) -> None:
+        """`grads` -= alpha * g_perp, in place."""
         if not grads or self.alpha == 0.0:
             return
         # g_perp = g - (<g, g_p> / ||g_p||^2) g_p
@@ -99,15 +104,16 @@ class SurrogateGap(Descent):
         torch._foreach_add_(local_shards(grads), perp, alpha=-self.alpha)
 
     def extra_repr(self) -> str:
+        """`alpha`, as `repr` shows it."""
         return f"alpha={self.alpha:g}"
 
 
 class WeightedSharpness(Descent):
     """WSAM (Yue et al. 2023): the objective L(w) + gamma / (1 - gamma) * (L(w + eps) - L(w)).
 
-    Coupled, the gradient is ``g + alpha (g_p - g)`` with ``alpha = gamma / (1 - gamma)``.
+    Coupled, the gradient is `g + alpha (g_p - g)` with `alpha = gamma / (1 - gamma)`.
     Decoupled (the default, as in the paper), the base optimizer steps with g alone and the
-    sharpness term is applied after it, like decoupled weight decay: ``w -= lr * alpha * (g_p - g)``.
+    sharpness term is applied after it, like decoupled weight decay: `w -= lr * alpha * (g_p - g)`.
     """
 
     name = "weighted-sharpness"
@@ -120,6 +126,9 @@ class WeightedSharpness(Descent):
         self.decoupled = bool(decoupled)
 
     def sharpness_aware(self, params, clean, grads) -> None:
+        """Coupled: `grads` becomes `g + alpha (g_p - g)`. Decoupled: `grads` becomes g and the
+        sharpness `g_p - g` is kept for `after_base_step`.
+        """
         if not grads:
             return
         sharpness = torch._foreach_sub(local_shards(grads), local_shards(clean))
@@ -132,6 +141,9 @@ class WeightedSharpness(Descent):
             torch._foreach_add_(local_shards(grads), sharpness, alpha=self.alpha)
 
     def after_base_step(self, param_groups, sharpness_aware) -> None:
+        """Decoupled, after a sharpness-aware step: `w -= lr * alpha * (g_p - g)`, each tensor at its
+        group's learning rate.
+        """
         if not (self.decoupled and sharpness_aware):
             return
         for group in param_groups:  # each tensor moves by its own group's learning rate
@@ -141,14 +153,16 @@ class WeightedSharpness(Descent):
                 torch._foreach_add_(local_shards(ps), ss, alpha=-group["lr"] * self.alpha)
 
     def extra_repr(self) -> str:
+        """`gamma` and `decoupled`, as `repr` shows them."""
         return f"gamma={self.gamma:g}, decoupled={self.decoupled}"
 
 
 class OrthogonalReuse(Descent):
-    """LookSAM (Liu et al. 2022): on a sharpness-aware step, store ``g_v``, the part of g_p
-    orthogonal to g (``g_v = g_p - (<g_p, g> / ||g||^2) g``) and descend along g_p; on a plain
-    step, descend along ``g + alpha * (||g|| / ||g_v||) * g_v``. Norms are global (LookSAM's
-    Algorithm 1; Look-LayerSAM's per-layer form is not this one)."""
+    """LookSAM (Liu et al. 2022): on a sharpness-aware step, store `g_v`, the part of g_p
+    orthogonal to g (`g_v = g_p - (<g_p, g> / ||g||^2) g`) and descend along g_p; on a plain
+    step, descend along `g + alpha * (||g|| / ||g_v||) * g_v`. Norms are global (LookSAM's
+    Algorithm 1; Look-LayerSAM's per-layer form is not this one).
+    """
 
     name = "orthogonal-reuse"
     needs_clean_gradient = True
@@ -158,6 +172,7 @@ class OrthogonalReuse(Descent):
         self.alpha = float(alpha)
 
     def sharpness_aware(self, params, clean, grads) -> None:
+        """Stores `g_v` per tensor; `grads` (g_p) are left to descend along."""
         if not grads:
             return
         coef = _ratio(global_dot(grads, clean), global_norm(clean) ** 2)
@@ -167,6 +182,7 @@ class OrthogonalReuse(Descent):
             self.state[p]["orthogonal"] = _like(g, gv)
 
     def plain(self, params, grads) -> None:
+        """Adds `alpha * (||g|| / ||g_v||) * g_v` to `grads`, in place (once a `g_v` is stored)."""
         kept = [(g, self.state[p]["orthogonal"]) for p, g in zip(params, grads) if "orthogonal" in self.state[p]]
         if not kept or self.alpha == 0.0:
             return
@@ -175,4 +191,5 @@ class OrthogonalReuse(Descent):
         torch._foreach_add_(local_shards(gs), _times(gvs, scale))
 
     def extra_repr(self) -> str:
+        """`alpha`, as `repr` shows it."""
         return f"alpha={self.alpha:g}"

@@ -1,7 +1,7 @@
 """Tensor-list arithmetic behind the SAM family, in a single-tensor and a multi-tensor form.
 
-Like ``torch.optim``, every primitive takes a ``foreach`` flag: ``True`` runs ``torch._foreach_*``
-kernels (one launch for the whole list), ``False`` loops over tensors. Both compute the same values;
+Like `torch.optim`, every primitive takes a `foreach` flag: `True` runs `torch._foreach_*`
+kernels (one launch for the whole list), `False` loops over tensors. Both compute the same values;
 the tests check them against each other in float64.
 """
 
@@ -40,12 +40,13 @@ def dual_exponent(p: float) -> float:
 
 def local_shards(tensors: list[Tensor]) -> list[Tensor]:
     """The local shards of sharded tensors (FSDP2's DTensor parameters, gradients, backups), the
-    tensors themselves otherwise: elementwise work runs on shards, which are laid out alike."""
+    tensors themselves otherwise: elementwise work runs on shards, which are laid out alike.
+    """
     return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def shard_group(tensors: list[Tensor]):
-    """The process group over which ``tensors`` are sharded, or None when they are not."""
+    """The process group over which `tensors` are sharded, or None when they are not."""
     for t in tensors:
         if isinstance(t, DTensor):
             return t.device_mesh.get_group()
@@ -53,32 +54,34 @@ def shard_group(tensors: list[Tensor]):
 
 
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
-    """``dst[i].copy_(src[i])`` in one kernel, shard by shard for sharded tensors."""
+    """`dst[i].copy_(src[i])` in one kernel, shard by shard for sharded tensors."""
     if dst:
         torch._foreach_copy_(local_shards(dst), local_shards(src))
 
 
 def scale_(tensors: list[Tensor], factor: Tensor, *, foreach: bool = True) -> None:
-    """``tensors[i] *= factor`` for a 0-d ``factor`` that stays on its device (no host sync)."""
+    """`tensors[i] *= factor` for a 0-d `factor` that stays on its device (no host sync)."""
     _scaled(tensors, factor, foreach, in_place=True)
 
 
 def add_l2_perturbation_(weights: list[Tensor], grads: list[Tensor], radius: float, *, foreach: bool = True) -> None:
-    """``w += radius * g / ||g||_2`` (SAM's eps added to w) in one pass, with no parameter-sized
-    temporary and ``grads`` left as they are; the factor stays on the device (no host sync)."""
+    """`w += radius * g / ||g||_2` (SAM's eps added to w) in one pass, with no parameter-sized
+    temporary and `grads` left as they are; the factor stays on the device (no host sync).
+    """
     if weights:
         add_scaled_(weights, grads, l2_factor(radius, grads, foreach=foreach), foreach=foreach)
 
 
 def l2_factor(radius: float, grads: list[Tensor], *, foreach: bool = True) -> Tensor:
-    """``radius / ||grads||_2`` as a 0-d tensor on the gradients' device (0 for a zero gradient)."""
+    """`radius / ||grads||_2` as a 0-d tensor on the gradients' device (0 for a zero gradient)."""
     return _over(radius, global_norm(grads, 2.0, foreach=foreach))
 
 
 def add_scaled_(weights: list[Tensor], directions: list[Tensor], factor: float | Tensor, *,
                 foreach: bool = True) -> None:
-    """``w += factor * d``: a host float as ``add``'s alpha, a 0-d tensor (kept on the device, no
-    host sync) as ``addcmul``'s broadcast factor, so ``factor * d`` is never materialised."""
+    """`w += factor * d`: a host float as `add`'s alpha, a 0-d tensor (kept on the device, no
+    host sync) as `addcmul`'s broadcast factor, so `factor * d` is never materialised.
+    """
     weights, directions = local_shards(weights), local_shards(directions)
     if not weights:
         return
@@ -95,7 +98,8 @@ def add_scaled_(weights: list[Tensor], directions: list[Tensor], factor: float |
 
 def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     """The inner product of two tensor lists taken as one vector (over every shard), in at least
-    float32, as a 0-d tensor."""
+    float32, as a 0-d tensor.
+    """
     group = shard_group(a)
     a, b = local_shards(a), local_shards(b)
     if not a:
@@ -109,11 +113,12 @@ def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
 
 
 def global_norm(tensors: list[Tensor], p: float = 2.0, *, foreach: bool = True) -> Tensor:
-    """The p-norm of all ``tensors`` taken together as one vector, as a 0-d float32+ tensor.
+    """The p-norm of all `tensors` taken together as one vector, as a 0-d float32+ tensor.
 
     Sharded tensors (DTensor) contribute every shard: the local norms are combined across the
     process group (a DTensor's own norm would read as the local shard's value when turned into a
-    float, silently wrong)."""
+    float, silently wrong).
+    """
     if not tensors:
         return torch.zeros(())
     group = shard_group(tensors)
@@ -147,10 +152,10 @@ def lp_perturbation(
     """The maximiser of the linearised loss on the p-norm ball: eq. (1) of the SAM replication report.
 
     eps = radius * sign(g) |g|^(q-1) / ||g||_q^(q-1), with q = p / (p - 1); p = 2 gives
-    radius * g / ||g||_2 and p = inf gives radius * sign(g). ``||eps||_p == radius`` for any g != 0.
+    radius * g / ||g||_2 and p = inf gives radius * sign(g). `||eps||_p == radius` for any g != 0.
     A zero gradient gives a zero perturbation.
 
-    ``in_place``: for p = 2 and p = inf, eps is written over ``grads`` (no parameter-sized
+    `in_place`: for p = 2 and p = inf, eps is written over `grads` (no parameter-sized
     temporary: the caller no longer needs them).
     """
     q = dual_exponent(p)
@@ -189,8 +194,9 @@ def adaptive_perturbation(
     in_place: bool = False,
 ) -> list[Tensor]:
     """ASAM's perturbation: eps = radius * T^2 g / ||T g||_2 with T = |w| + eta, or T = 1 where
-    ``adaptive`` is False (biases in the ASAM reference code). ``in_place`` writes eps over
-    ``grads`` (T is then the only parameter-sized temporary)."""
+    `adaptive` is False (biases in the ASAM reference code). `in_place` writes eps over
+    `grads` (T is then the only parameter-sized temporary).
+    """
     if foreach and in_place:
         ts = _operator_t(weights, adaptive, eta)
         pairs = [(g, t) for g, t in zip(grads, ts) if t is not None]
@@ -223,9 +229,9 @@ def centralised_perturbation(
     dimensions but the first (one mean per output channel or row); vectors (biases, normalisation
     weights) are left as they are.
 
-    The norm is that of g before centring, as pytorch_optimizer's ``SAM(use_gc=True)`` takes it, so
-    ``||eps||_2 <= radius`` (equal only when every row of g already has zero mean). ``in_place``
-    writes eps over ``grads``; otherwise they are left as they are.
+    The norm is that of g before centring, as pytorch_optimizer's `SAM(use_gc=True)` takes it, so
+    `||eps||_2 <= radius` (equal only when every row of g already has zero mean). `in_place`
+    writes eps over `grads`; otherwise they are left as they are.
     """
     if not grads:
         return []
@@ -242,11 +248,11 @@ def centralised_perturbation(
 
 
 def project_lp_ball(eps: list[Tensor], radius: float, p: float, *, foreach: bool = True) -> list[Tensor]:
-    """Pulls ``eps`` back into the p-norm ball of ``radius``.
+    """Pulls `eps` back into the p-norm ball of `radius`.
 
     Exact Euclidean projection for p = 2 (rescaling) and p = inf (clamping). For other p the
     Euclidean projection has no closed form; rescaling onto the sphere is used instead, which keeps
-    ``||eps||_p <= radius`` and the direction.
+    `||eps||_p <= radius` and the direction.
     """
     if math.isinf(p):
         if foreach:
@@ -282,14 +288,15 @@ def _operator_t(weights: list[Tensor], adaptive: list[bool], eta: float) -> list
 
 
 def _over(radius: float, norm: Tensor) -> Tensor:
-    """radius / norm; a zero norm (zero gradient) gives a huge factor times zero, i.e. zero."""
+    """The factor radius / norm; a zero norm (zero gradient) gives a huge factor times zero, i.e. zero."""
     return radius / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 def _scaled(tensors: list[Tensor], scale: Tensor, foreach: bool, in_place: bool = False) -> list[Tensor]:
-    """``tensors`` times a 0-d ``scale`` that stays on the device: no host sync (a step's one sync
+    """`tensors` times a 0-d `scale` that stays on the device: no host sync (a step's one sync
     is its finiteness check), so a non-finite gradient gives a non-finite result, which that check
-    catches. ``in_place`` writes the products over ``tensors``."""
+    catches. `in_place` writes the products over `tensors`.
+    """
     if not tensors:
         return []
     if in_place:

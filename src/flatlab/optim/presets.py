@@ -1,5 +1,6 @@
-"""The published methods as presets of :class:`SharpnessAware`: each only chooses its policies
-(``docs/methods.md`` lists them with their formulas, costs and defaults)."""
+"""The published methods as presets of `SharpnessAware`: each only chooses its policies
+(`docs/methods.md` lists them with their formulas, costs and defaults).
+"""
 
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ __all__ = [
 class SAM(SharpnessAware):
     """SAM (Foret et al. 2021) with the general p-norm ball of its eq. (1).
 
-    ``p=2`` is the usual L2 SAM, ``p=float("inf")`` the sign (FGSM-style) perturbation; with
-    ``ascent_steps=k`` the ascent is repeated k times from the perturbed point and projected back
+    `p=2` is the usual L2 SAM, `p=float("inf")` the sign (FGSM-style) perturbation; with
+    `ascent_steps=k` the ascent is repeated k times from the perturbed point and projected back
     onto the rho-ball (the replication report's multi-step FGSM).
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+        ```
     """
 
     preset_options = frozenset({"shape"})
@@ -48,15 +50,16 @@ class SAM(SharpnessAware):
 class ASAM(SharpnessAware):
     """Adaptive SAM (Kwon et al. 2021): eps = rho T^2 g / ||T g||, T = |w| + eta.
 
-    Biases get T = 1, as in the ASAM reference code, when ``model`` is given (parameters named
-    ``*bias``). Without ``model`` every parameter is adaptive unless its param group says
-    ``"adaptive": False``; a group's ``"adaptive"`` entry overrides the name rule either way.
+    Biases get T = 1, as in the ASAM reference code, when `model` is given (parameters named
+    `*bias`). Without `model` every parameter is adaptive unless its param group says
+    `"adaptive": False`; a group's `"adaptive"` entry overrides the name rule either way.
 
-    Example::
-
+    Example:
+        ```python
         decay, no_decay = ..., ...   # e.g. weights and biases
         opt = flatlab.ASAM(torch.optim.SGD([{"params": decay}, {"params": no_decay, "adaptive": False}],
                                            lr=0.1), rho=0.5)
+        ```
     """
 
     preset_options = frozenset({"shape"})
@@ -67,16 +70,17 @@ class ASAM(SharpnessAware):
 
 class ESAM(SharpnessAware):
     """Efficient SAM (Du et al. 2022): Stochastic Weight Perturbation (each tensor perturbed with
-    probability ``beta``, scaled by 1/beta, unpicked tensors skip their ascent weight gradient) and
-    Sharpness-sensitive Data Selection (the descent pass on the ``ceil(gamma * batch)`` samples whose
-    loss rose most; needs a :func:`flatlab.per_sample` closure when gamma < 1).
+    probability `beta`, scaled by 1/beta, unpicked tensors skip their ascent weight gradient) and
+    Sharpness-sensitive Data Selection (the descent pass on the `ceil(gamma * batch)` samples whose
+    loss rose most; needs a `flatlab.per_sample` closure when gamma < 1).
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.ESAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, beta=0.6, gamma=0.5,
                            model=model)
         opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(
             model(x if idx is None else x[idx]), y if idx is None else y[idx], reduction="none")))
+        ```
     """
 
     preset_options = frozenset({"coordinates", "samples"})
@@ -89,16 +93,16 @@ class ESAM(SharpnessAware):
 
 class SSAM(SharpnessAware):
     """Sparse SAM (Mi et al. 2022): only the coordinates of a binary mask are perturbed;
-    ``sparsity`` is the fraction NOT perturbed.
+    `sparsity` is the fraction NOT perturbed.
 
-    ``mask="fisher"`` (SSAM-F): the mask is the global top-(1 - sparsity) of the empirical Fisher
-    over ``num_samples`` samples, refreshed every ``update_interval`` steps: by ``step`` itself
-    from ``mask_data`` (batches ``(inputs, targets)``, e.g. a DataLoader, or a function returning
-    them; needs ``model=``; ``mask_loss_fn(outputs, targets)`` scores it when the model's outputs are
-    not plain logits), or by ``opt.update_mask(model, batches)`` whenever ``opt.mask_due``.
-    ``mask="dynamic"`` (SSAM-D): the mask is refreshed inside ``step`` every ``update_interval``
+    `mask="fisher"` (SSAM-F): the mask is the global top-(1 - sparsity) of the empirical Fisher
+    over `num_samples` samples, refreshed every `update_interval` steps: by `step` itself
+    from `mask_data` (batches `(inputs, targets)`, e.g. a DataLoader, or a function returning
+    them; needs `model=`; `mask_loss_fn(outputs, targets)` scores it when the model's outputs are
+    not plain logits), or by `opt.update_mask(model, batches)` whenever `opt.mask_due`.
+    `mask="dynamic"` (SSAM-D): the mask is refreshed inside `step` every `update_interval`
     steps by dropping the flattest perturbed coordinates (smallest |g|) and growing as many at
-    random, at a ``drop_rate`` decayed by a cosine over ``total_steps``.
+    random, at a `drop_rate` decayed by a cosine over `total_steps`.
     """
 
     preset_options = frozenset({"coordinates"})
@@ -130,22 +134,23 @@ class SSAM(SharpnessAware):
 
 class S2SAM(SharpnessAware):
     """Single-step SAM (Ji et al. 2024): the perturbation is rho g_prev / ||g_prev||, g_prev being
-    the gradient of the previous step, applied at the end of ``step()`` so that the next forward
+    the gradient of the previous step, applied at the end of `step()` so that the next forward
     runs at w + eps: one forward/backward per step, no closure needed. The first step is a base step.
 
-    Outside the step the weights hold w: with ``model=`` the perturbation is applied when the
-    model's next training forward starts, with a closure inside ``step``; built without either,
-    the weights hold w + eps between steps (evaluate inside ``with opt.unperturbed():``). The
-    source policy is :class:`~flatlab.optim.PreviousGradient`; any other preset becomes
-    single-pass with ``source=PreviousGradient()``.
+    Outside the step the weights hold w: with `model=` the perturbation is applied when the
+    model's next training forward starts, with a closure inside `step`; built without either,
+    the weights hold w + eps between steps (evaluate inside `with opt.unperturbed():`). The
+    source policy is `PreviousGradient`; any other preset becomes single-pass with
+    `source=PreviousGradient()`.
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.S2SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05, model=model)
         for x, y in loader:
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
+        ```
     """
 
     preset_options = SINGLE_PASS_OPTIONS
@@ -155,14 +160,15 @@ class S2SAM(SharpnessAware):
 
 
 class LookSAM(SharpnessAware):
-    """LookSAM (Liu et al. 2022): a SAM step every ``k`` steps, which also stores g_v, the part of
+    """LookSAM (Liu et al. 2022): a SAM step every `k` steps, which also stores g_v, the part of
     the SAM gradient orthogonal to the plain one; the steps between take one forward/backward and
-    descend along ``g + alpha * (||g|| / ||g_v||) * g_v``. 1 + 1/k passes per step.
+    descend along `g + alpha * (||g|| / ||g_v||) * g_v`. 1 + 1/k passes per step.
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.LookSAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=5)
         opt.step(closure)   # the closure runs once on the steps between SAM steps
+        ```
     """
 
     preset_options = frozenset({"schedule", "every", "sam_probability", "descent"})
@@ -174,8 +180,9 @@ class LookSAM(SharpnessAware):
 
 class AESAM(SharpnessAware):
     """AE-SAM (Jiang et al. 2023): SAM only on steps whose squared gradient norm exceeds its moving
-    mean plus ``c_t`` moving standard deviations (:class:`~flatlab.optim.AdaptiveSwitch`); the
-    others are base steps with one pass. ``opt.sam_fraction`` reports the share of SAM steps."""
+    mean plus `c_t` moving standard deviations (`AdaptiveSwitch`); the others are base steps with
+    one pass. `opt.sam_fraction` reports the share of SAM steps.
+    """
 
     preset_options = frozenset({"schedule", "every", "sam_probability"})
 
@@ -187,8 +194,9 @@ class AESAM(SharpnessAware):
 
 class RST(SharpnessAware):
     """Randomized switching (Zhao et al. 2022): each step is a SAM step with probability
-    ``sam_probability``, drawn from the optimizer's generator, else a base step with one pass;
-    ``every=k`` instead takes a SAM step every k-th step (MosaicML composer's interval)."""
+    `sam_probability`, drawn from the optimizer's generator, else a base step with one pass;
+    `every=k` instead takes a SAM step every k-th step (MosaicML composer's interval).
+    """
 
     preset_options = frozenset({"schedule"})
 
@@ -201,7 +209,8 @@ class RST(SharpnessAware):
 class MSAM(SharpnessAware):
     """Momentum-SAM (Becker et al. 2024): eps = -rho * v / ||v||, v the base optimizer's momentum
     buffer, applied after each step so that the next (single) forward/backward runs there; no
-    closure needed. rho = 3, the official configs' value (SAM's is 0.05 - 0.2)."""
+    closure needed. rho = 3, the official configs' value (SAM's is 0.05 - 0.2).
+    """
 
     preset_options = SINGLE_PASS_OPTIONS
 
@@ -210,10 +219,11 @@ class MSAM(SharpnessAware):
 
 
 class GSAM(SharpnessAware):
-    """GSAM (Zhuang et al. 2022): descend along ``g_p - alpha * g_perp``, g_perp the part of the
+    """GSAM (Zhuang et al. 2022): descend along `g_p - alpha * g_perp`, g_perp the part of the
     gradient at w orthogonal to the one at w + eps, with rho following the learning rate from
-    ``rho`` (at the initial learning rate) down to ``rho_min`` (at learning rate 0; default
-    ``rho / 2``, the ratio of the paper's ResNet settings, 0.04 and 0.02)."""
+    `rho` (at the initial learning rate) down to `rho_min` (at learning rate 0; default
+    `rho / 2`, the ratio of the paper's ResNet settings, 0.04 and 0.02).
+    """
 
     preset_options = frozenset({"descent", "rho_schedule"})
 
@@ -227,7 +237,8 @@ class GSAM(SharpnessAware):
 class WSAM(SharpnessAware):
     """WSAM (Yue et al. 2023): sharpness as a regulariser weighted by gamma / (1 - gamma); by
     default decoupled (the base step uses the gradient at w, the sharpness term is applied after
-    it, scaled by the learning rate), as in the paper."""
+    it, scaled by the learning rate), as in the paper.
+    """
 
     preset_options = frozenset({"descent"})
 
@@ -236,8 +247,9 @@ class WSAM(SharpnessAware):
 
 
 class FriendlySAM(SharpnessAware):
-    """FriendlySAM (Li et al. 2024): the ascent follows the batch gradient minus ``sigma`` times
-    its exponential moving average (factor ``lmbda``), i.e. the batch-specific part of it."""
+    """FriendlySAM (Li et al. 2024): the ascent follows the batch gradient minus `sigma` times
+    its exponential moving average (factor `lmbda`), i.e. the batch-specific part of it.
+    """
 
     preset_options = frozenset({"source"})
 
@@ -248,9 +260,10 @@ class FriendlySAM(SharpnessAware):
 class GCSAM(SharpnessAware):
     """SAM with gradient centralisation before the perturbation: eps = rho * GC(g) / ||g||, GC
     removing from every weight matrix and kernel its mean over all dimensions but the first
-    (:class:`~flatlab.optim.CentralisedBall`); the descent gradient is not centralised. Step for
-    step pytorch_optimizer's ``SAM(use_gc=True)`` (its norm, too, is taken before centring);
-    rho = 0.05, its default and SAM's."""
+    (`CentralisedBall`); the descent gradient is not centralised. Step for step
+    pytorch_optimizer's `SAM(use_gc=True)` (its norm, too, is taken before centring); rho = 0.05,
+    its default and SAM's.
+    """
 
     preset_options = frozenset({"shape"})
 
@@ -261,9 +274,9 @@ class GCSAM(SharpnessAware):
 class VaSSO(SharpnessAware):
     """VaSSO (Li & Giannakis, NeurIPS 2023): the ascent follows d_t = (1 - theta) d_{t-1} + theta g_t,
     an exponential moving average of the batch gradients (d_1 = g_1), eps = rho d_t / ||d_t||
-    (:class:`~flatlab.optim.AveragedGradient`). theta = 0.9 and rho = 0.05: the official code's
-    defaults, which its README's CIFAR-10 ResNet-18 command keeps (its WRN-28-10 CIFAR-100 script
-    sets rho = 0.2)."""
+    (`AveragedGradient`). theta = 0.9 and rho = 0.05: the official code's defaults, which its
+    README's CIFAR-10 ResNet-18 command keeps (its WRN-28-10 CIFAR-100 script sets rho = 0.2).
+    """
 
     preset_options = frozenset({"source"})
 
@@ -273,15 +286,15 @@ class VaSSO(SharpnessAware):
 
 class SAMON(SharpnessAware):
     """SAM-ON (Mueller et al., NeurIPS 2023): SAM perturbing only the affine parameters (weight and
-    bias) of the normalisation layers of ``model`` (BatchNorm, LayerNorm, GroupNorm), normalised over
-    them: eps_i = rho g_i / ||g_norm|| on those tensors, 0 elsewhere
-    (:class:`~flatlab.optim.ChosenTensors`). The other tensors skip their weight gradient in the
-    ascent pass. rho = 0.5, the official code's default (SAM-ON wants a larger radius than SAM: the
-    perturbed tensors hold ~0.1% of the weights).
+    bias) of the normalisation layers of `model` (BatchNorm, LayerNorm, GroupNorm), normalised over
+    them: eps_i = rho g_i / ||g_norm|| on those tensors, 0 elsewhere (`ChosenTensors`). The other
+    tensors skip their weight gradient in the ascent pass. rho = 0.5, the official code's default
+    (SAM-ON wants a larger radius than SAM: the perturbed tensors hold ~0.1% of the weights).
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.SAMON(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model=model)
+        ```
     """
 
     preset_options = frozenset({"coordinates"})

@@ -1,4 +1,4 @@
-"""Optimizers by name: ``create_optimizer("ssam-f", model, lr=0.05, rho=0.1)``.
+"""Optimizers by name: `create_optimizer("ssam-f", model, lr=0.05, rho=0.1)`.
 
 An entry is data: the preset class and the fixed keyword arguments that make the variant.
 """
@@ -58,7 +58,7 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_optimizer(name: str, cls: type[SharpnessAware] | None, summary: str = "", **fixed: Any) -> None:
-    """Adds a named variant: ``cls`` built with ``fixed`` keyword arguments (user kwargs override)."""
+    """Adds a named variant: `cls` built with `fixed` keyword arguments (user kwargs override)."""
     if name in _REGISTRY:
         raise ValueError(f"optimizer {name!r} is already registered")
     _REGISTRY[name] = _Entry(cls, dict(fixed), summary)
@@ -88,12 +88,12 @@ register_optimizer("sam-on", SAMON, "SAM perturbing only the normalisation layer
 
 
 def list_optimizers() -> list[str]:
-    """Names accepted by :func:`create_optimizer`."""
+    """Names accepted by `create_optimizer`."""
     return list(_REGISTRY)
 
 
 def describe_optimizer(name: str) -> str:
-    """One line on the entry ``name`` (what ``flatlab list`` prints beside it)."""
+    """One line on the entry `name` (what `flatlab list` prints beside it)."""
     return _entry(name).summary
 
 
@@ -104,19 +104,20 @@ def _entry(name: str) -> _Entry:
 
 
 def is_base_optimizer(name: str) -> bool:
-    """Whether the registry entry ``name`` is a base optimizer alone (no sharpness-aware wrapper)."""
+    """Whether the registry entry `name` is a base optimizer alone (no sharpness-aware wrapper)."""
     return _entry(name).cls is None
 
 
 def base_of(name: str, default: str = "sgd") -> str:
-    """The base optimizer the entry ``name`` is built on: its own (``adamw``) or ``default``."""
+    """The base optimizer the entry `name` is built on: its own (`adamw`) or `default`."""
     return _entry(name).fixed.get("base", default)
 
 
 def method_options(name: str) -> set[str]:
-    """The keyword arguments the entry ``name`` reads besides the base optimizer's: its preset's
-    and :class:`SharpnessAware`'s, less those the preset sets itself (nothing for a base optimizer
-    alone)."""
+    """The keyword arguments the entry `name` reads besides the base optimizer's: its preset's
+    and `SharpnessAware`'s, less those the preset sets itself (nothing for a base optimizer
+    alone).
+    """
     cls = _entry(name).cls
     if cls is None:
         return set()
@@ -130,8 +131,9 @@ def method_options(name: str) -> set[str]:
 
 
 def base_options(base: str) -> set[str]:
-    """The keyword arguments the base optimizer ``base`` accepts among the shared ones (lr,
-    momentum, weight_decay, ...): what a config may pass it."""
+    """The keyword arguments the base optimizer `base` accepts among the shared ones (lr,
+    momentum, weight_decay, ...): what a config may pass it.
+    """
     if base not in BASE_OPTIMIZERS:
         raise UsageError(f"unknown base optimizer {base!r}; choose from {', '.join(BASE_OPTIMIZERS)}")
     return set(inspect.signature(BASE_OPTIMIZERS[base]).parameters) & _BASE_KEYS
@@ -145,8 +147,9 @@ _BASE_KEYS = {
 def param_groups(
     model: nn.Module, weight_decay: float = 0.0, decay_norm_and_bias: bool = True
 ) -> list[dict[str, Any]]:
-    """Parameter groups for ``model``: with ``decay_norm_and_bias=False``, biases and normalisation
-    weights get no weight decay (the papers decay everything, the default here)."""
+    """Parameter groups for `model`: with `decay_norm_and_bias=False`, biases and normalisation
+    weights get no weight decay (the papers decay everything, the default here).
+    """
     if decay_norm_and_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     no_decay: set[int] = set()
@@ -168,17 +171,17 @@ def create_optimizer(
     base: str = "sgd",
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
-    """Builds the optimizer ``name`` (see :func:`list_optimizers`) on a base optimizer.
+    """Builds the optimizer `name` (see `list_optimizers`) on a base optimizer.
 
     Keyword arguments of the base optimizer (lr, momentum, weight_decay, nesterov, betas, eps, ...)
-    go to it; the rest to the SAM variant (an argument that neither reads is a
-    :class:`~flatlab.errors.UsageError` naming the method and what it takes). Given a model, the
-    variant also receives it (frozen BatchNorm statistics in perturbed passes, DDP per-replica
-    ascent, ASAM's bias rule).
+    go to it; the rest to the SAM variant (an argument that neither reads is a `UsageError` naming
+    the method and what it takes). Given a model, the variant also receives it (frozen BatchNorm
+    statistics in perturbed passes, DDP per-replica ascent, ASAM's bias rule).
 
-    Example::
-
+    Example:
+        ```python
         opt = flatlab.create_optimizer("esam", model, lr=0.1, momentum=0.9, rho=0.05, beta=0.6)
+        ```
     """
     entry = _entry(name)
     options = {**entry.fixed, **kwargs}

@@ -1,8 +1,8 @@
 """Which samples drive the descent gradient: all of them, or ESAM's sharpness-sensitive subset.
 
-Selecting samples needs per-sample losses, which a plain ``closure()`` cannot give. A
-:class:`PerSampleClosure` is the opt-in contract for that: it wraps a function
-``loss_fn(indices) -> per-sample losses`` and leaves grad mode and ``backward`` to the optimizer.
+Selecting samples needs per-sample losses, which a plain `closure()` cannot give. A
+`PerSampleClosure` is the opt-in contract for that: it wraps a function
+`loss_fn(indices) -> per-sample losses` and leaves grad mode and `backward` to the optimizer.
 """
 
 from __future__ import annotations
@@ -24,40 +24,43 @@ __all__ = ["PerSampleClosure", "per_sample", "MicroBatches", "micro_batches", "S
 class PerSampleClosure:
     """A closure that evaluates per-sample losses on any subset of the current batch.
 
-    ``fn(indices)`` must run the forward pass on the batch rows ``indices`` (a 1-D LongTensor, or
-    None for the whole batch) and return the per-sample losses (shape ``[len(indices)]``) without
-    calling ``backward``: the optimizer decides the grad mode (a no-grad forward for selection) and
+    `fn(indices)` must run the forward pass on the batch rows `indices` (a 1-D LongTensor, or
+    None for the whole batch) and return the per-sample losses (shape `[len(indices)]`) without
+    calling `backward`: the optimizer decides the grad mode (a no-grad forward for selection) and
     back-propagates the mean itself.
 
-    Every flatlab optimizer accepts it in ``step`` (those that select no samples back-propagate the
+    Every flatlab optimizer accepts it in `step` (those that select no samples back-propagate the
     mean loss of the whole batch).
 
-    Example::
-
+    Example:
+        ```python
         def losses(idx):
             xb, yb = (x, y) if idx is None else (x[idx], y[idx])
             return F.cross_entropy(model(xb), yb, reduction="none")
 
         opt.step(flatlab.per_sample(losses))
+        ```
     """
 
     def __init__(self, fn: Callable[[Tensor | None], Tensor]):
         self.fn = fn
 
     def losses(self, indices: Tensor | None = None) -> Tensor:
+        """The per-sample losses of the rows `indices` (None: all), checked to be a 1-D tensor."""
         return _checked(self.fn(indices))
 
     def backward(self, indices: Tensor | None, scale=None, no_sync=None) -> tuple[Tensor, Tensor]:
-        """Back-propagates the mean loss over the rows ``indices`` (``scale``: a GradScaler's
-        ``scale`` to apply first; ``no_sync``: a DDP context for all but the last backward, unused
-        with one backward) and returns it with the per-sample losses, both detached."""
+        """Back-propagates the mean loss over the rows `indices` (`scale`: a GradScaler's
+        `scale` to apply first; `no_sync`: a DDP context for all but the last backward, unused
+        with one backward) and returns it with the per-sample losses, both detached.
+        """
         losses = self.losses(indices)
         loss = losses.mean()
         (loss if scale is None else scale(loss)).backward()
         return loss.detach(), losses.detach()
 
     def evaluate(self, indices: Tensor | None = None) -> Tensor:
-        """Per-sample losses of the rows ``indices`` without a backward (call under no_grad)."""
+        """Per-sample losses of the rows `indices` without a backward (call under no_grad)."""
         return self.losses(indices).detach()
 
 
@@ -72,17 +75,18 @@ class MicroBatches(PerSampleClosure):
     """A step over several micro-batches that equals one step on their concatenation (for models
     without batch-coupled layers such as BatchNorm): gradient accumulation for any flatlab method.
 
-    ``fn(batch, indices)`` returns the per-sample losses of the rows ``indices`` (None: all) of one
-    micro-batch ``batch`` (any object: a tuple of tensors, a dict). Rows are numbered across the
+    `fn(batch, indices)` returns the per-sample losses of the rows `indices` (None: all) of one
+    micro-batch `batch` (any object: a tuple of tensors, a dict). Rows are numbered across the
     micro-batches in order, so sample selection (ESAM) ranks the whole accumulated batch. Each
     backward covers one micro-batch, weighted by its share of the rows, so only one micro-batch's
     graph is alive at a time; under DDP every backward but the last skips the all-reduce.
 
-    Example::
-
+    Example:
+        ```python
         micro = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)]
         opt.step(flatlab.micro_batches(micro, lambda b, idx: F.cross_entropy(
             model(b[0] if idx is None else b[0][idx]), b[1] if idx is None else b[1][idx], reduction="none")))
+        ```
     """
 
     def __init__(self, batches, fn: Callable[[object, Tensor | None], Tensor], sizes: list[int] | None = None):
@@ -97,6 +101,7 @@ class MicroBatches(PerSampleClosure):
 
     @property
     def total(self) -> int:
+        """The number of rows over all micro-batches."""
         return self.offsets[-1]
 
     def _split(self, indices: Tensor | None):
@@ -111,9 +116,14 @@ class MicroBatches(PerSampleClosure):
                 yield batch, mine, int(mine.numel())
 
     def losses(self, indices: Tensor | None = None) -> Tensor:
+        """The per-sample losses of the rows `indices` (None: all), micro-batch by micro-batch."""
         return torch.cat([_checked(self.fn(batch, rows)) for batch, rows, _ in self._split(indices)])
 
     def backward(self, indices, scale=None, no_sync=None):
+        """One backward per micro-batch holding rows of `indices`, each weighted by its share of the
+        rows (under DDP all but the last in `no_sync`); returns the mean loss and the per-sample
+        losses, detached.
+        """
         parts = list(self._split(indices))
         count = sum(n for *_, n in parts)
         total, per_sample = 0.0, []
@@ -128,6 +138,7 @@ class MicroBatches(PerSampleClosure):
         return total, torch.cat(per_sample)
 
     def evaluate(self, indices=None):
+        """Per-sample losses of the rows `indices` without a backward (call under no_grad)."""
         return torch.cat([_checked(self.fn(batch, rows)).detach() for batch, rows, _ in self._split(indices)])
 
 
@@ -142,12 +153,12 @@ def _rows(batch) -> int:
 
 
 def micro_batches(batches, fn: Callable[[object, Tensor | None], Tensor], sizes: list[int] | None = None):
-    """Marks a step over several micro-batches: see :class:`MicroBatches`."""
+    """Marks a step over several micro-batches: see `MicroBatches`."""
     return MicroBatches(batches, fn, sizes)
 
 
 def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:
-    """Marks ``fn(indices) -> per-sample losses`` as a :class:`PerSampleClosure`."""
+    """Marks `fn(indices) -> per-sample losses` as a `PerSampleClosure`."""
     return fn if isinstance(fn, PerSampleClosure) else PerSampleClosure(fn)
 
 
@@ -155,15 +166,16 @@ class Samples(Policy):
     """Interface of a sample policy.
 
     Attributes:
-        name: short name for ``repr``.
-        needs_per_sample: True when ``select`` needs the per-sample losses at w and w + eps (a
-            :class:`PerSampleClosure` and a no-grad forward at w + eps on the whole batch).
+        name: short name for `repr`.
+        needs_per_sample: True when `select` needs the per-sample losses at w and w + eps (a
+            `PerSampleClosure` and a no-grad forward at w + eps on the whole batch).
     """
 
     name = "samples"
     needs_per_sample = False
 
     def check(self, optimizer) -> None:
+        """Refuses sample selection under a single-pass source (there is no second pass)."""
         if self.needs_per_sample and optimizer.source.single_pass:
             raise ValueError("sample selection needs a second pass; it cannot be combined with a single-pass source")
 
@@ -172,7 +184,7 @@ class Samples(Policy):
         raise NotImplementedError
 
     def count(self, batch: int) -> int:
-        """How many of ``batch`` samples the descent pass runs on."""
+        """How many of `batch` samples the descent pass runs on."""
         return batch
 
     @property
@@ -188,14 +200,16 @@ class AllSamples(Samples):
     name = "all"
 
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
+        """None: every row."""
         return None
 
 
 class SharpnessSensitive(Samples):
     """ESAM's Sharpness-sensitive Data Selection: the descent pass runs only on the
-    ``ceil(gamma * batch)`` samples whose loss rose most from w to w + eps (at least one). Ties go
-    to the lower batch index, so the choice is deterministic. ``flatlab.analysis.sds_statistics``
-    splits a batch into B+ and B- with this same policy."""
+    `ceil(gamma * batch)` samples whose loss rose most from w to w + eps (at least one). Ties go
+    to the lower batch index, so the choice is deterministic. `flatlab.analysis.sds_statistics`
+    splits a batch into B+ and B- with this same policy.
+    """
 
     name = "sharpness-sensitive"
 
@@ -205,11 +219,13 @@ class SharpnessSensitive(Samples):
         self.needs_per_sample = self.gamma < 1.0
 
     def count(self, batch: int) -> int:
+        """`ceil(gamma * batch)`, at least one and at most `batch`."""
         # the 1e-9 keeps gamma * batch = 64.00000001 (float error) from becoming 65
         return max(1, min(batch, math.ceil(self.gamma * batch - 1e-9)))
 
     @property
     def descent_fraction(self) -> float:
+        """The fraction gamma."""
         return self.gamma
 
     @staticmethod
@@ -219,9 +235,11 @@ class SharpnessSensitive(Samples):
         return torch.argsort(rise, descending=True, stable=True)
 
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
+        """The `count` rows whose loss rose most, in increasing order (None when gamma = 1: all)."""
         if not self.needs_per_sample:
             return None
         return self.rank(before, after)[: self.count(before.numel())].sort().values
 
     def extra_repr(self) -> str:
+        """`gamma`, as `repr` shows it."""
         return f"gamma={self.gamma:g}"

@@ -19,17 +19,18 @@ __all__ = ["Shape", "LpBall", "AdaptiveBall", "CentralisedBall"]
 
 
 class Shape(Policy):
-    """Interface of a shape: ``perturbation`` and ``project`` over aligned lists of gradients and
-    weights. ``adaptive`` flags, per tensor, whether a weight-dependent shape may scale it (ASAM
-    leaves biases alone); other shapes ignore ``weights`` and ``adaptive``."""
+    """Interface of a shape: `perturbation` and `project` over aligned lists of gradients and
+    weights. `adaptive` flags, per tensor, whether a weight-dependent shape may scale it (ASAM
+    leaves biases alone); other shapes ignore `weights` and `adaptive`.
+    """
 
     name = "shape"
     #: a non-finite gradient gives a non-finite perturbation (through its norm), so the descent's
     #: check catches it; the sign perturbation does not (sign(nan) is 0) and is checked at once
     propagates_nonfinite = True
-    #: reads ``weights`` and the ``adaptive`` flags (ASAM); the others ignore them
+    #: reads `weights` and the `adaptive` flags (ASAM); the others ignore them
     weight_dependent = False
-    #: eps is ``radius * grads / ||grads||_2``: a caller holding that norm may add eps to w itself
+    #: eps is `radius * grads / ||grads||_2`: a caller holding that norm may add eps to w itself
     normalises_by_l2 = False
 
     def perturbation(
@@ -42,13 +43,15 @@ class Shape(Policy):
         *,
         in_place: bool = False,
     ) -> list[Tensor]:
-        """eps for ``grads``. ``in_place``: the caller no longer needs ``grads``, and a shape may
-        write eps over them (no parameter-sized temporary)."""
+        """The perturbation eps for `grads`. `in_place`: the caller no longer needs `grads`, and a shape may
+        write eps over them (no parameter-sized temporary).
+        """
         raise NotImplementedError
 
     def project(
         self, eps: list[Tensor], weights: list[Tensor], adaptive: list[bool], radius: float, foreach: bool
     ) -> list[Tensor]:
+        """`eps` pulled back onto the ball of `radius` (after an extra ascent step)."""
         raise NotImplementedError
 
 
@@ -65,19 +68,23 @@ class LpBall(Shape):
         self.normalises_by_l2 = self.p == 2.0
 
     def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        """The maximiser of the linearised loss on the p-norm ball of `radius`."""
         return F.lp_perturbation(grads, radius, self.p, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):
+        """`eps` rescaled (or, for p = inf, clamped) into the p-norm ball."""
         return F.project_lp_ball(eps, radius, self.p, foreach=foreach)
 
     def extra_repr(self) -> str:
+        """`p`, as `repr` shows it."""
         return "p=inf" if math.isinf(self.p) else f"p={self.p:g}"
 
 
 class AdaptiveBall(Shape):
     """ASAM's scale-invariant perturbation, T = |w| + eta on adaptive tensors: the ball is an
-    ellipsoid stretched along large weights. (Not to be confused with the schedule
-    :class:`~flatlab.optim.AdaptiveSwitch`, AE-SAM's choice of when to perturb.)"""
+    ellipsoid stretched along large weights. Not to be confused with the schedule
+    `AdaptiveSwitch`, AE-SAM's choice of when to perturb.
+    """
 
     name = "adaptive"
     weight_dependent = True
@@ -87,26 +94,32 @@ class AdaptiveBall(Shape):
         self.eta = float(eta)
 
     def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        """The perturbation eps = radius * T^2 g / ||T g||_2, T = |w| + eta on the adaptive tensors (1 elsewhere)."""
         return F.adaptive_perturbation(grads, weights, adaptive, radius, self.eta, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):
+        """`eps` rescaled into the ellipsoid ||T^-1 eps||_2 <= radius."""
         return F.project_adaptive_ball(eps, weights, adaptive, radius, self.eta, foreach=foreach)
 
     def extra_repr(self) -> str:
+        """`eta`, as `repr` shows it."""
         return f"eta={self.eta:g}"
 
 
 class CentralisedBall(Shape):
     """GC-SAM: SAM's L2 perturbation of the centralised gradient, eps = rho * GC(g) / ||g||_2, GC
     subtracting from each weight matrix or kernel (2+ dimensions) its mean over all dimensions but
-    the first; vectors stay as they are (:func:`~flatlab.optim.functional.centralised_perturbation`).
-    The norm is that of g before centring, as in pytorch_optimizer's ``SAM(use_gc=True)``, so
-    ``||eps|| <= rho``. Only the ascent direction is centralised; the descent gradient is not."""
+    the first; vectors stay as they are (`functional.centralised_perturbation`). The norm is that
+    of g before centring, as in pytorch_optimizer's `SAM(use_gc=True)`, so `||eps|| <= rho`. Only
+    the ascent direction is centralised; the descent gradient is not.
+    """
 
     name = "centralised"
 
     def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        """The perturbation eps = radius * GC(g) / ||g||_2 (the norm taken before centring)."""
         return F.centralised_perturbation(grads, radius, foreach=foreach, in_place=in_place)
 
     def project(self, eps, weights, adaptive, radius, foreach):
+        """`eps` rescaled into the L2 ball of `radius`."""
         return F.project_lp_ball(eps, radius, 2.0, foreach=foreach)

@@ -2,20 +2,22 @@
 policies (which gradient, how shaped, which coordinates, which samples, when the extra pass is taken,
 how the descent gradient is formed, what radius).
 
-A step, as :meth:`SharpnessAware.step` reads::
+A step, as `SharpnessAware.step` reads:
 
-    source      the gradient that builds eps: an ascent pass at w (two-pass methods), or the
-                previous step's gradient, held pending since then (single-pass methods)
-    schedule    whether this step perturbs at all (else a plain step with the pass at w)
-    ascent      eps = shape(direction) on the chosen coordinates, w -> w + eps
-    perturbed   the pass at w + eps (on the rows the sample policy keeps)
-    descent     w back, the descent gradient formed, checked and clipped
-    base        the base optimizer's step (then, single-pass: eps of the next step)
+```text
+source      the gradient that builds eps: an ascent pass at w (two-pass methods), or the
+            previous step's gradient, held pending since then (single-pass methods)
+schedule    whether this step perturbs at all (else a plain step with the pass at w)
+ascent      eps = shape(direction) on the chosen coordinates, w -> w + eps
+perturbed   the pass at w + eps (on the rows the sample policy keeps)
+descent     w back, the descent gradient formed, checked and clipped
+base        the base optimizer's step (then, single-pass: eps of the next step)
+```
 
 The named methods (SAM, ASAM, ESAM, SSAM, S2-SAM, LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM,
-FriendlySAM) are presets of this class in ``presets.py``. Each policy checks its own combinations
-with the others (``Policy.check``); what the parameters hold is ``perturbation.py``'s, the
-finiteness and loss scale of gradients ``gradient_check.py``'s, the hooks on the model ``hooks.py``'s.
+FriendlySAM) are presets of this class in `presets.py`. Each policy checks its own combinations
+with the others (`Policy.check`); what the parameters hold is `perturbation.py`'s, the
+finiteness and loss scale of gradients `gradient_check.py`'s, the hooks on the model `hooks.py`'s.
 """
 
 from __future__ import annotations
@@ -51,54 +53,56 @@ __all__ = ["SharpnessAware", "Phase", "step_passes"]
 class SharpnessAware(torch.optim.Optimizer):
     """Sharpness-aware minimisation around any base optimizer instance, composed of policies.
 
-    The wrapper shares the base optimizer's ``param_groups`` (LR schedulers, param-group tricks
-    and ``isinstance(opt, torch.optim.Optimizer)`` keep working) and keeps its own per-parameter
-    state apart, in ``self.state[p]``: the saved w while it is perturbed (``"backup"``) and the
-    perturbation mask of a masked method (``"perturb_mask"``); plus counters and a generator.
+    The wrapper shares the base optimizer's `param_groups` (LR schedulers, param-group tricks
+    and `isinstance(opt, torch.optim.Optimizer)` keep working) and keeps its own per-parameter
+    state apart, in `self.state[p]`: the saved w while it is perturbed (`"backup"`) and the
+    perturbation mask of a masked method (`"perturb_mask"`); plus counters and a generator.
 
     Args:
         base: the optimizer that takes the descent step (SGD, AdamW, ...), already built.
         rho: radius of the perturbation (0 reproduces the base optimizer exactly). A param group
-            of the base may set its own ``"rho"`` (0: its tensors are not perturbed); the
+            of the base may set its own `"rho"` (0: its tensors are not perturbed); the
             direction is normalised over every perturbed tensor, then each group's part is
             scaled by its radius.
         source: which gradient drives the perturbation (default: the current batch's, from an
-            extra pass: SAM; :class:`~flatlab.optim.PreviousGradient`: S2-SAM's single pass).
+            extra pass: SAM; `PreviousGradient`: S2-SAM's single pass).
         shape: how the ascent direction is shaped (default: L2 ball, i.e. SAM).
         coordinates: which coordinates are perturbed (default: all).
         samples: which samples drive the descent gradient (default: all).
         descent: how the descent gradient combines the gradients at w and w + eps (default: the
-            one at w + eps; GSAM's, WSAM's and LookSAM's in ``flatlab.optim.descents``).
+            one at w + eps; GSAM's, WSAM's and LookSAM's in `flatlab.optim.descents`).
         schedule: which steps take the sharpness-aware update; the others are plain steps with
-            one pass (default: every step; ``flatlab.optim.schedules``). Shortcuts: ``every=k``
-            (every k-th step) and ``sam_probability=p`` (a random fraction p of the steps, RST).
-        rho_schedule: the radius over training (default: constant ``rho``; GSAM's follows the
-            learning rate, :class:`~flatlab.optim.LRProportional`).
+            one pass (default: every step; `flatlab.optim.schedules`). Shortcuts: `every=k`
+            (every k-th step) and `sam_probability=p` (a random fraction p of the steps, RST).
+        rho_schedule: the radius over training (default: constant `rho`; GSAM's follows the
+            learning rate, `LRProportional`).
         ascent_steps: number of ascent steps; each step after the first re-evaluates the gradient
-            at the perturbed point, adds a step of size ``ascent_step_size`` (default ``rho``) and
+            at the perturbed point, adds a step of size `ascent_step_size` (default `rho`) and
             projects back onto the rho-ball.
         model: the module being trained; optional. When given, BatchNorm running statistics are
-            frozen during perturbed passes (``freeze_bn``), a DDP model's ascent pass skips the
-            gradient all-reduce unless ``sync_first_pass``, a data-driven mask with a data source
+            frozen during perturbed passes (`freeze_bn`), a DDP model's ascent pass skips the
+            gradient all-reduce unless `sync_first_pass`, a data-driven mask with a data source
             refreshes itself, a single-pass method's parameters hold w between steps, and
-            parameters named ``*bias`` are not adaptive (ASAM's T = 1). A param group's
-            ``"adaptive"`` entry, when present, decides for its parameters instead; without
-            ``model`` and without that entry every parameter is adaptive.
+            parameters named `*bias` are not adaptive (ASAM's T = 1). A param group's
+            `"adaptive"` entry, when present, decides for its parameters instead; without
+            `model` and without that entry every parameter is adaptive.
         sync_first_pass: under DDP, all-reduce the ascent gradient too (one perturbation for the
             global batch) instead of a per-replica perturbation (the papers' m-sharpness).
         max_grad_norm: clip the descent gradient to this global L2 norm before the base step.
         skip_nonfinite: skip a step (weights left exactly as they were) whose gradient has an inf
             or NaN. With a GradScaler the scaler's own check is used.
-        foreach: use ``torch._foreach_*`` kernels (True) or a per-tensor loop (False); None (the
+        foreach: use `torch._foreach_*` kernels (True) or a per-tensor loop (False); None (the
             default) chooses from the parameters, as torch.optim does: the kernels where every
             parameter is a plain tensor or a DTensor on a device they serve. Unlike torch.optim,
             CPU counts as served: its kernels loop in C++, and flatlab's foreach paths are also
             the ones that write eps over the gradient instead of allocating it.
         seed: seed of the optimizer's generator (random tensors / masks); default: drawn from
-            torch's global generator, so ``torch.manual_seed`` makes runs repeatable.
+            torch's global generator, so `torch.manual_seed` makes runs repeatable.
 
-    Training loop with a closure (the torch convention)::
+    Example:
+        A training loop with a closure (the torch convention):
 
+        ```python
         opt = flatlab.SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05,
                           model=model)   # model=: BN statistics frozen in the perturbed pass
 
@@ -109,16 +113,19 @@ class SharpnessAware(torch.optim.Optimizer):
             return loss
 
         loss = opt.step(closure)
+        ```
 
-    fp16 with a GradScaler: hand the scaler to ``step`` with a per-sample closure; the optimizer
-    scales every backward, skips the step on overflow and updates the scale::
+        fp16 with a GradScaler: hand the scaler to `step` with a per-sample closure; the optimizer
+        scales every backward, skips the step on overflow and updates the scale:
 
+        ```python
         scaler = torch.amp.GradScaler("cuda")
         opt.step(flatlab.per_sample(lambda idx: F.cross_entropy(
             model(x if idx is None else x[idx]), y if idx is None else y[idx], reduction="none")),
             scaler=scaler)
+        ```
 
-    Manual loops can also use the two-phase API ``first_step`` / ``second_step``.
+    Manual loops can also use the two-phase API `first_step` / `second_step`.
     """
 
     #: constructor options a preset sets itself (its policies), so a user cannot choose them
@@ -232,14 +239,14 @@ class SharpnessAware(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None, *, scaler: torch.amp.GradScaler | None = None) -> Any:
         """One optimisation step; returns the closure's loss (at w for a two-pass method).
 
-        Two-pass methods need ``closure`` (it zeroes grads, runs forward and backward, returns the
-        loss); without one, ``step()`` acts as ``second_step()`` after a ``first_step()``, which
-        is what ``GradScaler.step(opt)`` calls. Sample selection (ESAM's gamma < 1) needs a
-        :class:`~flatlab.optim.samples.PerSampleClosure`. A single-pass method needs no closure.
+        Two-pass methods need `closure` (it zeroes grads, runs forward and backward, returns the
+        loss); without one, `step()` acts as `second_step()` after a `first_step()`, which
+        is what `GradScaler.step(opt)` calls. Sample selection (ESAM's gamma < 1) needs a
+        `flatlab.optim.samples.PerSampleClosure`. A single-pass method needs no closure.
 
-        ``scaler``: a GradScaler (fp16); the closure must then be a per-sample closure (the
+        `scaler`: a GradScaler (fp16); the closure must then be a per-sample closure (the
         optimizer scales the loss before each backward). The step is skipped on overflow and
-        the scale updated: call neither ``scaler.step`` nor ``scaler.update`` yourself.
+        the scale updated: call neither `scaler.step` nor `scaler.update` yourself.
         """
         if closure is None and not self.source.single_pass:
             return self._second_step_without_closure(scaler)
@@ -255,8 +262,10 @@ class SharpnessAware(torch.optim.Optimizer):
             return loss
 
     def _ascent(self, closure: Callable) -> tuple[Any, Tensor | None]:
-        """source -> schedule -> ascent: the pass at w, the decision, w -> w + eps (and further
-        ascent steps). Returns the loss at w and, for sample selection, the per-sample losses."""
+        """The step up to w + eps, source -> schedule -> ascent: the pass at w, the decision,
+        w -> w + eps (and further ascent steps). Returns the loss at w and, for sample selection,
+        the per-sample losses.
+        """
         decided = None if self.schedule.needs_gradient else self._decide()
         if decided is False:  # a plain step: its one pass computes every gradient, all-reduced
             loss, _ = self._evaluate(closure)
@@ -275,7 +284,8 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _perturbed_pass(self, closure: Callable, before: Tensor | None) -> None:
         """The pass at w + eps that the descent gradient comes from, on the rows the sample policy
-        keeps (ESAM: those whose loss rose most, from a no-grad pass over the batch)."""
+        keeps (ESAM: those whose loss rose most, from a no-grad pass over the batch).
+        """
         rows = None
         if self.samples.needs_per_sample:
             with torch.no_grad(), self.perturbed_pass():
@@ -286,7 +296,8 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _pass_at_pending_perturbation(self, closure: Callable | None) -> Any:
         """A single-pass step: the closure's pass runs at the w + eps built by the previous step
-        (without a closure it ran already, moved there by the model's forward hook)."""
+        (without a closure it ran already, moved there by the model's forward hook).
+        """
         loss = None
         if closure is not None:
             self.perturbation.apply_pending()
@@ -295,8 +306,9 @@ class SharpnessAware(torch.optim.Optimizer):
         return loss
 
     def _descend_and_step(self) -> None:
-        """descent -> base step, under a GradScaler through ``scaler.step``: it checks the
-        gradients for inf and records that for ``scaler.update``, then calls back once."""
+        """The step's end, descent -> base step; under a GradScaler through `scaler.step`, which
+        checks the gradients for inf and records that for `scaler.update`, then calls back once.
+        """
         if self._scaler is None:
             self._descend(None)
             return
@@ -304,9 +316,10 @@ class SharpnessAware(torch.optim.Optimizer):
         self._scaler.update()
 
     def _descend(self, amp: Amp | None) -> None:
-        """w back in place, the descent gradient read (unscaled, checked), formed by the descent
-        policy, clipped; the base step; for a single-pass method, the next step's eps from the
-        gradient just used."""
+        """The descent: w back in place, the descent gradient read (unscaled, checked), formed by the
+        descent policy, clipped; the base step; for a single-pass method, the next step's eps from
+        the gradient just used.
+        """
         phase = self.phase
         self.perturbation.restore()
         params, grads = self._gradients()
@@ -348,8 +361,9 @@ class SharpnessAware(torch.optim.Optimizer):
     def _perturb_from_gradients(self, decided: bool | None) -> None:
         """After the pass at w: the schedule decides (from the gradient's norm when it needs it),
         then w -> w + eps built from the source's direction. A non-finite gradient that a policy
-        would derive state from skips the step (``SKIPPED``); any other reaches eps, then the
-        descent gradient, whose check restores w: that check is the step's one host sync."""
+        would derive state from skips the step (`SKIPPED`); any other reaches eps, then the
+        descent gradient, whose check restores w: that check is the step's one host sync.
+        """
         if self.phase is not Phase.AT_W:
             raise RuntimeError("first_step() called twice; call second_step() (or step()) in between")
         self.gradient_check.forget()
@@ -382,18 +396,21 @@ class SharpnessAware(torch.optim.Optimizer):
         self._perturb(params, self.source.direction(params, grads, self.base, self.gradient_check.loss_scale))
 
     def _perturb(self, params: list[Tensor], directions: list[Tensor], norm: float | None = None) -> None:
-        """Builds eps from ``directions`` (aligned with ``params``) and moves to w + eps (or holds
-        the move, ``PENDING``, for a single-pass method that knows its model or steps with a
-        closure), the cheapest way the policies allow, with no parameter-sized temporary:
+        """Builds eps from `directions` (aligned with `params`) and moves to w + eps (or holds
+        the move, `PENDING`, for a single-pass method that knows its model or steps with a
+        closure), the cheapest way the policies allow, with no parameter-sized temporary.
 
-        - ``norm`` given (S2-SAM: the directions' L2 norm, read by the step's check): one scaled add;
-        - an L2 ball, unmasked, one radius, one ascent step (SAM and most presets): ``w += rho d /
-          ||d||`` in one pass, the factor kept on the device;
+        From the cheapest way down:
+
+        - `norm` given (S2-SAM: the directions' L2 norm, read by the step's check): one scaled add;
+        - an L2 ball, unmasked, one radius, one ascent step (SAM and most presets):
+          `w += rho d / ||d||` in one pass, the factor kept on the device;
         - otherwise eps is built in the memory of the directions (unless the descent keeps the
           gradient at w), masked, and added.
 
-        The perturbed tensors' ``.grad`` is dropped (None), except by an immediate scaled add: its
-        memory is spent or held, and the coming backward at w + eps must start from zero."""
+        The perturbed tensors' `.grad` is dropped (None), except by an immediate scaled add: its
+        memory is spent or held, and the coming backward at w + eps must start from zero.
+        """
         self.coordinates.observe(self.steps, params, directions)
         chosen, directions = self.coordinates.select(params, directions)
         radii = self._group_radii()
@@ -459,12 +476,12 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Moves the weights from w to w + eps, eps built from the gradients now in ``.grad``.
+        """Moves the weights from w to w + eps, eps built from the gradients now in `.grad`.
 
         Call it after the backward pass at w. A gradient with an inf or NaN leaves w in place and
-        marks the step as skipped (``second_step`` then takes no base step). The perturbed tensors'
-        ``.grad`` is None afterwards: eps is built in its memory (no parameter-sized temporary), and
-        the backward at w + eps starts from zero, with or without a ``zero_grad`` in between.
+        marks the step as skipped (`second_step` then takes no base step). The perturbed tensors'
+        `.grad` is None afterwards: eps is built in its memory (no parameter-sized temporary), and
+        the backward at w + eps starts from zero, with or without a `zero_grad` in between.
         """
         if self.source.single_pass:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
@@ -476,8 +493,9 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
-        """Restores w and takes the base optimizer's step with the gradient now in ``.grad``
-        (computed at w + eps)."""
+        """Restores w and takes the base optimizer's step with the gradient now in `.grad`
+        (computed at w + eps).
+        """
         if self.source.single_pass:
             raise RuntimeError("a single-pass method has no second step; call step() once per batch")
         if self.phase is Phase.AT_W:
@@ -513,14 +531,16 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _ascent_needs_check(self) -> bool:
         """Whether a policy derives state from the ascent gradient on this step (it must never see
-        an inf or NaN, so the gradient is checked at once), or the shape would hide one."""
+        an inf or NaN, so the gradient is checked at once), or the shape would hide one.
+        """
         return (self.source.stateful or self.coordinates.observes_gradient_at(self.steps)
                 or not self.shape.propagates_nonfinite)
 
     def _norm_builds_next_eps(self, grads: list[Tensor]) -> bool:
         """Whether the descent gradient's L2 norm, read by its check, is also the next
         perturbation's: the direction is that gradient, unclipped and unmasked, the shape divides
-        by its L2 norm, one radius, and the norm can stand for the check (float32/64)."""
+        by its L2 norm, one radius, and the norm can stand for the check (float32/64).
+        """
         return (
             self.max_grad_norm is None
             and self.source.direction_is_gradient
@@ -548,7 +568,7 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @contextmanager
     def _stepping(self, closure: Callable | None, scaler: torch.amp.GradScaler | None) -> Iterator[None]:
-        """The bookkeeping around one ``step``: the loss scale, gradients left from outside."""
+        """The bookkeeping around one `step`: the loss scale, gradients left from outside."""
         if scaler is not None and closure is not None and not isinstance(closure, PerSampleClosure):
             raise TypeError("with scaler=, pass flatlab.per_sample(fn): the optimizer scales each backward itself")
         if self.samples.needs_per_sample and closure is not None and not isinstance(closure, PerSampleClosure):
@@ -577,10 +597,11 @@ class SharpnessAware(torch.optim.Optimizer):
     def ascent_pass(self) -> Iterator[None]:
         """Wraps the forward/backward passes that build the perturbation (at w and, for several
         ascent steps, at w + eps): tensors the coordinate policy will not perturb skip their weight
-        gradient (ESAM), and a DDP model skips the all-reduce unless ``sync_first_pass``.
+        gradient (ESAM), and a DDP model skips the all-reduce unless `sync_first_pass`.
 
         Under a schedule that decides from the gradient (AE-SAM) the first pass may become a plain
-        step's only pass: it then computes every gradient and is all-reduced."""
+        step's only pass: it then computes every gradient and is all-reduced.
+        """
         ddp = self._is_ddp()
         synced = self.sync_first_pass or self.schedule.needs_gradient
         no_sync = self.model.no_sync() if ddp and not synced else nullcontext()
@@ -593,7 +614,7 @@ class SharpnessAware(torch.optim.Optimizer):
             self.coordinates.end_ascent_pass()
 
     def perturbed_pass(self):
-        """Context for a forward at w + eps: BatchNorm statistics frozen when ``model`` was given."""
+        """Context for a forward at w + eps: BatchNorm statistics frozen when `model` was given."""
         if self.model is not None and self.freeze_bn:
             return frozen_bn_stats(self.model)
         return nullcontext()
@@ -609,10 +630,11 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _drop_gradients_from_outside(self, closure: Callable) -> None:
         """A two-pass step takes its gradients at w and at w + eps from the closure's batch alone:
-        gradients that ``backward()`` calls before ``step`` left in ``.grad`` (micro-batches
+        gradients that `backward()` calls before `step` left in `.grad` (micro-batches
         accumulated the plain way) have no pass at w + eps, so they are dropped, with a warning
         that says so; under Lightning (whose accumulation does exactly this) the step refuses. A
-        single-pass step keeps them: taken at w + eps like the closure's, they count in full."""
+        single-pass step keeps them: taken at w + eps like the closure's, they count in full.
+        """
         if self.source.single_pass or not self._backward_outside:
             return
         held = [p for p in self._params() if p.grad is not None]
@@ -638,7 +660,8 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _refuse_gradients_at_w(self) -> None:
         """A single-pass step descends with gradients taken at w + eps: refuse those taken at w
-        while the perturbation waited for a forward of ``model`` that never came."""
+        while the perturbation waited for a forward of `model` that never came.
+        """
         at_w, self._backward_while_pending = self._backward_while_pending, False
         if not (at_w or self.phase is Phase.PENDING and any(p.grad is not None for p in self.perturbation.tensors)):
             return
@@ -654,12 +677,13 @@ class SharpnessAware(torch.optim.Optimizer):
     # radius, coordinates, data
 
     def radius(self) -> float:
-        """The perturbation radius of the coming step (of the groups without a ``rho`` of their own)."""
+        """The perturbation radius of the coming step (of the groups without a `rho` of their own)."""
         return self.rho if self.rho_schedule is None else self.rho_schedule.radius(self)
 
     def _group_radii(self) -> list[float] | None:
-        """Each param group's radius, or None when every group takes :meth:`radius`. A rho
-        schedule scales every group's rho alike."""
+        """Each param group's radius, or None when every group takes `radius`. A rho
+        schedule scales every group's rho alike.
+        """
         rhos = [group.get("rho") for group in self.param_groups]
         if all(r is None or r == self.rho for r in rhos):
             return None
@@ -695,7 +719,7 @@ class SharpnessAware(torch.optim.Optimizer):
     def set_weight_masks(self, masks: dict[Tensor, Tensor]) -> None:
         """Restricts every perturbation to the live weights of a sparse network.
 
-        ``masks`` maps a parameter to its boolean weight mask; the mapping is kept by reference,
+        `masks` maps a parameter to its boolean weight mask; the mapping is kept by reference,
         so a sparse-training schedule that updates it is followed at every step.
         """
         self.coordinates.restrict_to_live(masks)
@@ -714,14 +738,15 @@ class SharpnessAware(torch.optim.Optimizer):
                 model: nn.Module | None = None) -> bool:
         """Refreshes, before the coming step, what the policies derive from data when it is due
         (SSAM-F's Fisher mask): from the data source the policy was built with, else from
-        ``batches``, an iterable of ``(inputs, targets)`` or a function returning one (called only
-        when due). A training loop calls it before each step; ``step`` calls it too, with no
+        `batches`, an iterable of `(inputs, targets)` or a function returning one (called only
+        when due). A training loop calls it before each step; `step` calls it too, with no
         batches. Returns whether a refresh ran. Raises when one is due and no data is at hand.
 
-        Example::
-
+        Example:
+            ```python
             opt.prepare(lambda: [(x, y)])   # this batch feeds SSAM-F's refresh when due
             opt.step(closure)
+            ```
         """
         if not self.mask_due:
             return False
@@ -744,8 +769,9 @@ class SharpnessAware(torch.optim.Optimizer):
         data,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
-        """Recomputes a data-driven perturbation mask (SSAM-F's Fisher mask) from ``data``, an
-        iterable of ``(inputs, targets)`` batches. :meth:`prepare` calls it when due."""
+        """Recomputes a data-driven perturbation mask (SSAM-F's Fisher mask) from `data`, an
+        iterable of `(inputs, targets)` batches. `prepare` calls it when due.
+        """
         if not self.coordinates.needs_data:
             raise TypeError(f"the coordinate policy '{self.coordinates.name}' has no data-driven mask")
         if model is None:
@@ -759,34 +785,38 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @property
     def phase(self) -> Phase:
-        """Where the step stands: what the parameters hold (see :class:`Phase`)."""
+        """Where the step stands: what the parameters hold (see `Phase`)."""
         return self.perturbation.phase
 
     @property
     def is_perturbed(self) -> bool:
-        """Whether the parameters hold w + eps right now: between ``first_step`` and
-        ``second_step``; for a single-pass method from its training forward to its step (and
-        between steps when the optimizer was built without ``model=``)."""
+        """Whether the parameters hold w + eps right now: between `first_step` and
+        `second_step`; for a single-pass method from its training forward to its step (and
+        between steps when the optimizer was built without `model=`).
+        """
         return self.phase is Phase.PERTURBED
 
     @property
     def pending_directions(self) -> tuple[Tensor, ...]:
         """What a single-pass method holds between steps besides its state: the directions of its
         next perturbation (the spent gradients' memory, which a plain loop would free at
-        ``zero_grad``), released when the next training forward applies them. Empty otherwise."""
+        `zero_grad`), released when the next training forward applies them. Empty otherwise.
+        """
         return tuple(self.perturbation.pending or ())
 
     @torch.no_grad()
     def restore_weights(self) -> None:
         """Puts w back into the parameters for good and drops the pending perturbation, e.g.
         before loading other weights into the model (a best checkpoint) or to export the weights
-        of a single-pass method built without ``model=`` (whose parameters carry the next step's
-        perturbation between steps). The next step then starts at w."""
+        of a single-pass method built without `model=` (whose parameters carry the next step's
+        perturbation between steps). The next step then starts at w.
+        """
         self.perturbation.restore()
 
     def unperturbed(self):
         """Holds w (not w + eps) in the parameters inside the block. Needed only where the weights
-        hold w + eps outside a step: a single-pass method built without ``model=``."""
+        hold w + eps outside a step: a single-pass method built without `model=`.
+        """
         return self.perturbation.unperturbed()
 
     @property
@@ -803,7 +833,7 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @property
     def needs_closure(self) -> bool:
-        """Whether ``step`` needs a closure (an ascent pass on the current batch)."""
+        """Whether `step` needs a closure (an ascent pass on the current batch)."""
         return not self.source.single_pass
 
     @property
@@ -814,7 +844,8 @@ class SharpnessAware(torch.optim.Optimizer):
     def passes(self) -> tuple[Pass, ...]:
         """The forward/backward passes of one step on average, for cost accounting (FLOPs,
         benchmarks): a sharpness-aware step's passes at the schedule's rate, plus the plain
-        steps' single pass."""
+        steps' single pass.
+        """
         if self.source.single_pass:
             return (Pass(),)
         rate = self.schedule.expected_rate(self.sam_fraction if self.steps else None)
@@ -830,9 +861,10 @@ class SharpnessAware(torch.optim.Optimizer):
     # state
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's schema (``state`` and ``param_groups``: the base optimizer's, so tools
+        """torch.optim's schema (`state` and `param_groups`: the base optimizer's, so tools
         that handle torch optimizers read it as they read the base's), with this wrapper's own
-        state under ``"sharpness_aware"``."""
+        state under `"sharpness_aware"`.
+        """
         params = self._params()
         index = {p: i for i, p in enumerate(params)}
         held = self.perturbation
@@ -864,8 +896,9 @@ class SharpnessAware(torch.optim.Optimizer):
         return {**self.base.state_dict(), "sharpness_aware": own}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a :meth:`state_dict`, or one saved in flatlab's earlier schema
-        (``{"base": ..., "sharpness_aware": ...}``)."""
+        """Loads a `state_dict`, or one saved in flatlab's earlier schema
+        (`{"base": ..., "sharpness_aware": ...}`).
+        """
         if "sharpness_aware" not in state_dict or not ("base" in state_dict or "param_groups" in state_dict):
             raise ValueError(
                 "not a flatlab sharpness-aware state_dict (keys 'state', 'param_groups' and 'sharpness_aware')"
@@ -928,10 +961,11 @@ class SharpnessAware(torch.optim.Optimizer):
 
 
 class _ScaledDescent:
-    """What ``step(scaler=)`` hands ``GradScaler.step``: the scaler checks the gradients for inf
-    (recording it for ``update``), sets ``found_inf``/``grad_scale`` here and calls :meth:`step`,
-    which takes the optimizer's descent once. The optimizer's own ``step`` is not entered again,
-    so its step hooks fire once per step."""
+    """What `step(scaler=)` hands `GradScaler.step`: the scaler checks the gradients for inf
+    (recording it for `update`), sets `found_inf`/`grad_scale` here and calls `step`,
+    which takes the optimizer's descent once. The optimizer's own `step` is not entered again,
+    so its step hooks fire once per step.
+    """
 
     _step_supports_amp_scaling = True
 
@@ -957,7 +991,7 @@ def _mask_(eps: list[Tensor], masks: list[Tensor | None]) -> None:
 
 
 def _times_each_(tensors: list[Tensor], factors: list[float]) -> None:
-    """``tensors[i] *= factors[i]`` (a param group's radius)."""
+    """`tensors[i] *= factors[i]` (a param group's radius)."""
     if tensors:
         torch._foreach_mul_(local_shards(tensors), factors)
 
@@ -975,16 +1009,18 @@ def _schedule(schedule: Schedule | None, every: int | None, sam_probability: flo
 
 
 def step_passes(optimizer: torch.optim.Optimizer) -> tuple[Pass, ...]:
-    """The passes one step of ``optimizer`` makes: its own account for a flatlab optimizer, one
-    full forward/backward for any other ``torch.optim`` optimizer.
+    """The passes one step of `optimizer` makes: its own account for a flatlab optimizer, one
+    full forward/backward for any other `torch.optim` optimizer.
 
-    Example::
-
+    Example:
+        ```python
         >>> import torch, flatlab
         >>> w = torch.zeros(2, requires_grad=True)
         >>> len(step_passes(torch.optim.SGD([w], lr=0.1)))
         1
         >>> len(step_passes(flatlab.SAM(torch.optim.SGD([w], lr=0.1))))
         2
+
+        ```
     """
     return optimizer.passes() if isinstance(optimizer, SharpnessAware) else (Pass(),)

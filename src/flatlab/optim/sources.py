@@ -27,7 +27,7 @@ class GradientSource(Policy):
     """Interface of a gradient source.
 
     Attributes:
-        name: short name for ``repr``.
+        name: short name for `repr`.
         single_pass: False: the perturbation comes from an ascent pass at w on the current batch
             (a closure is needed, two passes per step). True: it is built after the base step from
             what this step computed and applied before the next step's single pass.
@@ -37,10 +37,11 @@ class GradientSource(Policy):
     single_pass = False
     #: keeps state derived from the gradients it sees (so it must never see a non-finite one)
     stateful = False
-    #: ``direction`` returns the gradients themselves
+    #: `direction` returns the gradients themselves
     direction_is_gradient = False
 
     def check(self, optimizer) -> None:
+        """Refuses extra ascent steps under a single-pass source."""
         # a single-pass source builds eps from the step's one gradient, after the base step
         if self.single_pass and optimizer.ascent_steps != 1:
             raise ValueError(
@@ -54,11 +55,12 @@ class GradientSource(Policy):
     def direction(
         self, params: list[Tensor], grads: list[Tensor], base: torch.optim.Optimizer, scale: float = 1.0
     ) -> list[Tensor]:
-        """The vector the shape turns into eps, one tensor per entry of ``params`` (aligned with
-        ``grads``, the gradients the step just used, which carry a loss scale ``scale``: the shape
+        """The vector the shape turns into eps, one tensor per entry of `params` (aligned with
+        `grads`, the gradients the step just used, which carry a loss scale `scale`: the shape
         normalises the direction, but state kept across steps must be stored unscaled). Returns
-        ``grads`` themselves or new tensors, never state it keeps: the optimizer writes eps over
-        the direction. Only a single-pass source may write over ``grads`` (they are spent by then)."""
+        `grads` themselves or new tensors, never state it keeps: the optimizer writes eps over
+        the direction. Only a single-pass source may write over `grads` (they are spent by then).
+        """
         raise NotImplementedError
 
 
@@ -71,18 +73,21 @@ class BatchGradient(GradientSource):
     direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
+        """The gradients at w themselves."""
         return grads
 
 
 class PreviousGradient(GradientSource):
     """S2-SAM's source: the gradient the previous step descended with (taken at its perturbed
-    point), so the perturbation costs no extra pass; the first step of a run is a base step."""
+    point), so the perturbation costs no extra pass; the first step of a run is a base step.
+    """
 
     name = "previous"
     single_pass = True
     direction_is_gradient = True
 
     def direction(self, params, grads, base, scale=1.0):
+        """The gradients this step descended with, themselves."""
         return grads
 
 
@@ -91,18 +96,21 @@ _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
 
 class MomentumDirection(GradientSource):
-    """Momentum-SAM (Becker et al. 2024): the perturbation is ``-rho * v / ||v||`` with v the base
-    optimizer's momentum buffer after its step (SGD's ``momentum_buffer``, Adam's ``exp_avg``), so
+    """Momentum-SAM (Becker et al. 2024): the perturbation is `-rho * v / ||v||` with v the base
+    optimizer's momentum buffer after its step (SGD's `momentum_buffer`, Adam's `exp_avg`), so
     the next pass runs a step ahead along the coming update; one pass per step, like S2-SAM, which
     this generalises (the previous gradient is a momentum of factor 0).
 
-    The base optimizer must keep a momentum (SGD with ``momentum > 0``, Adam, AdamW).
+    The base optimizer must keep a momentum (SGD with `momentum > 0`, Adam, AdamW).
     """
 
     name = "momentum"
     single_pass = True
 
     def bind(self, state, base) -> None:
+        """Refuses a base optimizer without a momentum buffer (SGD with `momentum=0`, or one with neither
+        `momentum` nor `betas`).
+        """
         super().bind(state, base)
         momentum = base.defaults.get("momentum")
         if momentum is not None and not momentum > 0:
@@ -111,6 +119,7 @@ class MomentumDirection(GradientSource):
             raise ValueError(f"Momentum-SAM needs a base optimizer with a momentum buffer, got {type(base).__name__}")
 
     def direction(self, params, grads, base, scale=1.0):
+        """-v per tensor (-g where the base holds no buffer yet), written over `grads`."""
         # A single-pass source runs after the base step: the gradients are spent (the optimizer drops
         # them once eps is built), so their memory holds -v and no temporary is allocated.
         pairs = []
@@ -126,11 +135,11 @@ class MomentumDirection(GradientSource):
 
 
 class FriendlyGradient(GradientSource):
-    """FriendlySAM (Li et al. 2024): the ascent direction is the batch gradient minus ``sigma``
-    times an exponential moving average (factor ``lmbda``) of past batch gradients, i.e. the
-    batch-specific part of the gradient: ``d_t = g_t - sigma * m_{t-1}``, then
-    ``m_t = lmbda * m_{t-1} + (1 - lmbda) * g_t``; the first step starts ``m`` at ``g`` and
-    ascends along ``g``. The average lives in ``state[p]["gradient_ema"]``.
+    """FriendlySAM (Li et al. 2024): the ascent direction is the batch gradient minus `sigma`
+    times an exponential moving average (factor `lmbda`) of past batch gradients, i.e. the
+    batch-specific part of the gradient: `d_t = g_t - sigma * m_{t-1}`, then
+    `m_t = lmbda * m_{t-1} + (1 - lmbda) * g_t`; the first step starts `m` at `g` and
+    ascends along `g`. The average lives in `state[p]["gradient_ema"]`.
     """
 
     name = "friendly"
@@ -144,6 +153,7 @@ class FriendlyGradient(GradientSource):
         self.lmbda = float(lmbda)
 
     def direction(self, params, grads, base, scale=1.0):
+        """`d_t = g_t - sigma * m_{t-1}` (`g` on a tensor's first step), then the average updated."""
         fresh = [(p, g) for p, g in zip(params, grads) if "gradient_ema" not in self.state[p]]
         for p, g in fresh:
             self.state[p]["gradient_ema"] = g / scale
@@ -161,15 +171,16 @@ class FriendlyGradient(GradientSource):
         return [out[p] for p in params]
 
     def extra_repr(self) -> str:
+        """`sigma` and `lmbda`, as `repr` shows them."""
         return f"sigma={self.sigma:g}, lmbda={self.lmbda:g}"
 
 
 class AveragedGradient(GradientSource):
     """VaSSO (Li & Giannakis, NeurIPS 2023): the ascent follows an exponential moving average of the
     batch gradients, which suppresses the variance of the perturbation's direction:
-    ``d_t = (1 - theta) * d_{t-1} + theta * g_t``, eps = rho * d_t / ||d_t||; the first step starts
-    ``d`` at ``g`` (the official ``solver/vasso.py``). theta = 1 is SAM. The average lives in
-    ``state[p]["gradient_average"]``, unscaled (a GradScaler's factor is divided out).
+    `d_t = (1 - theta) * d_{t-1} + theta * g_t`, eps = rho * d_t / ||d_t||; the first step starts
+    `d` at `g` (the official `solver/vasso.py`). theta = 1 is SAM. The average lives in
+    `state[p]["gradient_average"]`, unscaled (a GradScaler's factor is divided out).
     """
 
     name = "averaged"
@@ -181,6 +192,7 @@ class AveragedGradient(GradientSource):
         self.theta = float(theta)
 
     def direction(self, params, grads, base, scale=1.0):
+        """The average `d_t` updated with `grads`, returned as a copy in the gradients' scale."""
         key = "gradient_average"
         old = [(self.state[p][key], g) for p, g in zip(params, grads) if key in self.state[p]]
         if old:
@@ -196,4 +208,5 @@ class AveragedGradient(GradientSource):
         return torch._foreach_mul([self.state[p][key] for p in params], scale)
 
     def extra_repr(self) -> str:
+        """`theta`, as `repr` shows it."""
         return f"theta={self.theta:g}"
