@@ -51,6 +51,7 @@ from .registry import (
 )
 from .samples import (
     AllSamples,
+    AscentGroups,
     MicroBatches,
     PerSampleClosure,
     Samples,
@@ -83,6 +84,7 @@ __all__ = [
     "Shape", "LpBall", "AdaptiveBall", "CentralisedBall",
     "Coordinates", "AllCoordinates", "RandomTensors", "ChosenTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
-    "Samples", "AllSamples", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches", "micro_batches",
+    "Samples", "AllSamples", "AscentGroups", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches",
+    "micro_batches",
     "Pass", "step_passes", "frozen_bn_stats", "empirical_fisher",
 ]  # fmt: skip

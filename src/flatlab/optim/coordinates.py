@@ -62,6 +62,8 @@ class Coordinates(Policy):
     ascent_weight_grads = 1.0
     #: every coordinate of every tensor with a gradient (no choice, no mask of its own)
     selects_all = False
+    #: keeps state derived from the gradient at w (`observe`), e.g. a mask refreshed from it
+    observes_gradients = False
     #: the live weights of a sparse network (parameter -> weight mask): only they are perturbed
     live_weights: Mapping[Tensor, Tensor] = {}
 
@@ -414,6 +416,7 @@ class DynamicMask(MaskedCoordinates):
     """
 
     name = "dynamic"
+    observes_gradients = True
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Which samples drive the descent gradient: all of them, or ESAM's sharpness-sensitive subset.
+"""Which samples drive the descent gradient: all of them, ESAM's sharpness-sensitive subset, or
+all of them in ascent groups of m, each group perturbed along its own gradient (m-sharpness).
 
 Selecting samples needs per-sample losses, which a plain `closure()` cannot give. A
 `PerSampleClosure` is the opt-in contract for that: it wraps a function
@@ -18,7 +19,7 @@ from ..errors import check_number
 from .policy import Policy
 
 __all__ = ["PerSampleClosure", "per_sample", "MicroBatches", "micro_batches", "Samples", "AllSamples",
-           "SharpnessSensitive"]
+           "AscentGroups", "SharpnessSensitive"]
 
 
 class PerSampleClosure:
@@ -42,8 +43,11 @@ class PerSampleClosure:
         ```
     """
 
-    def __init__(self, fn: Callable[[Tensor | None], Tensor]):
+    def __init__(self, fn: Callable[[Tensor | None], Tensor], size: int | None = None):
+        check_number("size", size, low=1, integer=True, optional=True)
         self.fn = fn
+        #: the number of rows of the batch, where known (m-sharpness splits it into groups)
+        self.size = size
 
     def losses(self, indices: Tensor | None = None) -> Tensor:
         """The per-sample losses of the rows `indices` (None: all), checked to be a 1-D tensor."""
@@ -104,6 +108,11 @@ class MicroBatches(PerSampleClosure):
         """The number of rows over all micro-batches."""
         return self.offsets[-1]
 
+    @property
+    def size(self) -> int:
+        """The number of rows over all micro-batches (the batch m-sharpness splits into groups)."""
+        return self.offsets[-1]
+
     def _split(self, indices: Tensor | None):
         """Per micro-batch: (its index, its local rows or None for all of them); empty ones skipped."""
         for i, batch in enumerate(self.batches):
@@ -157,9 +166,13 @@ def micro_batches(batches, fn: Callable[[object, Tensor | None], Tensor], sizes:
     return MicroBatches(batches, fn, sizes)
 
 
-def per_sample(fn: Callable[[Tensor | None], Tensor]) -> PerSampleClosure:
-    """Marks `fn(indices) -> per-sample losses` as a `PerSampleClosure`."""
-    return fn if isinstance(fn, PerSampleClosure) else PerSampleClosure(fn)
+def per_sample(fn: Callable[[Tensor | None], Tensor], size: int | None = None) -> PerSampleClosure:
+    """Marks `fn(indices) -> per-sample losses` as a `PerSampleClosure` (`size`: the batch's rows,
+    which m-sharpness needs to split it).
+    """
+    if isinstance(fn, PerSampleClosure):
+        return fn
+    return PerSampleClosure(fn, size)
 
 
 class Samples(Policy):
@@ -192,6 +205,12 @@ class Samples(Policy):
         """Expected fraction of the batch in the descent pass (for the cost of a step)."""
         return 1.0
 
+    def ascent_groups(self, closure) -> list[tuple[Tensor | None, float]]:
+        """The ascent groups of the closure's batch, each perturbed along its own gradient: rows
+        (None: all) and the group's share of the batch. One group, the whole batch, by default.
+        """
+        return [(None, 1.0)]
+
 
 
 class AllSamples(Samples):
@@ -202,6 +221,52 @@ class AllSamples(Samples):
     def select(self, before: Tensor, after: Tensor) -> Tensor | None:
         """None: every row."""
         return None
+
+
+class AscentGroups(AllSamples):
+    """m-sharpness (Foret et al. 2021; Andriushchenko & Flammarion 2022): the batch is split into
+    consecutive groups of `m` rows (the last may be smaller); each group is perturbed along its own
+    gradient at w and its gradient at its own w + eps enters the descent, weighted by its share of
+    the batch. It is what SAM does per replica under DDP, on one device; with `m` at least the batch
+    it is SAM bit for bit. Costs the same passes on the same rows, in smaller pieces, and one more
+    gradient-sized buffer (the groups' sum).
+
+    Needs a `PerSampleClosure` that knows its batch's rows: `flatlab.per_sample(fn, size=len(x))`
+    or `flatlab.micro_batches`.
+    """
+
+    name = "ascent-groups"
+
+    def __init__(self, m: int = 32):
+        check_number("m", m, low=1, integer=True)
+        self.m = int(m)
+
+    def check(self, optimizer) -> None:
+        """Refuses what has no per-group meaning: a single-pass source, a decision from the batch
+        gradient, and state derived from the ascent gradient (one update per step, not per group).
+        """
+        if optimizer.source.single_pass:
+            raise ValueError("m-sharpness perturbs each group along its own gradient at w: it needs a two-pass source")
+        if optimizer.schedule.needs_gradient:
+            raise ValueError(f"the {optimizer.schedule.name} schedule decides from the whole batch's gradient; "
+                             "it cannot be combined with m-sharpness")
+        if optimizer.source.stateful or optimizer.coordinates.observes_gradients:
+            raise ValueError("m-sharpness gives one ascent gradient per group: a policy that keeps state derived from "
+                             "the step's ascent gradient cannot be combined with it")
+
+    def ascent_groups(self, closure) -> list[tuple[Tensor | None, float]]:
+        """Groups of `m` consecutive rows and their shares of the batch."""
+        size = getattr(closure, "size", None)
+        if size is None:
+            raise TypeError("m-sharpness splits the batch into groups of m rows: pass "
+                            "flatlab.per_sample(fn, size=len(batch)) or flatlab.micro_batches(...)")
+        if size <= self.m:
+            return [(None, 1.0)]
+        return [(rows, rows.numel() / size) for rows in torch.arange(size).split(self.m)]
+
+    def extra_repr(self) -> str:
+        """`m`, as `repr` shows it."""
+        return f"m={self.m}"
 
 
 class SharpnessSensitive(Samples):

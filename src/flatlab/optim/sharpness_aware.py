@@ -42,7 +42,7 @@ from .gradient_check import Amp, GradientCheck, norm_checks
 from .hooks import is_lightning_closure, perturb_before_training_forward, watch_backwards
 from .perturbation import Perturbation, Phase
 from .radius import RhoSchedule
-from .samples import AllSamples, PerSampleClosure, Samples
+from .samples import AllSamples, AscentGroups, PerSampleClosure, Samples
 from .schedules import EveryK, EveryStep, RandomSwitch, Schedule
 from .shapes import LpBall, Shape
 from .sources import BatchGradient, GradientSource
@@ -74,6 +74,8 @@ class SharpnessAware(torch.optim.Optimizer):
         schedule: which steps take the sharpness-aware update; the others are plain steps with
             one pass (default: every step; `flatlab.optim.schedules`). Shortcuts: `every=k`
             (every k-th step) and `sam_probability=p` (a random fraction p of the steps, RST).
+        m: m-sharpness, a shortcut for `samples=AscentGroups(m)`: the batch split into groups of m
+            rows, each perturbed along its own gradient (what SAM does per replica under DDP).
         rho_schedule: the radius over training (default: constant `rho`; GSAM's follows the
             learning rate, `LRProportional`).
         ascent_steps: number of ascent steps; each step after the first re-evaluates the gradient
@@ -149,6 +151,7 @@ class SharpnessAware(torch.optim.Optimizer):
         schedule: Schedule | None = None,
         every: int | None = None,
         sam_probability: float | None = None,
+        m: int | None = None,
         rho_schedule: RhoSchedule | None = None,
         ascent_steps: int = 1,
         ascent_step_size: float | None = None,
@@ -173,7 +176,9 @@ class SharpnessAware(torch.optim.Optimizer):
         self.source = source or BatchGradient()
         self.shape = shape or LpBall(2.0)
         self.coordinates = coordinates or AllCoordinates()
-        self.samples = samples or AllSamples()
+        if m is not None and samples is not None:
+            raise ValueError(f"choose one of samples and m, got samples={samples.describe()} and m={m}")
+        self.samples = samples or (AscentGroups(m) if m is not None else AllSamples())
         self.descent = descent or PerturbedGradient()
         self.schedule = _schedule(schedule, every, sam_probability)
         self.rho_schedule = rho_schedule
@@ -209,6 +214,7 @@ class SharpnessAware(torch.optim.Optimizer):
         self._backward_while_pending = False  # a gradient was taken at w where w + eps was due
         self._closure_steps = False  # the step in progress came with a closure (so will the next)
         self._scaler: torch.amp.GradScaler | None = None  # the one handed to step(scaler=)
+        self._share = 1.0  # the weight of the backward passes in progress (m-sharpness: the group's share)
 
         if shard_group(params) is not None and not all(isinstance(p, DTensor) for p in params):
             # norms all-reduce the shards: a replicated tensor among them would count once per rank
@@ -255,44 +261,84 @@ class SharpnessAware(torch.optim.Optimizer):
             if self.source.single_pass:
                 loss = self._pass_at_pending_perturbation(closure)
             else:
-                loss, before = self._ascent(closure)
-                if self.phase is Phase.PERTURBED:
-                    self._perturbed_pass(closure, before)
+                loss = self._sharpness_aware_passes(closure)
             self._descend_and_step()
             return loss
 
-    def _ascent(self, closure: Callable) -> tuple[Any, Tensor | None]:
-        """The step up to w + eps, source -> schedule -> ascent: the pass at w, the decision,
-        w -> w + eps (and further ascent steps). Returns the loss at w and, for sample selection,
-        the per-sample losses.
+    def _sharpness_aware_passes(self, closure: Callable) -> Any:
+        """A two-pass step up to the descent: the schedule decides (before the pass at w where it
+        can), then the ascent to w + eps and the pass there. Returns the loss at w.
         """
         decided = None if self.schedule.needs_gradient else self._decide()
         if decided is False:  # a plain step: its one pass computes every gradient, all-reduced
             loss, _ = self._evaluate(closure)
             self.perturbation.phase = Phase.PLAIN
-            return loss, None
+            return loss
+        groups = self.samples.ascent_groups(closure)
+        if len(groups) > 1:
+            return self._ascent_groups(closure, groups)
+        loss, before = self._ascent(closure, decided)
+        if self.phase is Phase.PERTURBED:
+            self._perturbed_pass(closure, before)
+        return loss
+
+    def _ascent(self, closure: Callable, decided: bool | None, rows: Tensor | None = None) -> tuple[Any, Tensor | None]:
+        """Source -> ascent: the pass at w (on `rows`, None: all), the schedule's decision where it
+        needs that gradient, w -> w + eps (and further ascent steps). Returns the loss at w and,
+        for sample selection, the per-sample losses.
+        """
         with self.ascent_pass():
-            loss, before = self._evaluate(closure)
+            loss, before = self._evaluate(closure, rows)
             self._perturb_from_gradients(decided)
             for _ in range(self.ascent_steps - 1):
                 if self.phase is not Phase.PERTURBED:
                     break
                 with self.perturbed_pass():
-                    self._evaluate(closure)
+                    self._evaluate(closure, rows)
                 self._ascend()
         return loss, before
 
-    def _perturbed_pass(self, closure: Callable, before: Tensor | None) -> None:
+    def _perturbed_pass(self, closure: Callable, before: Tensor | None, rows: Tensor | None = None,
+                        onto: dict[Tensor, Tensor] | None = None) -> None:
         """The pass at w + eps that the descent gradient comes from, on the rows the sample policy
-        keeps (ESAM: those whose loss rose most, from a no-grad pass over the batch).
+        keeps (ESAM: those whose loss rose most, from a no-grad pass over the batch), its gradient
+        added `onto` the earlier groups' (m-sharpness).
         """
-        rows = None
         if self.samples.needs_per_sample:
             with torch.no_grad(), self.perturbed_pass():
                 after = closure.evaluate(None)
             rows = self.samples.select(before, after)
         with self.perturbed_pass():
-            self._evaluate(closure, rows)
+            self._evaluate(closure, rows, onto)
+
+    def _ascent_groups(self, closure: Callable, groups: list[tuple[Tensor, float]]) -> Tensor:
+        """m-sharpness: per group of rows, the ascent from w along the group's own gradient and the
+        pass at its own w + eps, its backward passes weighted by the group's share of the batch.
+        The groups' gradients at w + eps are summed in `.grad` (the last group's backward adds to
+        the others', so DDP all-reduces the sum once), their gradients at w likewise for a descent
+        that needs it. Returns the loss at w.
+        """
+        summed: dict[Tensor, Tensor] = {}  # the earlier groups' gradients at w + eps, kept aside
+        clean: dict[Tensor, Tensor] = {}
+        loss = 0.0
+        for k, (rows, share) in enumerate(groups):
+            last = k == len(groups) - 1
+            self._share = share
+            group_loss, before = self._ascent(closure, True, rows)
+            loss = loss + share * group_loss
+            if self.phase is Phase.SKIPPED:
+                break  # w is in place; the descent skips the step
+            _add_into(clean, self._pop_clean_gradients())
+            with nullcontext() if last or not self._is_ddp() else self.model.no_sync():
+                self._perturbed_pass(closure, before, rows, onto=summed if last else None)
+            if not last:
+                _add_into(summed, {p: p.grad for p in self._params() if p.grad is not None})
+                self.zero_grad(set_to_none=True)
+                self.perturbation.restore()
+        self._share = 1.0
+        for p, g in clean.items():
+            self.state[p]["clean_grad"] = g
+        return loss
 
     def _pass_at_pending_perturbation(self, closure: Callable | None) -> Any:
         """A single-pass step: the closure's pass runs at the w + eps built by the previous step
@@ -619,14 +665,24 @@ class SharpnessAware(torch.optim.Optimizer):
             return frozen_bn_stats(self.model)
         return nullcontext()
 
-    def _evaluate(self, closure: Callable, rows: Tensor | None = None) -> tuple[Any, Tensor | None]:
+    def _evaluate(self, closure: Callable, rows: Tensor | None = None,
+                  onto: dict[Tensor, Tensor] | None = None) -> tuple[Any, Tensor | None]:
         if isinstance(closure, PerSampleClosure):
             self.zero_grad(set_to_none=True)
+            for p, g in (onto or {}).items():
+                p.grad = g  # the backward adds to it
             no_sync = self.model.no_sync if self._is_ddp() else None
             with torch.enable_grad():
-                return closure.backward(rows, None if self._scaler is None else self._scaler.scale, no_sync)
+                return closure.backward(rows, self._backward_scale(), no_sync)
         with torch.enable_grad():
             return closure(), None
+
+    def _backward_scale(self) -> Callable[[Tensor], Tensor] | None:
+        """What a backward's loss is multiplied by: a GradScaler's scale, an ascent group's share."""
+        scaler, share = self._scaler, self._share
+        if share == 1.0:
+            return None if scaler is None else scaler.scale
+        return (lambda loss: loss * share) if scaler is None else (lambda loss: scaler.scale(loss * share))
 
     def _drop_gradients_from_outside(self, closure: Callable) -> None:
         """A two-pass step takes its gradients at w and at w + eps from the closure's batch alone:
@@ -988,6 +1044,15 @@ def _mask_(eps: list[Tensor], masks: list[Tensor | None]) -> None:
     pairs = [(e, m) for e, m in zip(eps, masks) if m is not None]
     if pairs:
         torch._foreach_mul_([e for e, _ in pairs], [m for _, m in pairs])
+
+
+def _add_into(total: dict[Tensor, Tensor], part: dict[Tensor, Tensor]) -> None:
+    """`total[p] += part[p]`, taking `part[p]` itself where `total` has none."""
+    both = [p for p in part if p in total]
+    if both:
+        torch._foreach_add_([total[p] for p in both], [part[p] for p in both])
+    for p, g in part.items():
+        total.setdefault(p, g)
 
 
 def _times_each_(tensors: list[Tensor], factors: list[float]) -> None:

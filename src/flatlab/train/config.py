@@ -63,6 +63,7 @@ OPTIMIZER_FIELDS = {
     "sigma": "sigma",
     "lmbda": "lmbda",
     "theta": "theta",
+    "m": "m",
 }
 
 # Fields of the base optimizer that not every base reads (checked where a flag sets them).
@@ -194,6 +195,9 @@ class TrainConfig:
     lmbda: float | None = field(default=None, metadata={"help": "FriendlySAM: factor of the gradient average"})
     theta: float | None = field(default=None, metadata={
         "help": "VaSSO: weight of the new gradient in the moving average the ascent follows (1: SAM)"})
+    m: int | None = field(default=None, metadata={
+        "help": "two-pass methods: m-sharpness, the batch split into groups of m samples, each perturbed along its "
+                "own gradient (default: one group, the batch)"})
     max_grad_norm: float | None = field(default=None, metadata={
         "help": "SAM family: clip the descent gradient to this global norm (default: no clipping)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})

@@ -108,22 +108,27 @@ class StepRunner:
         return total, hits
 
     def _closure(self, x, y):
-        first: dict[int, Tensor] = {}
+        # per micro-batch, the rows whose first pass (the one at w) was counted: the whole batch at
+        # once, or group by group under m-sharpness
+        seen: dict[int, Tensor] = {}
+        hits = [torch.zeros((), dtype=torch.int64, device=x.device)]
 
         def losses(batch, idx):
             i, xb, yb = batch
+            mask = seen.setdefault(i, torch.zeros(len(yb), dtype=torch.bool, device=yb.device))
             if idx is not None:
                 xb, yb = xb[idx], yb[idx]
             with _autocast(self.device, self.amp):
                 out = self.model(xb)
-            if idx is None and i not in first:  # the pass at w of this micro-batch
-                first[i] = (out.argmax(1) == yb).sum()
+            new = ~mask if idx is None else ~mask[idx]
+            hits[0] = hits[0] + ((out.argmax(1) == yb) & new).sum()  # no host sync: counted on the device
+            mask[slice(None) if idx is None else idx] = True
             return self.losses(out, yb)
 
         micro = [(i, xb, yb) for i, (xb, yb) in enumerate(self._micro(x, y))]
         scaler = self.scaler if self.scaler.is_enabled() else None
         loss = self.opt.step(micro_batches(micro, losses, sizes=[b[1].shape[0] for b in micro]), scaler=scaler)
-        return loss.detach(), sum(first.values())
+        return loss.detach(), hits[0]
 
     def state_dict(self) -> dict:
         """The GradScaler's state."""
