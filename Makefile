@@ -2,7 +2,7 @@
 #   make demo   trains on the embedded default dataset (no download) and prints the result
 #   make test   runs the test suite
 #   make docs   builds the documentation site into site/ (mkdocs.yml)
-#   make studies-env  (opt-in) the exact versions the committed studies ran with (requirements/studies.lock)
+#   make studies-env  (opt-in) the exact versions the studies run with (requirements/studies.lock)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a loose spec would pull a multi-GB CUDA build.

@@ -3,7 +3,7 @@
 A number reproduces to the digit only with the same kernels and the same input bytes: torch computes,
 numpy feeds the data pipeline, pillow decodes the JPEG images, pyyaml reads the config, matplotlib and
 tqdm draw the figures and the progress. `requirements/studies.lock` pins these (and what they depend
-on) to the versions the committed studies ran with; `make studies-env` installs exactly that.
+on) to the versions the studies run with; `make studies-env` installs exactly that.
 """
 
 from __future__ import annotations
