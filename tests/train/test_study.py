@@ -13,6 +13,7 @@ import yaml
 
 from flatlab.cli import main
 from flatlab.train.study import Study, format_study, load_study, run_study
+from tests.helpers.cli import cli, one_error
 
 
 def spec(tmp_path, **changes):
@@ -288,3 +289,81 @@ def test_ctrl_c_stops_parallel_runs_with_one_line(tmp_path):
                                 "run the command again"]
     run = tmp_path / "study" / "sgd-seed0"
     assert (run / "checkpoint.pt").is_file() and not (run / "summary.json").exists()  # resumed next time
+
+
+def test_a_session_records_the_package_versions_and_a_committed_one_keeps_none(tmp_path):
+    from importlib.metadata import version
+
+    study = Study(spec(tmp_path, seeds=[0], hessian=None))
+    run_study(study, log=lambda _: None, progress=False)
+    packages = json.loads((study.out / "results.json").read_text())["packages"]
+    assert {"torch", "numpy", "pillow", "pyyaml", "matplotlib"} <= set(packages)
+    assert packages["numpy"] == version("numpy") and packages["pillow"] == version("pillow")
+    # results written before the versions were recorded: tabulated again, they stay without them
+    committed = ROOT / "benchmarks" / "results" / "sparse-overfit" / "results.json"
+    assert "packages" not in json.loads(committed.read_text())
+
+
+def _check_study(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec(tmp_path, seeds=[0], base={"dataset": "digits", "model": "mlp", "epochs": 2,
+                                                                  "threads": 1}), sort_keys=False))
+    run_study(load_study(path), log=lambda _: None, progress=False)
+    return path
+
+
+def test_check_trains_a_finished_cell_again_and_compares_it_to_the_digit(tmp_path, capsys, monkeypatch):
+    path = _check_study(tmp_path)
+    finished = tmp_path / "study" / "s2sam-seed0"
+    before = {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()}
+    monkeypatch.chdir(tmp_path)  # the default scratch folder: runs/check/STUDY_NAME
+    code, out, _ = cli(capsys, "study", path, "--check", "s2sam-seed0", "--no-progress")
+    again = tmp_path / "runs" / "check" / "tiny" / "s2sam-seed0"
+    assert code == 0 and "equal to the digit" in out.splitlines()[-1]
+    assert (again / "summary.json").is_file()
+    assert {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()} == before  # untouched
+    # a run trained before flatlab recorded the packages, or had the fsdp field: what differs is the record
+    meta = json.loads((finished / "config.json").read_text())
+    del meta["packages"], meta["config"]["fsdp"]
+    (finished / "config.json").write_text(json.dumps(meta))
+    code, out, _ = cli(capsys, "study", path, "--check", "s2sam-seed0", "--no-progress")
+    context = out.split("ran differently (committed -> again):\n", 1)[1].splitlines()
+    assert code == 0 and [line.split(":")[0] for line in context] == ["  packages"]
+    assert context[0].startswith("  packages: '(not recorded)' -> {'torch': ")
+    # a number that differs in its last digit: named, with both values, and the exit code says so
+    summary = json.loads((finished / "summary.json").read_text())
+    summary["final_test_top1"] = math.nextafter(summary["final_test_top1"], 1.0)
+    (finished / "summary.json").write_text(json.dumps(summary))
+    code, out, _ = cli(capsys, "study", path, "--check", "s2sam-seed0", "--scratch", tmp_path / "elsewhere",
+                       "--no-progress")
+    assert code == 1 and (tmp_path / "elsewhere" / "s2sam-seed0" / "summary.json").is_file()
+    diff = out.split(" numbers differ", 1)[1].split("ran differently", 1)[0].splitlines()[1:]
+    diff = [line.strip() for line in diff]
+    assert diff == [f"summary final_test_top1: {summary['final_test_top1']!r} -> "
+                    f"{json.loads((again / 'summary.json').read_text())['final_test_top1']!r}"]
+    assert "1 of " in out and " numbers differ" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--check", "sam-seed0"], r"no cell 'sam-seed0': a cell is METHOD-seedSEED .* METHOD one of sgd, s2sam, "
+                               r"SEED one of 0; e\.g\. sgd-seed0$"),
+    (["--check", "sgd-seed3"], r"no cell 'sgd-seed3'"),
+    (["--check", "sgd-seed0", "--jobs", "2"], r"drop --rerun and --jobs$"),
+    (["--scratch", "x"], r"add --check CELL"),
+    (["--check", "sgd-seed0", "--scratch", "."], r"the scratch folder \. is the study's own"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_check_refuses_in_one_line(tmp_path, capsys, monkeypatch, argv, expected):
+    path = _check_study(tmp_path)
+    monkeypatch.chdir(tmp_path / "study")
+    before = (tmp_path / "study" / "sgd-seed0" / "summary.json").read_bytes()
+    code, _, err = cli(capsys, "study", path, *argv)
+    assert code == 2 and re.search(expected, one_error(err, "study"))
+    assert (tmp_path / "study" / "sgd-seed0" / "summary.json").read_bytes() == before
+
+
+def test_check_refuses_an_unfinished_cell_before_training(tmp_path, capsys):
+    path = _check_study(tmp_path)
+    (tmp_path / "study" / "sgd-seed0" / "summary.json").unlink()
+    code, _, err = cli(capsys, "study", path, "--check", "sgd-seed0", "--scratch", tmp_path / "scratch")
+    assert code == 2 and "has not finished" in one_error(err, "study")
+    assert not (tmp_path / "scratch").exists()

@@ -23,7 +23,7 @@ from ..train.compare import compare_runs, format_table, plot_runs
 from ..train.config import Layer, convert, field_help, field_kinds
 from ..train.distributed import launched_rank
 from ..train.rundir import absolute_paths, load_run_config
-from ..train.study import load_study, run_study
+from ..train.study import check_cell, load_study, run_study
 from .analysis import add_analysis_commands
 
 __all__ = ["main", "build_parser"]
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--rerun", action="store_true",
                        help="train every run again, replacing finished ones (by default finished runs are kept, "
                             "so a study whose results exist only tabulates them)")
+    study.add_argument("--check", metavar="CELL",
+                       help="train one finished run (METHOD-seedSEED, its folder's name) again into --scratch and "
+                            "compare its numbers with the finished one's: exit 0 if equal to the last digit, else 1 "
+                            "and the differences")
+    study.add_argument("--scratch", type=Path, metavar="DIR",
+                       help="where --check trains (default runs/check/STUDY_NAME); the finished run is not touched")
 
     sub.add_parser("list", help="optimizers, models, datasets and sparse methods")
 
@@ -174,8 +180,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    run_study(load_study(args.file), progress=args.progress, jobs=args.jobs, rerun=args.rerun)
-    return 0
+    study = load_study(args.file)
+    if args.check is None:
+        if args.scratch is not None:
+            raise UsageError("--scratch is where --check trains; add --check CELL (e.g. --check sgd-seed0)")
+        run_study(study, progress=args.progress, jobs=args.jobs, rerun=args.rerun)
+        return 0
+    if args.rerun or args.jobs != 1:
+        raise UsageError("--check trains one run into a scratch folder; drop --rerun and --jobs")
+    check = check_cell(study, args.check, args.scratch or Path("runs", "check", study.name), progress=args.progress)
+    print(check.report())
+    return 0 if check.equal else 1
 
 
 def _list(_: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ replacing an earlier run, all of it) at the first checkpoint, read back to resum
 A run directory holds:
 
 ```python
-config.json      the resolved config (and flatlab/torch versions, command, machine)
+config.json      the resolved config (and the flatlab, python and package versions, command, machine)
 metrics.jsonl    one JSON line per epoch
 checkpoint.pt    the latest epoch: model, optimizer (base state, masks, g_prev), scheduler,
                  GradScaler, RNG states, epoch; written atomically
@@ -32,6 +32,7 @@ from ..errors import UsageError, UserFileExistsError, UserFileNotFoundError
 from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
+from .environment import package_versions
 from .lock import run_lock
 
 __all__ = [
@@ -155,6 +156,7 @@ def _meta(config: TrainConfig) -> dict[str, Any]:
         "flatlab": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "packages": package_versions(),
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),

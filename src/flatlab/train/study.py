@@ -22,6 +22,8 @@ its checkpoint, a finished one skipped), then writes `results.json`, `results.cs
 `results.md`, `curves.png` and `tradeoff.png` into `out`. Interrupt and rerun it at will.
 Tabulating unchanged runs again reproduces these files byte for byte (a figure whose pixels are
 unchanged is not rewritten), so a study committed with its results stays clean when rerun.
+`flatlab study FILE --check METHOD-seedSEED` trains one finished run again into a scratch folder and
+compares its numbers with the finished run's, to the last digit (`check_cell`).
 
 `--jobs N` trains N runs at a time, each in its own process (give each `threads` = cores / N: on a
 small CPU model two one-thread runs make more images per second than one two-thread run). Every run's
@@ -58,11 +60,14 @@ from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..optim import is_base_optimizer, list_optimizers
 from .compare import format_mean_std, format_number, load_run, markdown_table, mean_std, plot_runs, save_png
 from .config import OPTIMIZER_FIELDS, TrainConfig, convert, load_config_file, not_taken_message, optimizer_fields
+from .environment import package_versions
 from .optimizer import check_optimizer
 from .run import resume, train
+from .rundir import load_run_config
 from .trained import load_trained
 
-__all__ = ["Study", "load_study", "run_study", "summarise", "plot_tradeoff", "machine_info"]
+__all__ = ["Study", "load_study", "run_study", "check_cell", "CellCheck", "summarise", "plot_tradeoff",
+           "machine_info"]
 
 _KEYS = {"name", "out", "seeds", "base", "methods", "hessian", "device", "extends"}
 
@@ -122,6 +127,15 @@ class Study:
     def run_dir(self, method: str, seed: int) -> Path:
         """The run directory of `method` on `seed`."""
         return self.out / f"{method}-seed{seed}"
+
+    def cell(self, name: str) -> tuple[str, int]:
+        """The (method, seed) of the cell `name`, spelled as its run directory: `METHOD-seedSEED`."""
+        match = re.fullmatch(r"(.+)-seed(-?\d+)", name)
+        if match and match[1] in self.methods and int(match[2]) in self.seeds:
+            return match[1], int(match[2])
+        raise UsageError(f"{self.source}: no cell {name!r}: a cell is METHOD-seedSEED (its run folder), METHOD one "
+                         f"of {', '.join(self.methods)}, SEED one of {', '.join(map(str, self.seeds))}; e.g. "
+                         f"{next(iter(self.methods))}-seed{self.seeds[0]}")
 
     def _refuse(self, key_path: str, message: str) -> typing.NoReturn:
         """Raises `FILE: KEY.PATH: message`, FILE being the file that holds the key."""
@@ -412,13 +426,110 @@ def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: in
     return summarise(study, log=log, session=_session(jobs) if tasks else None)
 
 
+# measured, not computed: they differ between two runs on the same machine
+_TIMINGS = frozenset({"images_per_s", "train_time_s", "wall_time_s"})
+# where a run was trained: a difference here explains a difference in the numbers
+_ENVIRONMENT = ("flatlab", "torch", "python", "packages", "machine", "threads")
+
+
+@dataclasses.dataclass
+class CellCheck:
+    """One finished run of a study (`committed`) trained again (`again`), compared number by number.
+
+    `differences` lists each number (of `summary.json`, each epoch of `metrics.jsonl` and the study's top Hessian
+    eigenvalue; timings aside) that is not equal to the last digit; `context`, what else differs between the two runs:
+    config (its paths aside) and environment (versions, machine, threads).
+    """
+
+    committed: Path
+    again: Path
+    compared: int
+    differences: list[str]
+    context: list[str]
+
+    @property
+    def equal(self) -> bool:
+        """Whether every number is the same to the last digit."""
+        return not self.differences
+
+    def report(self, limit: int = 12) -> str:
+        """What a user reads: equal, or the first `limit` differences and what may explain them."""
+        if self.equal:
+            lines = [f"equal to the digit: {self.compared} numbers of {self.again} (timings aside) are those of "
+                     f"{self.committed}"]
+        else:
+            lines = [f"{len(self.differences)} of {self.compared} numbers differ (committed -> again), "
+                     f"{self.committed} -> {self.again}:"]
+            lines += [f"  {line}" for line in self.differences[:limit]]
+            if len(self.differences) > limit:
+                lines.append(f"  ... and {len(self.differences) - limit} more")
+        if self.context:
+            lines.append("ran differently (committed -> again):")
+            lines += [f"  {line}" for line in self.context]
+        return "\n".join(lines)
+
+
+def check_cell(study: Study, cell: str, scratch: str | Path, *, log=print, progress: bool | None = None) -> CellCheck:
+    """Trains the study's finished run `cell` (`METHOD-seedSEED`) again into the folder `scratch` and compares its
+    numbers with the finished run's, which stays untouched.
+
+    On the CPU type, thread count and package versions it ran with, a run reproduces to the last digit; the result
+    says which numbers differ and what else differed (config, versions, machine).
+    """
+    method, seed = study.cell(cell)
+    committed = study.run_dir(method, seed)
+    load_run(committed)  # refused now if it is not a finished run, not after the training
+    config = study.config(method, seed).replace(out=str(scratch))
+    again = Path(scratch) / committed.name
+    if again.resolve() == committed.resolve():
+        raise UsageError(f"the scratch folder {scratch} is the study's own; name another one")
+    log(f"[study] {committed.name}: training again into {again}")
+    train(config, overwrite=True, log=log, progress=progress)
+    return _compare_cells(committed, again, study.hessian)
+
+
+def _compare_cells(committed: Path, again: Path, hessian: dict[str, Any] | None) -> CellCheck:
+    old, new = load_run(committed), load_run(again)
+    pairs = [("summary", old["summary"], new["summary"])]
+    pairs += [(f"epoch {a['epoch']}", a, b) for a, b in zip(old["metrics"], new["metrics"])]
+    cached = committed / "analysis" / "study_hessian.json"
+    if hessian and cached.is_file():  # the table's lambda1 column
+        lambdas = [json.loads(cached.read_text())["lambda1"], _top_eigenvalue(again, dict(hessian))["lambda1"]]
+        pairs.append(("hessian", {"lambda1": lambdas[0]}, {"lambda1": lambdas[1]}))
+    compared, differences = 0, []
+    for where, a, b in pairs:
+        for key in sorted((a.keys() | b.keys()) - _TIMINGS):
+            compared += 1
+            if not _same(a.get(key), b.get(key)):
+                differences.append(f"{where} {key}: {a.get(key)!r} -> {b.get(key)!r}")
+    if len(old["metrics"]) != len(new["metrics"]):
+        differences.append(f"epochs recorded: {len(old['metrics'])} -> {len(new['metrics'])}")
+    # read back as a run is resumed: a field added since the committed run was trained holds its default there
+    configs = [load_run_config(run).to_dict() for run in (committed, again)]
+    paths = {"out", "data_root"}  # where the run and its data lie, not what it computes
+    context = [f"config {key}: {configs[0][key]!r} -> {configs[1][key]!r}" for key in configs[0]
+               if key not in paths and configs[0][key] != configs[1][key]]
+    metas = [json.loads((run / "config.json").read_text()) for run in (committed, again)]
+    context += [f"{key}: {metas[0].get(key, '(not recorded)')!r} -> {metas[1].get(key)!r}" for key in _ENVIRONMENT
+                if metas[0].get(key) != metas[1].get(key)]
+    return CellCheck(committed, again, compared, differences, context)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal to the last digit (a NaN equals a NaN: an epoch without a test)."""
+    nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return nan or a == b
+
+
 # where the runs were trained: kept as recorded when a study is only tabulated again
 _SESSION_KEYS = ("flatlab", "torch", "jobs", "machine", "command")
+# recorded by sessions since flatlab records them; results.json files written before stay without them
+_NEWER_SESSION_KEYS = ("packages",)
 
 
 def _session(jobs: int) -> dict[str, Any]:
-    return {"flatlab": __version__, "torch": torch.__version__, "jobs": jobs, "machine": machine_info(),
-            "command": " ".join(sys.argv)}
+    return {"flatlab": __version__, "torch": torch.__version__, "packages": package_versions(), "jobs": jobs,
+            "machine": machine_info(), "command": " ".join(sys.argv)}
 
 
 def _recorded_session(path: Path) -> dict[str, Any] | None:
@@ -426,7 +537,10 @@ def _recorded_session(path: Path) -> dict[str, Any] | None:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return {key: recorded.get(key) for key in _SESSION_KEYS} if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    session = {key: recorded.get(key) for key in _SESSION_KEYS}
+    return {**session, **{key: recorded[key] for key in _NEWER_SESSION_KEYS if key in recorded}}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -486,6 +600,7 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
         "source": source,
         "flatlab": session["flatlab"],
         "torch": session["torch"],
+        **{key: session[key] for key in _NEWER_SESSION_KEYS if key in session},
         "threads_per_run": study.base.get("threads"),
         "jobs": session["jobs"],
         "machine": session["machine"],
