@@ -3,13 +3,13 @@ weights take one step towards where the descents led.
 
 One step on a batch, from the slow weights phi (what the parameters hold between steps):
 
-``text
+```text
 p_0 = theta_0 = phi
 for j = 1 .. k:
     p_j     = p_{j-1} + rho g(p_{j-1}) / ||g(p_{j-1})||   the ascent goes on from the last point
     theta_j = base step from theta_{j-1} with g(p_j)       the descents move the fast weights
 phi <- phi + alpha (theta_k - phi)
-``
+```
 
 Each inner step is one `SharpnessAware` step, unchanged, at w = p_{j-1}; two things make it
 Lookbehind's:
@@ -114,11 +114,11 @@ class LookbehindSAM(SharpnessAware):
     The ascent accumulates from the slow weights phi, the descents move fast weights theta, and
     phi then steps towards theta_k:
 
-    ``text
+    ```text
     p_0 = theta_0 = phi
     p_j = p_{j-1} + rho g(p_{j-1}) / ||g(p_{j-1})||,  theta_j = base step(theta_{j-1}, g(p_j)),  j = 1..k
     phi <- phi + alpha (theta_k - phi)
-    ``
+    ```
 
     Defaults: rho = 0.05, k = 2, adaptive alpha, the official README's CIFAR command for
     LookbehindSAM (`--rho 0.05 --k 2 --alpha -1`); the paper also uses static alpha in {0.2, 0.5,
@@ -145,17 +145,18 @@ class LookbehindSAM(SharpnessAware):
             `skip_nonfinite`, `sync_first_pass`, ...); the ascent's policies are SAM's.
 
     Example:
-        ``python
+        ```python
         opt = flatlab.LookbehindSAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                                                     weight_decay=5e-4), rho=0.05, k=2, model=model)
         opt.step(closure)   # the closure runs 2k times on its batch
-        ``
+        ```
     """
 
     preset_options = frozenset({"source", "shape", "samples", "descent", "schedule", "every", "sam_probability",
                                 "ascent_steps", "ascent_step_size"})
 
-    def __init__(self, base: Optimizer, rho: float = 0.05, k: int = 2, alpha: float | None = None, **options):
+    def __init__(self, base: Optimizer, rho: float = 0.05, k: int = 2, alpha: float | None = None,
+                 **options: Any):
         check_number("k", k, low=1, integer=True)
         check_number("alpha", alpha, low=0.0, low_open=True, high=1.0, optional=True)
         fixed = sorted(self.preset_options & options.keys())
