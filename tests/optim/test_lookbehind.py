@@ -251,3 +251,15 @@ def test_two_phase_api_and_a_step_without_closure_are_refused(data):
     for call in (opt.first_step, opt.second_step, opt.step):
         with pytest.raises(RuntimeError, match="step\\(closure\\)"):
             call()
+
+
+def test_the_train_flags_reach_it():
+    from flatlab.errors import UsageError
+    from flatlab.train.config import TrainConfig
+    from flatlab.train.optimizer import build_optimizer, check_optimizer
+
+    opt = build_optimizer(TrainConfig(optimizer="lookbehind-sam", rho=0.1, k=3, alpha=0.5), tiny_net())
+    assert isinstance(opt, flatlab.LookbehindSAM) and (opt.rho, opt.k, opt.alpha) == (0.1, 3, 0.5)
+    assert build_optimizer(TrainConfig(optimizer="lookbehind-sam"), tiny_net()).alpha is None  # adaptive
+    with pytest.raises(UsageError, match="alpha must be in \\(0, 1\\], got alpha=1.5"):
+        check_optimizer(TrainConfig(optimizer="lookbehind-sam", alpha=1.5))

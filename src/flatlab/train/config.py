@@ -182,7 +182,7 @@ class TrainConfig:
         "help": "LookSAM: steps between full SAM steps; Lookbehind-SAM: ascent/descent steps on each batch"})
     alpha: float | None = field(default=None, metadata={
         "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term; "
-                "Lookbehind-SAM: step of the slow weights towards the fast ones, in (0, 1] (default: adaptive)"})
+                "Lookbehind-SAM: step of the slow weights towards the fast ones, in (0, 1]; adaptive if not given"})
     delta: float | None = field(default=None, metadata={
         "help": "AE-SAM: rate of the moving averages of the squared gradient norm"})
     c_start: float | None = field(default=None, metadata={
