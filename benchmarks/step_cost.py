@@ -53,6 +53,7 @@ METHODS = {
     "gcsam": dict(rho=0.05),
     "vasso": dict(rho=0.05, theta=0.9),
     "sam-on": dict(rho=0.5),
+    "lookbehind-sam": dict(rho=0.05, k=2),  # adaptive alpha
 }
 
 
@@ -159,6 +160,7 @@ def main() -> None:
         _, opt = runs[name]
         wrapper = opt if isinstance(opt, flatlab.SharpnessAware) else None
         own = state_bytes(wrapper.state) if wrapper else 0  # backups and masks, per parameter
+        own += sum(t.numel() * t.element_size() for t in getattr(opt, "held_between_steps", ()))
         base = state_bytes(wrapper.base.state if wrapper else opt.state)
         rows.append(
             {

@@ -303,6 +303,20 @@ METHODS: dict[str, Method] = {
                  "opt = flatlab.SAMON(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.5,\n"
                  "                    model=model)  # model=: the normalisation layers are found in it", _CLOSURE),
     ),
+    "lookbehind-sam": Method(
+        "Lookbehind-SAM", "Mordido et al., *Lookbehind-SAM: k steps back, 1 step forward*, ICML 2024",
+        "k SAM steps on the same batch from the slow weights phi: the ascent goes on from the last perturbed "
+        "point, p_j = p_{j−1} + rho g(p_{j−1}) / ‖g(p_{j−1})‖ (p_0 = phi), and each descent moves fast weights, "
+        "theta_j = base step of theta_{j−1} with g(p_j) (theta_0 = phi); then phi ← phi + alpha (theta_k − phi). "
+        "Adaptive alpha (the default), per tensor: alpha = (cos(theta_1 − phi, theta_k − phi) + 1) / 2. The "
+        "parameters hold phi between steps; k = 1 with alpha = 1 is SAM.",
+        {"rho": "the official README's CIFAR command for LookbehindSAM",
+         "k": "the official README's CIFAR command (the paper also uses 5 and 10)",
+         "alpha": "adaptive, the official README's CIFAR command (`--alpha -1`); the paper's static values are "
+                  "0.2, 0.5 and 0.8"},
+        _example("opt = flatlab.LookbehindSAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05,\n"
+                 "                            k=2, model=model)  # the closure runs 2k times per step", _CLOSURE),
+    ),
 }
 
 

@@ -14,6 +14,7 @@ from .optim import (
     SSAM,
     WSAM,
     FriendlySAM,
+    LookbehindSAM,
     LookSAM,
     PerSampleClosure,
     SharpnessAware,
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "SharpnessAware",
-    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON",
+    "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON", "LookbehindSAM",
     "create_optimizer", "list_optimizers", "param_groups",
     "per_sample", "PerSampleClosure", "micro_batches", "frozen_bn_stats",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ METHODS = [
     ("esam", {"beta": 0.6, "gamma": 0.5}), ("ssam-f", {"num_samples": 16, "update_interval": 2}),
     ("ssam-d", {"update_interval": 2}), ("s2sam", {}), ("msam", {"rho": 0.5}), ("looksam", {"k": 2}),
     ("rst", {}), ("aesam", {}), ("gsam", {}), ("wsam", {}), ("fsam", {}), ("gcsam", {}), ("vasso", {}),
-    ("sam-on", {}),
+    ("sam-on", {}), ("lookbehind-sam", {}),
 ]
 
 

@@ -30,6 +30,7 @@ class SyncCounter(TorchDispatchMode):
     [("sam", {}, 1), ("asam", {}, 1), ("esam", {}, 1), ("s2sam", {}, 1), ("msam", {}, 1), ("looksam", {}, 1),
      ("gsam", {}, 1), ("wsam", {}, 1), ("ssam-d", {}, 1), ("rst", {}, 2), ("fsam", {}, 2), ("gcsam", {}, 1),
      ("vasso", {}, 2), ("sam-on", {}, 1),
+     ("lookbehind-sam", {}, 2),  # each inner step's descent check; the adaptive alpha stays on the device
      ("aesam", {"c_start": 0.0, "c_end": 0.0}, None), ("ssam-d", {"update_interval": 5}, None)],
 )
 def test_host_syncs_per_step(name, options, per_step):

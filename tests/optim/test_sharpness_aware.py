@@ -132,7 +132,9 @@ def test_sign_perturbation_with_several_steps_stays_in_the_inf_ball(data):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_rho_zero_reproduces_the_base_optimizer(name, data):
-    neutral = {"esam": dict(beta=1.0, gamma=1.0), "ssam-f": dict(sparsity=0.0), "ssam-d": dict(sparsity=0.0)}
+    # Lookbehind with rho = 0 still takes k steps on the batch and interpolates: one step, alpha = 1 is the base
+    neutral = {"esam": dict(beta=1.0, gamma=1.0), "ssam-f": dict(sparsity=0.0), "ssam-d": dict(sparsity=0.0),
+               "lookbehind-sam": dict(k=1, alpha=1.0)}
     a, b = tiny_net(), tiny_net()
     opt = make(name, a, rho=0.0, **neutral.get(name, {}))
     base = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)

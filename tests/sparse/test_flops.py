@@ -61,11 +61,12 @@ def test_masking_flops_at_known_densities():
 def test_every_registered_optimizer_declares_its_passes():
     # dense: one forward 600, one forward-backward 1800; ESAM 600 * 2.6 + 600 + 1800 / 2;
     # LookSAM k=5 1.2 passes; RST p=0.5 1.5; AE-SAM before any step: its paper's ~50%, 1.5; SAM-ON's
-    # ascent backward computes the weight gradients of its 4 perturbed weights of 10: 600 * 2.4 + 1800
+    # ascent backward computes the weight gradients of its 4 perturbed weights of 10: 600 * 2.4 + 1800;
+    # Lookbehind-SAM k=2: two SAM steps
     expected = {"sgd": 1800, "adamw": 1800, "sam": 3600, "sam-sign": 3600, "asam": 3600, "esam": 3060,
                 "ssam-f": 3600, "ssam-d": 3600, "s2sam": 1800, "looksam": 1.2 * 1800, "aesam": 1.5 * 1800,
                 "rst": 1.5 * 1800, "msam": 1800, "gsam": 3600, "wsam": 3600, "fsam": 3600,
-                "gcsam": 3600, "vasso": 3600, "sam-on": 3240}
+                "gcsam": 3600, "vasso": 3600, "sam-on": 3240, "lookbehind-sam": 2 * 3600}
     got = {name: step_flops(PER_LAYER, passes=passes(name)) for name in flatlab.list_optimizers()}
     assert got == pytest.approx(expected)
 

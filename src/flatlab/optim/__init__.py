@@ -19,6 +19,7 @@ from .coordinates import (
 from .cost import Pass
 from .descents import Descent, OrthogonalReuse, PerturbedGradient, SurrogateGap, WeightedSharpness
 from .fisher import empirical_fisher
+from .lookbehind import FastWeights, LookbehindSAM
 from .presets import (
     AESAM,
     ASAM,
@@ -74,6 +75,7 @@ from .sources import (
 __all__ = [
     "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
     "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON",
+    "LookbehindSAM", "FastWeights",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
     "is_base_optimizer", "base_of", "base_options", "method_options", "describe_optimizer",
     "GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",

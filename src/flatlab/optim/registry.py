@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from .coordinates import NORM_LAYERS
+from .lookbehind import LookbehindSAM
 from .presets import (
     AESAM,
     ASAM,
@@ -85,6 +86,8 @@ register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its mov
 register_optimizer("gcsam", GCSAM, "SAM with the ascent gradient centralised (gradient centralisation)")
 register_optimizer("vasso", VaSSO, "ascent along a moving average of the gradients (variance suppressed)")
 register_optimizer("sam-on", SAMON, "SAM perturbing only the normalisation layers' affine parameters")
+register_optimizer("lookbehind-sam", LookbehindSAM,
+                   "k SAM ascent/descent steps on the batch, then the slow weights step towards the fast ones")
 
 
 def list_optimizers() -> list[str]:

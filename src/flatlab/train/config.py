@@ -179,9 +179,11 @@ class TrainConfig:
         "help": "two-pass methods: a sharpness-aware step every k-th step, plain steps between"})
     sam_probability: float | None = field(default=None, metadata={
         "help": "RST (and any two-pass method): probability that a step is sharpness-aware"})
-    k: int | None = field(default=None, metadata={"help": "LookSAM: steps between full SAM steps"})
+    k: int | None = field(default=None, metadata={
+        "help": "LookSAM: steps between full SAM steps; Lookbehind-SAM: ascent/descent steps on each batch"})
     alpha: float | None = field(default=None, metadata={
-        "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term"})
+        "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term; "
+                "Lookbehind-SAM: step of the slow weights towards the fast ones, in (0, 1]; adaptive if not given"})
     delta: float | None = field(default=None, metadata={
         "help": "AE-SAM: rate of the moving averages of the squared gradient norm"})
     c_start: float | None = field(default=None, metadata={
