@@ -15,15 +15,18 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from .bayes import BSAMBase
 from .coordinates import NORM_LAYERS
 from .presets import (
     AESAM,
     ASAM,
+    BSAM,
     ESAM,
     GCSAM,
     GSAM,
     MSAM,
     RST,
+    RWP,
     S2SAM,
     SAM,
     SAMON,
@@ -44,6 +47,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
+    "bsam": BSAMBase,  # bSAM's own (it learns the precision its perturbation reads)
 }
 
 
@@ -85,6 +89,8 @@ register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its mov
 register_optimizer("gcsam", GCSAM, "SAM with the ascent gradient centralised (gradient centralisation)")
 register_optimizer("vasso", VaSSO, "ascent along a moving average of the gradients (variance suppressed)")
 register_optimizer("sam-on", SAMON, "SAM perturbing only the normalisation layers' affine parameters")
+register_optimizer("rwp", RWP, "random filter-wise perturbation, clean and perturbed gradients mixed")
+register_optimizer("bsam", BSAM, "Bayesian SAM: noisy ascent, precision-scaled perturbation, its own base", base="bsam")
 
 
 def list_optimizers() -> list[str]:
@@ -138,7 +144,7 @@ def base_options(base: str) -> set[str]:
 
 
 _BASE_KEYS = {
-    "lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize",
+    "lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize", "damping",
 }  # fmt: skip
 
 
