@@ -63,10 +63,11 @@ OPTIMIZER_FIELDS = {
     "sigma": "sigma",
     "lmbda": "lmbda",
     "theta": "theta",
+    "num_data": "num_data",
 }
 
 # Fields of the base optimizer that not every base reads (checked where a flag sets them).
-_BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov"}
+_BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov", "damping": "damping"}
 
 
 def optimizer_fields(method: str) -> list[str]:
@@ -180,7 +181,8 @@ class TrainConfig:
         "help": "RST (and any two-pass method): probability that a step is sharpness-aware"})
     k: int | None = field(default=None, metadata={"help": "LookSAM: steps between full SAM steps"})
     alpha: float | None = field(default=None, metadata={
-        "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term"})
+        "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term; "
+                "RWP: weight of the perturbed gradient in the mix"})
     delta: float | None = field(default=None, metadata={
         "help": "AE-SAM: rate of the moving averages of the squared gradient norm"})
     c_start: float | None = field(default=None, metadata={
@@ -194,6 +196,10 @@ class TrainConfig:
     lmbda: float | None = field(default=None, metadata={"help": "FriendlySAM: factor of the gradient average"})
     theta: float | None = field(default=None, metadata={
         "help": "VaSSO: weight of the new gradient in the moving average the ascent follows (1: SAM)"})
+    num_data: int | None = field(default=None, metadata={
+        "help": "bSAM: training samples its noise is scaled by (default: the training set's size)"})
+    damping: float | None = field(default=None, metadata={
+        "help": "bSAM: damping added to its precision, read by its base 'bsam' (default: 0.1)"})
     max_grad_norm: float | None = field(default=None, metadata={
         "help": "SAM family: clip the descent gradient to this global norm (default: no clipping)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})
