@@ -16,7 +16,7 @@ CASES = [
     ["sam", {}], ["sam-sign", {}], ["asam", {}], ["esam", {"beta": 0.5, "gamma": 1.0}], ["s2sam", {}],
     ["msam", {"rho": 0.5}], ["looksam", {"k": 2}], ["rst", {}], ["aesam", {}], ["gsam", {}], ["wsam", {}],
     ["fsam", {}], ["ssam-d", {}], ["gcsam", {}], ["vasso", {}], ["sam-on", {"norm": True}],
-    ["rwp", {}], ["bsam", {"num_data": 100}],
+    ["rwp", {}], ["bsam", {"num_data": 100, "lr": 0.5}],  # bSAM's steps are lr (1 - beta1) g / s: its own lr
 ]
 
 
