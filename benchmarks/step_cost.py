@@ -54,13 +54,16 @@ METHODS = {
     "vasso": dict(rho=0.05, theta=0.9),
     "sam-on": dict(rho=0.5),
     "lookbehind-sam": dict(rho=0.05, k=2),  # adaptive alpha
+    "rwp": dict(rho=0.01, alpha=0.5),
+    "bsam": dict(rho=0.01, num_data=50_000),  # on its own base (no SGD momentum)
 }
 
 
 def build(name: str, width: float, seed: int = 0):
     torch.manual_seed(seed)
     model = create_model("resnet18", num_classes=10, width=width)
-    opt = flatlab.create_optimizer(name, model, lr=0.05, momentum=0.9, weight_decay=5e-4, **METHODS[name])
+    momentum = dict(momentum=0.9) if "momentum" in flatlab.optim.base_options(flatlab.optim.base_of(name)) else {}
+    opt = flatlab.create_optimizer(name, model, lr=0.05, weight_decay=5e-4, **momentum, **METHODS[name])
     return model, opt
 
 

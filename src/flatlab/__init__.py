@@ -3,11 +3,13 @@
 from .optim import (
     AESAM,
     ASAM,
+    BSAM,
     ESAM,
     GCSAM,
     GSAM,
     MSAM,
     RST,
+    RWP,
     S2SAM,
     SAM,
     SAMON,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "SharpnessAware",
     "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON", "LookbehindSAM",
+    "RWP", "BSAM",
     "create_optimizer", "list_optimizers", "param_groups",
     "per_sample", "PerSampleClosure", "micro_batches", "frozen_bn_stats",
 ]  # fmt: skip

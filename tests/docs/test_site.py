@@ -66,10 +66,16 @@ def test_method_page_example_runs(name, tmp_path, monkeypatch):
 def test_method_page_states_the_registry_defaults(name):
     """The arguments a page lists, with their defaults, build the optimizer the registry builds."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))  # SAM-ON needs a norm layer
-    by_name = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9)
+    options = pages.registry_options(name)
+    by_name = flatlab.create_optimizer(name, model, **options)
     cls = pages.method_class(name)
     stated = dict(pages.method_arguments(name))
-    by_page = cls(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **stated, model=model)
+    if name == "bsam":  # its own base, and the training set's size, which has no default
+        base = flatlab.optim.BSAMBase(model.parameters(), lr=0.1)
+        built = {**stated, "num_data": options["num_data"]}
+    else:
+        base, built = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), stated
+    by_page = cls(base, **built, model=model)
     assert repr(by_page).split("base=")[0] == repr(by_name).split("base=")[0]  # the policies and their settings
     page = pages.method_page(name)
     for arg, default in stated.items():

@@ -14,13 +14,16 @@ ALWAYS_SAM = {"looksam": {"k": 1}, "rst": {"sam_probability": 1.0}, "aesam": {"c
 
 
 def make(name, model, **kwargs):
-    """A registry optimizer on SGD with momentum (AdamW at lr 0.01), seeded, with small SSAM masks
-    refreshed every 2 steps."""
+    """A registry optimizer on SGD with momentum (AdamW at lr 0.01; bSAM on its own base), seeded,
+    with small SSAM masks refreshed every 2 steps."""
     options = dict(lr=0.01) if name == "adamw" else dict(lr=0.1, momentum=0.9)
     if name not in ("sgd", "adamw"):
         options["seed"] = 0
     if name.startswith("ssam"):
         options.update(update_interval=2)
+    if name == "bsam":  # its own base (no momentum) and the training set's size
+        del options["momentum"]
+        options.update(num_data=1000)
     if name == "ssam-f":
         options.update(num_samples=8)
     options.update(kwargs)

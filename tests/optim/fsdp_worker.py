@@ -25,7 +25,8 @@ def build(norm=False):
 def run(name, options, model, shard):
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
-    opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, seed=0, **options)
+    momentum = {} if name == "bsam" else {"momentum": 0.9}  # bSAM's own base keeps no SGD momentum
+    opt = flatlab.create_optimizer(name, model, **{"lr": 0.1, "seed": 0, **momentum, **options})
     for x, y in data:
         if shard is not None:
             x, y = x[4 * shard:4 * shard + 4], y[4 * shard:4 * shard + 4]

@@ -16,7 +16,7 @@ METHODS = [
     ("esam", {"beta": 0.6, "gamma": 0.5}), ("ssam-f", {"num_samples": 16, "update_interval": 2}),
     ("ssam-d", {"update_interval": 2}), ("s2sam", {}), ("msam", {"rho": 0.5}), ("looksam", {"k": 2}),
     ("rst", {}), ("aesam", {}), ("gsam", {}), ("wsam", {}), ("fsam", {}), ("gcsam", {}), ("vasso", {}),
-    ("sam-on", {}), ("lookbehind-sam", {}),
+    ("sam-on", {}), ("lookbehind-sam", {}), ("rwp", {}), ("bsam", {"num_data": 100}),
 ]
 
 
@@ -26,8 +26,9 @@ def test_micro_batches_equal_one_batch(name, options):
     if name == "sam-on":  # a normalisation layer to perturb, one that keeps the samples apart
         whole, split = (torch.nn.Sequential(m[0], torch.nn.LayerNorm(8, dtype=torch.float64), *m[1:])
                         for m in (whole, split))
-    opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, momentum=0.9, seed=3, **options)
-    opt_split = flatlab.create_optimizer(name, split, lr=0.1, momentum=0.9, seed=3, **options)
+    options = {**({} if name == "bsam" else {"momentum": 0.9}), **options}  # bSAM's base has no SGD momentum
+    opt_whole = flatlab.create_optimizer(name, whole, lr=0.1, seed=3, **options)
+    opt_split = flatlab.create_optimizer(name, split, lr=0.1, seed=3, **options)
     for x, y in vector_batches(5, 16, dtype=torch.float64):
         for opt, model in ((opt_whole, whole), (opt_split, split)):
             if opt.mask_due:

@@ -255,7 +255,7 @@ def test_sam_on_needs_a_model_with_trainable_normalisation_layers(model, message
     [("rst", {"sam_probability": 0.0}), ("aesam", {"c_start": 1e9, "c_end": 1e9}),  # the switch never fires
      ("looksam", {"rho": 0.0}), ("rst", {"rho": 0.0, "every": 2}), ("gsam", {"rho": 0.0}), ("wsam", {"rho": 0.0}),
      ("fsam", {"rho": 0.0}), ("msam", {"rho": 0.0}), ("gcsam", {"rho": 0.0}), ("vasso", {"rho": 0.0}),
-     ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2})],
+     ("esam", {"rho": 0.0, "gamma": 1.0, "every": 2}), ("rwp", {"rho": 0.0})],
 )
 def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, options):
     a, b = tiny_mlp(), tiny_mlp()
@@ -276,7 +276,7 @@ def test_rho_zero_or_a_switch_that_never_fires_is_the_base_optimizer(name, optio
     [("looksam", {}, 1.2, 0), ("rst", {}, 1.5, 0.1), ("rst", {"every": 4}, 1.25, 0), ("msam", {}, 1.0, 0),
      ("s2sam", {}, 1.0, 0), ("sam", {}, 2.0, 0), ("aesam", {"total_steps": 60}, None, 0),
      ("gsam", {}, 2.0, 0), ("wsam", {}, 2.0, 0), ("fsam", {}, 2.0, 0), ("gcsam", {}, 2.0, 0),
-     ("vasso", {}, 2.0, 0), ("sam-on", {}, 2.0, 0)],
+     ("vasso", {}, 2.0, 0), ("sam-on", {}, 2.0, 0), ("rwp", {}, 2.0, 0), ("bsam", {}, 2.0, 0)],
 )
 def test_forward_and_backward_passes_per_step(name, options, per_step, tolerance):
     model = CountingNet()

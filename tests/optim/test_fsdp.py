@@ -17,6 +17,7 @@ CASES = [
     ["msam", {"rho": 0.5}], ["looksam", {"k": 2}], ["rst", {}], ["aesam", {}], ["gsam", {}], ["wsam", {}],
     ["fsam", {}], ["ssam-d", {}], ["gcsam", {}], ["vasso", {}], ["sam-on", {"norm": True}],
     ["lookbehind-sam", {}],  # the adaptive alpha's cosines over all shards
+    ["rwp", {}], ["bsam", {"num_data": 100, "lr": 0.5}],  # bSAM's steps are lr (1 - beta1) g / s: its own lr
 ]
 
 

@@ -29,7 +29,7 @@ class SyncCounter(TorchDispatchMode):
     "name, options, per_step",
     [("sam", {}, 1), ("asam", {}, 1), ("esam", {}, 1), ("s2sam", {}, 1), ("msam", {}, 1), ("looksam", {}, 1),
      ("gsam", {}, 1), ("wsam", {}, 1), ("ssam-d", {}, 1), ("rst", {}, 2), ("fsam", {}, 2), ("gcsam", {}, 1),
-     ("vasso", {}, 2), ("sam-on", {}, 1),
+     ("vasso", {}, 2), ("sam-on", {}, 1), ("rwp", {}, 1), ("bsam", {"num_data": 100}, 1),
      ("lookbehind-sam", {}, 2),  # each inner step's descent check; the adaptive alpha stays on the device
      ("aesam", {"c_start": 0.0, "c_end": 0.0}, None), ("ssam-d", {"update_interval": 5}, None)],
 )
@@ -37,7 +37,8 @@ def test_host_syncs_per_step(name, options, per_step):
     torch.manual_seed(0)
     norm = [torch.nn.LayerNorm(8)] if name == "sam-on" else []  # what SAM-ON perturbs
     model = torch.nn.Sequential(torch.nn.Linear(5, 8), *norm, torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    opt = flatlab.create_optimizer(name, model, lr=0.1, momentum=0.9, max_grad_norm=1.0, **options)
+    momentum = {} if name == "bsam" else {"momentum": 0.9}  # bSAM's own base keeps no SGD momentum
+    opt = flatlab.create_optimizer(name, model, lr=0.1, max_grad_norm=1.0, **momentum, **options)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     if name == "esam":  # its selection counts rows on the host: use the tensor draw only
         opt.samples = flatlab.optim.AllSamples()

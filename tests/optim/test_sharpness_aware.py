@@ -137,7 +137,8 @@ def test_rho_zero_reproduces_the_base_optimizer(name, data):
                "lookbehind-sam": dict(k=1, alpha=1.0)}
     a, b = tiny_net(), tiny_net()
     opt = make(name, a, rho=0.0, **neutral.get(name, {}))
-    base = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    base = (flatlab.optim.BSAMBase(b.parameters(), lr=0.1, weight_decay=0.0) if name == "bsam"
+            else torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9))
     for x, y in data:
         run_step(opt, a, x, y)
         base.zero_grad()
@@ -294,14 +295,20 @@ def _state_before_step(name, data, **options):
     run_step(opt, model, *data[0])  # some momentum and a pending perturbation for S2SAM
     with opt.unperturbed():
         before = weights(model)
-    momentum = [s["momentum_buffer"].clone() for s in opt.base.state.values()]
-    return model, opt, before, momentum
+    return model, opt, before, _base_state(opt)
 
 
-def _assert_untouched(model, opt, before, momentum):
+def _base_state(opt):
+    """Every tensor the base optimizer keeps (SGD's momentum; bSAM's momentum and precision)."""
+    return [(key, t.clone()) for state in opt.base.state.values() for key, t in state.items() if torch.is_tensor(t)]
+
+
+def _assert_untouched(model, opt, before, base_state):
     assert not opt.is_perturbed
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, opt.base.state.values()))
+    now = _base_state(opt)
+    assert base_state and [k for k, _ in now] == [k for k, _ in base_state]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(base_state, now))
 
 
 @pytest.mark.parametrize("name", TWO_PASS)
@@ -396,8 +403,10 @@ def test_bfloat16_autocast_follows_the_float32_run(name, data):
     # missing or misdirected step would deviate by ~100%.
     ref, model = tiny_net(), tiny_net()
     start = weights(ref)
-    options = {"gamma": 1.0} if name == "esam" else {}
-    opt_ref, opt = make(name, ref, lr=0.05, **options), make(name, model, lr=0.05, **options)
+    # bSAM's first steps move by lr (1 - beta1) g / s: at its default lr, 0.5, as far as the others' at 0.05
+    options = {"gamma": 1.0} if name == "esam" else {"lr": 0.5} if name == "bsam" else {}
+    options = {"lr": 0.05, **options}
+    opt_ref, opt = make(name, ref, **options), make(name, model, **options)
     for x, y in data[:2]:
         run_step(opt_ref, ref, x, y)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -453,7 +462,7 @@ def test_a_plain_closure_with_a_scaler_is_an_error(data):
 @pytest.mark.parametrize(
     "name, options, forwards_per_step, batch_fraction",
     [("sam", {}, 2, 2.0), ("sam", {"ascent_steps": 3}, 4, 4.0), ("esam", {}, 3, 2.5), ("ssam-d", {}, 2, 2.0),
-     ("s2sam", {}, 1, 1.0)],
+     ("s2sam", {}, 1, 1.0), ("rwp", {}, 2, 2.0), ("bsam", {}, 2, 2.0)],
 )
 def test_passes_counted_on_a_model_match_the_declared_ones(name, options, forwards_per_step, batch_fraction):
     model = CountingNet()

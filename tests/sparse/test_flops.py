@@ -18,6 +18,8 @@ def passes(name, **options):
     """The passes an optimizer of the registry declares for one step."""
     if name == "msam":
         options = {"momentum": 0.9, **options}  # it perturbs along the momentum
+    if name == "bsam":
+        options = {"num_data": 100, **options}  # the training set's size scales its noise
     # SAM-ON perturbs the normalisation layers of a model: 4 of its 10 weights
     params = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)) if name == "sam-on" else [
         torch.zeros(2, requires_grad=True)]
@@ -66,7 +68,7 @@ def test_every_registered_optimizer_declares_its_passes():
     expected = {"sgd": 1800, "adamw": 1800, "sam": 3600, "sam-sign": 3600, "asam": 3600, "esam": 3060,
                 "ssam-f": 3600, "ssam-d": 3600, "s2sam": 1800, "looksam": 1.2 * 1800, "aesam": 1.5 * 1800,
                 "rst": 1.5 * 1800, "msam": 1800, "gsam": 3600, "wsam": 3600, "fsam": 3600,
-                "gcsam": 3600, "vasso": 3600, "sam-on": 3240, "lookbehind-sam": 2 * 3600}
+                "gcsam": 3600, "vasso": 3600, "sam-on": 3240, "lookbehind-sam": 2 * 3600, "rwp": 3600, "bsam": 3600}
     got = {name: step_flops(PER_LAYER, passes=passes(name)) for name in flatlab.list_optimizers()}
     assert got == pytest.approx(expected)
 

@@ -171,7 +171,7 @@ def test_the_optimizer_and_base_help_list_every_registered_name(monkeypatch, cap
     optimizers = names_listed(helps["--optimizer"].split(" (see")[0])
     assert sorted(optimizers) == sorted(list_optimizers()) and {"looksam", "fsam", "my-sam"} <= set(optimizers)
     bases = names_listed(helps["--base"].split(": ", 1)[1].split(" (default")[0])
-    assert sorted(bases) == sorted(BASE_OPTIMIZERS) == ["adam", "adamw", "sgd"]
+    assert sorted(bases) == sorted(BASE_OPTIMIZERS) == ["adam", "adamw", "bsam", "sgd"]
 
 
 def test_every_flag_shows_its_default(monkeypatch, capsys):

@@ -45,6 +45,7 @@ def torchrun(tmp_path, name, **config):
      ("aesam", {}),  # the first pass is all-reduced by itself: every replica must take the same decision
      ("msam", {"rho": 0.5}), ("gcsam", {"sync_first_pass": True}), ("vasso", {"sync_first_pass": True}),
      ("lookbehind-sam", {"sync_first_pass": True}),
+     ("rwp", {}), ("bsam", {"damping": 0.2}),  # both all-reduce their first pass themselves
      ("esam", {"sync_first_pass": True, "beta": 1.0, "gamma": 1.0, "accumulate": 2})],  # DDP and accumulation
 )
 def test_two_processes_equal_one_with_the_global_batch(tmp_path, optimizer, extra):

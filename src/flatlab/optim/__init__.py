@@ -6,6 +6,7 @@ training (`radius`).
 """
 
 from .batchnorm import frozen_bn_stats
+from .bayes import BSAMBase
 from .coordinates import (
     AllCoordinates,
     ChosenTensors,
@@ -17,17 +18,27 @@ from .coordinates import (
     draw_tensors,
 )
 from .cost import Pass
-from .descents import Descent, OrthogonalReuse, PerturbedGradient, SurrogateGap, WeightedSharpness
+from .descents import (
+    Descent,
+    MixedGradient,
+    OrthogonalReuse,
+    PerturbedGradient,
+    PrecisionGradient,
+    SurrogateGap,
+    WeightedSharpness,
+)
 from .fisher import empirical_fisher
 from .lookbehind import FastWeights, LookbehindSAM
 from .presets import (
     AESAM,
     ASAM,
+    BSAM,
     ESAM,
     GCSAM,
     GSAM,
     MSAM,
     RST,
+    RWP,
     S2SAM,
     SAM,
     SAMON,
@@ -61,29 +72,32 @@ from .samples import (
     per_sample,
 )
 from .schedules import AdaptiveSwitch, EveryK, EveryStep, RandomSwitch, Schedule
-from .shapes import AdaptiveBall, CentralisedBall, LpBall, Shape
+from .shapes import AdaptiveBall, AsDrawn, CentralisedBall, LpBall, PrecisionScaled, Shape
 from .sharpness_aware import Phase, SharpnessAware, step_passes
 from .sources import (
     AveragedGradient,
     BatchGradient,
+    FilterNoise,
     FriendlyGradient,
     GradientSource,
     MomentumDirection,
+    NoisyGradient,
     PreviousGradient,
 )
 
 __all__ = [
     "SharpnessAware", "Phase", "SAM", "ASAM", "ESAM", "SSAM", "S2SAM",
     "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM", "GCSAM", "VaSSO", "SAMON",
-    "LookbehindSAM", "FastWeights",
+    "LookbehindSAM", "FastWeights", "RWP", "BSAM", "BSAMBase",
     "create_optimizer", "list_optimizers", "register_optimizer", "param_groups", "BASE_OPTIMIZERS",
     "is_base_optimizer", "base_of", "base_options", "method_options", "describe_optimizer",
     "GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",
-    "AveragedGradient",
+    "AveragedGradient", "FilterNoise", "NoisyGradient",
     "Schedule", "EveryStep", "EveryK", "RandomSwitch", "AdaptiveSwitch",
     "Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse",
+    "MixedGradient", "PrecisionGradient",
     "RhoSchedule", "LRProportional",
-    "Shape", "LpBall", "AdaptiveBall", "CentralisedBall",
+    "Shape", "LpBall", "AdaptiveBall", "CentralisedBall", "AsDrawn", "PrecisionScaled",
     "Coordinates", "AllCoordinates", "RandomTensors", "ChosenTensors", "MaskedCoordinates", "FisherMask", "DynamicMask",
     "draw_tensors",
     "Samples", "AllSamples", "AscentGroups", "SharpnessSensitive", "PerSampleClosure", "per_sample", "MicroBatches",

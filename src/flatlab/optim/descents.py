@@ -2,7 +2,8 @@
 
 SAM descends along g_p alone. GSAM subtracts the part of g orthogonal to g_p (its surrogate-gap
 term); WSAM weights the sharpness g_p - g; LookSAM keeps the part of g_p orthogonal to g from its
-sharpness-aware steps and adds it to the gradient of the plain steps between them.
+sharpness-aware steps and adds it to the gradient of the plain steps between them. RWP mixes g and
+g_p; bSAM descends along g_p and hands g to its base optimizer's precision update.
 
 A policy works on the gradients in place, over aligned lists of tensors, with its per-parameter
 state in the optimizer's `state[p]`; norms and inner products are global (all tensors together).
@@ -20,7 +21,8 @@ from ..errors import check_number
 from .functional import copy_, global_dot, global_norm, local_shards
 from .policy import Policy
 
-__all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse"]
+__all__ = ["Descent", "PerturbedGradient", "SurrogateGap", "WeightedSharpness", "OrthogonalReuse", "MixedGradient",
+           "PrecisionGradient"]
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -193,3 +195,46 @@ class OrthogonalReuse(Descent):
     def extra_repr(self) -> str:
         """`alpha`, as `repr` shows it."""
         return f"alpha={self.alpha:g}"
+
+
+class MixedGradient(Descent):
+    """RWP (Li et al., TMLR 2024): descend along `(1 - alpha) g + alpha g_p`, the gradient of the
+    mixed loss `(1 - alpha) L(w) + alpha L(w + eps)`. alpha = 0.5: the official code's default
+    (nblt/RWP, which takes the two gradients on two GPUs, weighting each loss by 2 alpha and
+    2 (1 - alpha) before DDP's average).
+    """
+
+    name = "mixed"
+    needs_clean_gradient = True
+
+    def __init__(self, alpha: float = 0.5):
+        check_number("alpha", alpha, low=0.0, high=1.0)
+        self.alpha = float(alpha)
+
+    def sharpness_aware(self, params, clean, grads) -> None:
+        """Mixes the gradients: (1 - alpha) g + alpha g_p."""
+        if not grads:
+            return
+        torch._foreach_mul_(local_shards(grads), self.alpha)
+        torch._foreach_add_(local_shards(grads), local_shards(clean), alpha=1.0 - self.alpha)
+
+    def extra_repr(self) -> str:
+        """`alpha`, as `repr` shows it."""
+        return f"alpha={self.alpha:g}"
+
+
+class PrecisionGradient(Descent):
+    """bSAM: descend along g_p (the gradient at w + eps) and hand the base optimizer
+    (`BSAMBase`) g, the ascent pass's gradient taken at the random point,
+    which its precision update reads.
+    """
+
+    name = "precision"
+    needs_clean_gradient = True
+
+    def __init__(self, base):
+        self.base = base
+
+    def sharpness_aware(self, params, clean, grads) -> None:
+        """Hands the base the noisy gradient g next to g_p."""
+        self.base.take_noisy_gradients(params, clean)

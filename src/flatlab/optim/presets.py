@@ -7,14 +7,22 @@ from __future__ import annotations
 from torch.optim import Optimizer
 
 from ..errors import UsageError, check_number
+from .bayes import BSAMBase
 from .coordinates import ChosenTensors, DynamicMask, FisherMask, RandomTensors, norm_parameters
-from .descents import OrthogonalReuse, SurrogateGap, WeightedSharpness
+from .descents import MixedGradient, OrthogonalReuse, PrecisionGradient, SurrogateGap, WeightedSharpness
 from .radius import LRProportional
 from .samples import SharpnessSensitive
 from .schedules import AdaptiveSwitch, EveryK
-from .shapes import AdaptiveBall, CentralisedBall, LpBall
+from .shapes import AdaptiveBall, AsDrawn, CentralisedBall, LpBall, PrecisionScaled
 from .sharpness_aware import SharpnessAware
-from .sources import AveragedGradient, FriendlyGradient, MomentumDirection, PreviousGradient
+from .sources import (
+    AveragedGradient,
+    FilterNoise,
+    FriendlyGradient,
+    MomentumDirection,
+    NoisyGradient,
+    PreviousGradient,
+)
 
 #: a single-pass preset sets its source, and takes no schedule, extra ascent steps, sample selection
 #: or descent combination (they all need the gradient at w of the current batch)
@@ -24,8 +32,12 @@ SINGLE_PASS_OPTIONS = frozenset(
 
 __all__ = [
     "SAM", "ASAM", "ESAM", "SSAM", "S2SAM", "LookSAM", "AESAM", "RST", "MSAM", "GSAM", "WSAM", "FriendlySAM",
-    "GCSAM", "VaSSO", "SAMON",
+    "GCSAM", "VaSSO", "SAMON", "RWP", "BSAM",
 ]  # fmt: skip
+
+#: a method whose first pass feeds its descent (RWP's mix, bSAM's precision) all-reduces it under DDP,
+#: or the replicas would descend differently; its perturbation is its own, with one ascent step
+_OWN_PERTURBATION = frozenset({"source", "shape", "descent", "sync_first_pass", "ascent_steps", "ascent_step_size"})
 
 
 class SAM(SharpnessAware):
@@ -311,3 +323,67 @@ class SAMON(SharpnessAware):
             )
         coordinates = ChosenTensors(chosen, "the normalisation layers' parameters")
         super().__init__(base, rho, coordinates=coordinates, **options)
+
+
+class RWP(SharpnessAware):
+    """Random weight perturbation (Li et al., "Revisiting random weight perturbation for efficiently
+    improving generalization", TMLR 2024): descend along `(1 - alpha) g + alpha g_p`, g the
+    gradient at w, g_p the one at w + eps, eps Gaussian with each filter's standard deviation rho
+    times that filter's L2 norm (each vector's: its whole norm + 1e-16), drawn from the
+    optimizer's generators (`FilterNoise`, `AsDrawn`,
+    `MixedGradient`). eps does not depend on g: the two passes are
+    independent, and could run at once on two devices. rho = 0.01 (the paper's gamma) and
+    alpha = 0.5: the official code's defaults and CIFAR recipe (nblt/RWP; 0.005 on ImageNet).
+
+    Example:
+        ```python
+        opt = flatlab.RWP(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.01, model=model)
+        ```
+    """
+
+    preset_options = _OWN_PERTURBATION
+
+    def __init__(self, base: Optimizer, rho: float = 0.01, alpha: float = 0.5, **options):
+        super().__init__(base, rho, source=FilterNoise(), shape=AsDrawn(), descent=MixedGradient(alpha),
+                         sync_first_pass=True, **options)
+
+
+class BSAM(SharpnessAware):
+    """bSAM (Moellenhoff & Khan, "SAM as an optimal relaxation of Bayes", ICLR 2023).
+
+    The authors' algorithm (team-approx-bayes/bayesian-sam, `optim.py`) with one sub-batch: with s
+    the precision its base `BSAMBase` learns,
+
+    ```text
+    g   = grad L(w + z),   z ~ N(0, 1 / (num_data * s))      (the first pass, at a random point)
+    eps = rho * g / s,     g_p = grad L(w + eps)              (the second pass)
+    ```
+
+    then the base's step from g_p and g (momentum, w -= lr m / s, the precision update).
+    `num_data`: the number of training samples (the official CIFAR runs count each image 4 times
+    for augmentation, `--dafactor 4`). rho = 0.01: the official README's CIFAR setting.
+    rho = 0 is the base optimizer alone (no noise, one pass), as for every method here. `step`
+    returns the loss at w + z; BatchNorm statistics come from that pass (frozen in the second).
+
+    pytorch_optimizer 4.1.0's `BSAM` is not this algorithm: it never takes the noise and eps back
+    off the weights, draws the noise with standard deviation 1 / (num_data * s) (not its square
+    root), keeps a momentum of `weight_decay * g_p` (not `g_p + weight_decay * w`) and updates
+    the precision from g_p, squared, before the step (the authors' from g, unsquared, after it).
+
+    Example:
+        ```python
+        base = flatlab.optim.BSAMBase(model.parameters(), lr=0.5)
+        opt = flatlab.BSAM(base, rho=0.01, num_data=len(train_set), model=model)
+        ```
+    """
+
+    preset_options = _OWN_PERTURBATION
+
+    def __init__(self, base: Optimizer, rho: float = 0.01, num_data: int | None = None, **options):
+        if not isinstance(base, BSAMBase):
+            raise UsageError(f"bSAM learns a precision with its own update: build it on flatlab.optim.BSAMBase("
+                             f"params, lr=...), not on {type(base).__name__}")
+        if num_data is None:
+            raise UsageError("bSAM draws its noise from the number of training samples: pass num_data=")
+        super().__init__(base, rho, source=NoisyGradient(base, num_data), shape=PrecisionScaled(base),
+                         descent=PrecisionGradient(base), sync_first_pass=True, **options)

@@ -15,16 +15,19 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from .bayes import BSAMBase
 from .coordinates import NORM_LAYERS
 from .lookbehind import LookbehindSAM
 from .presets import (
     AESAM,
     ASAM,
+    BSAM,
     ESAM,
     GCSAM,
     GSAM,
     MSAM,
     RST,
+    RWP,
     S2SAM,
     SAM,
     SAMON,
@@ -45,6 +48,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
+    "bsam": BSAMBase,  # bSAM's own (it learns the precision its perturbation reads)
 }
 
 
@@ -88,6 +92,8 @@ register_optimizer("vasso", VaSSO, "ascent along a moving average of the gradien
 register_optimizer("sam-on", SAMON, "SAM perturbing only the normalisation layers' affine parameters")
 register_optimizer("lookbehind-sam", LookbehindSAM,
                    "k SAM ascent/descent steps on the batch, then the slow weights step towards the fast ones")
+register_optimizer("rwp", RWP, "random filter-wise perturbation, clean and perturbed gradients mixed")
+register_optimizer("bsam", BSAM, "Bayesian SAM: noisy ascent, precision-scaled perturbation, its own base", base="bsam")
 
 
 def list_optimizers() -> list[str]:
@@ -143,7 +149,7 @@ def base_options(base: str) -> set[str]:
 
 
 _BASE_KEYS = {
-    "lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize",
+    "lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize", "damping",
 }  # fmt: skip
 
 

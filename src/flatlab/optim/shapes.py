@@ -1,5 +1,5 @@
-"""How the ascent direction is shaped: the p-norm ball of SAM, ASAM's adaptive ellipsoid, or GC-SAM's
-centralised gradient.
+"""How the ascent direction is shaped: the p-norm ball of SAM, ASAM's adaptive ellipsoid, GC-SAM's
+centralised gradient, RWP's noise as drawn, or bSAM's gradient over its precision.
 
 A shape turns the gradients of the perturbed tensors into a perturbation of a given radius, and
 projects an accumulated perturbation back onto its ball (for several ascent steps).
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from ..errors import check_number
 from . import functional as F
 from .policy import Policy
 
-__all__ = ["Shape", "LpBall", "AdaptiveBall", "CentralisedBall"]
+__all__ = ["Shape", "LpBall", "AdaptiveBall", "CentralisedBall", "AsDrawn", "PrecisionScaled"]
 
 
 class Shape(Policy):
@@ -123,3 +124,67 @@ class CentralisedBall(Shape):
     def project(self, eps, weights, adaptive, radius, foreach):
         """`eps` rescaled into the L2 ball of `radius`."""
         return F.project_lp_ball(eps, radius, 2.0, foreach=foreach)
+
+
+def _one_ascent_step(shape: Shape, optimizer) -> None:
+    if optimizer.ascent_steps != 1:
+        raise ValueError(f"the {shape.name} shape has no ball to project further ascent steps on; "
+                         f"got ascent_steps={optimizer.ascent_steps}, use 1")
+
+
+class AsDrawn(Shape):
+    """RWP's shape: eps = rho * d, the random direction as its source drew it (the source sets its
+    scale: `FilterNoise`'s filter norms), written over d, which such a source
+    allocates anew at every step. No ball: one ascent step.
+    """
+
+    name = "as-drawn"
+    # the gradient at w does not reach eps; a descent that reads it (RWP's mix) has it checked
+
+    def check(self, optimizer) -> None:
+        """Refuses a source that reads the gradient, and several ascent steps."""
+        if not optimizer.source.independent_of_gradient:
+            raise ValueError(f"the as-drawn shape keeps a random direction as drawn; the {optimizer.source.name} "
+                             "source gives a gradient, which needs a ball (e.g. the default L2 shape)")
+        _one_ascent_step(self, optimizer)
+
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        """The drawn direction times the radius, written over it."""
+        torch._foreach_mul_(F.local_shards(grads), radius)
+        return grads
+
+    def project(self, eps, weights, adaptive, radius, foreach):
+        """Not defined: one ascent step only."""
+        raise NotImplementedError("the as-drawn shape takes one ascent step")
+
+
+class PrecisionScaled(Shape):
+    """bSAM's shape: eps = rho * g / s per coordinate, s the precision that the base optimizer
+    `BSAMBase` learns (no normalisation: the precision sets the size;
+    the authors' `optim.py`). One ascent step.
+    """
+
+    name = "precision"
+
+    def __init__(self, base):
+        self.precision_of = base.precision
+
+    def check(self, optimizer) -> None:
+        """Refuses several ascent steps."""
+        _one_ascent_step(self, optimizer)
+
+    def perturbation(self, grads, weights, adaptive, radius, foreach, *, in_place=False):
+        """The perturbation rho * g / s per tensor, s the base's precision."""
+        precisions = F.local_shards([self.precision_of(w) for w in weights])
+        local = F.local_shards(grads)
+        if in_place:
+            torch._foreach_mul_(local, radius)
+            torch._foreach_div_(local, precisions)
+            return grads
+        out = torch._foreach_mul(local, radius)
+        torch._foreach_div_(out, precisions)
+        return out
+
+    def project(self, eps, weights, adaptive, radius, foreach):
+        """Not defined: one ascent step only."""
+        raise NotImplementedError("the precision shape takes one ascent step")

@@ -5,8 +5,9 @@ how the descent gradient is formed, what radius).
 A step, as `SharpnessAware.step` reads:
 
 ```text
-source      the gradient that builds eps: an ascent pass at w (two-pass methods), or the
-            previous step's gradient, held pending since then (single-pass methods)
+source      the gradient that builds eps: an ascent pass at w (two-pass methods; bSAM's at a
+            random point around w, RWP's read by its descent only), or the previous step's
+            gradient, held pending since then (single-pass methods)
 schedule    whether this step perturbs at all (else a plain step with the pass at w)
 ascent      eps = shape(direction) on the chosen coordinates, w -> w + eps
 perturbed   the pass at w + eps (on the rows the sample policy keeps)
@@ -15,8 +16,9 @@ base        the base optimizer's step (then, single-pass: eps of the next step)
 ```
 
 The named methods (SAM, ASAM, ESAM, SSAM, S2-SAM, LookSAM, AE-SAM, RST, MSAM, GSAM, WSAM,
-FriendlySAM) are presets of this class in `presets.py`. Each policy checks its own combinations
-with the others (`Policy.check`); what the parameters hold is `perturbation.py`'s, the
+FriendlySAM, GC-SAM, VaSSO, SAM-ON, RWP, bSAM) are presets of this class in `presets.py`
+(Lookbehind-SAM, in `lookbehind.py`, runs its step k times). Each policy checks its own
+combinations with the others (`Policy.check`); what the parameters hold is `perturbation.py`'s, the
 finiteness and loss scale of gradients `gradient_check.py`'s, the hooks on the model `hooks.py`'s.
 """
 
@@ -230,7 +232,7 @@ class SharpnessAware(torch.optim.Optimizer):
             perturb_before_training_forward(self, model) if self.source.single_pass and model else None
         )
         self.coordinates.bind(params, self.generator, self.state)
-        self.source.bind(self.state, base)
+        self.source.bind(self.state, base, self.generator)
         self.descent.bind(self.state)
         self.schedule.bind(self.generator)
         if self.rho_schedule is not None:
@@ -288,7 +290,8 @@ class SharpnessAware(torch.optim.Optimizer):
         for sample selection, the per-sample losses.
         """
         with self.ascent_pass():
-            loss, before = self._evaluate(closure, rows)
+            with self._at_ascent_point():
+                loss, before = self._evaluate(closure, rows)
             self._perturb_from_gradients(decided)
             for _ in range(self.ascent_steps - 1):
                 if self.phase is not Phase.PERTURBED:
@@ -297,6 +300,22 @@ class SharpnessAware(torch.optim.Optimizer):
                     self._evaluate(closure, rows)
                 self._ascend()
         return loss, before
+
+    @contextmanager
+    def _at_ascent_point(self) -> Iterator[None]:
+        """The ascent pass runs at w, or at w + the source's offset (bSAM's random sample), w put
+        back exactly (by copy) after it.
+        """
+        if not self.source.offsets_ascent_pass:
+            yield
+            return
+        params = [p for p in self._params() if p.requires_grad]
+        self.perturbation.move(params, self.source.ascent_offset(params), 1.0)
+        self.coordinates.keep_pruned(params)  # a sparse network's pruned weights stay zero
+        try:
+            yield
+        finally:
+            self.perturbation.restore()
 
     def _perturbed_pass(self, closure: Callable, before: Tensor | None, rows: Tensor | None = None,
                         onto: dict[Tensor, Tensor] | None = None) -> None:
@@ -531,6 +550,9 @@ class SharpnessAware(torch.optim.Optimizer):
         """
         if self.source.single_pass:
             raise RuntimeError("a single-pass method perturbs inside step(); call step() once per batch")
+        if self.source.offsets_ascent_pass:
+            raise RuntimeError(f"the {self.source.name} source runs the first pass away from w, inside "
+                               "step(closure); call step(closure) instead of first_step()")
         self.prepare()
         self._perturb_from_gradients(None)
         self.gradient_check.forget()  # a backward may run before second_step
@@ -646,10 +668,12 @@ class SharpnessAware(torch.optim.Optimizer):
         gradient (ESAM), and a DDP model skips the all-reduce unless `sync_first_pass`.
 
         Under a schedule that decides from the gradient (AE-SAM) the first pass may become a plain
-        step's only pass: it then computes every gradient and is all-reduced.
+        step's only pass: it then computes every gradient and is all-reduced. A descent that reads
+        the gradient at w (GSAM, WSAM, LookSAM, RWP) has it all-reduced too: taken per replica, it
+        would move each replica its own way.
         """
         ddp = self._is_ddp()
-        synced = self.sync_first_pass or self.schedule.needs_gradient
+        synced = self.sync_first_pass or self.schedule.needs_gradient or self.descent.needs_clean_gradient
         no_sync = self.model.no_sync() if ddp and not synced else nullcontext()
         # a synced DDP backward waits for every gradient: nothing may skip it then
         self.coordinates.begin_ascent_pass(skip_grads=not (ddp and synced) and not self.schedule.needs_gradient)

@@ -1,7 +1,8 @@
 """Which gradient drives the perturbation: the current batch's, from an extra forward/backward at w
 (SAM; FriendlySAM less its moving average), or one the step already has (S2-SAM: the previous
 step's; MSAM: the base optimizer's momentum), so that each step takes one pass; or an average of
-the batch gradients so far (VaSSO).
+the batch gradients so far (VaSSO); or none at all: random noise shaped by the weights (RWP), or
+the gradient at a random point around w (bSAM).
 
 A *single-pass* source builds the next step's perturbation at the end of this step, after the base
 step, so the next forward/backward runs at w + eps directly. A source is a subclass that says
@@ -16,11 +17,12 @@ import torch
 from torch import Tensor
 
 from ..errors import check_number
-from .functional import copy_, local_shards
+from .functional import copy_, local_shards, shard_group
+from .noise import NormalNoise
 from .policy import Policy
 
 __all__ = ["GradientSource", "BatchGradient", "PreviousGradient", "MomentumDirection", "FriendlyGradient",
-           "AveragedGradient"]
+           "AveragedGradient", "FilterNoise", "NoisyGradient"]
 
 
 class GradientSource(Policy):
@@ -39,6 +41,11 @@ class GradientSource(Policy):
     stateful = False
     #: `direction` returns the gradients themselves
     direction_is_gradient = False
+    #: `direction` does not read the gradients (RWP's noise): the passes at w and at w + eps do
+    #: not depend on each other, and the direction is new memory that the shape may write over
+    independent_of_gradient = False
+    #: the ascent pass runs at w + `ascent_offset` (bSAM's random sample), not at w
+    offsets_ascent_pass = False
 
     def check(self, optimizer) -> None:
         """Refuses extra ascent steps under a single-pass source."""
@@ -48,9 +55,18 @@ class GradientSource(Policy):
                 f"a single-pass method takes no extra ascent steps, got ascent_steps={optimizer.ascent_steps}"
             )
 
-    def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer) -> None:
-        """The optimizer's per-parameter state (for a source's own buffers) and its base."""
+    def bind(self, state: MutableMapping[Tensor, dict], base: torch.optim.Optimizer,
+             generator: torch.Generator | None = None) -> None:
+        """The optimizer's per-parameter state (for a source's own buffers), its base and its
+        generator (for a source that draws noise; its draws are then part of the saved state).
+        """
         self.state = state
+
+    def ascent_offset(self, params: list[Tensor]) -> list[Tensor]:
+        """Where the ascent pass runs, as an offset from w per entry of `params` (only when
+        `offsets_ascent_pass`); w is put back exactly after that pass.
+        """
+        raise NotImplementedError
 
     def direction(
         self, params: list[Tensor], grads: list[Tensor], base: torch.optim.Optimizer, scale: float = 1.0
@@ -107,11 +123,11 @@ class MomentumDirection(GradientSource):
     name = "momentum"
     single_pass = True
 
-    def bind(self, state, base) -> None:
+    def bind(self, state, base, generator=None) -> None:
         """Refuses a base optimizer without a momentum buffer (SGD with `momentum=0`, or one with neither
         `momentum` nor `betas`).
         """
-        super().bind(state, base)
+        super().bind(state, base, generator)
         momentum = base.defaults.get("momentum")
         if momentum is not None and not momentum > 0:
             raise ValueError(f"Momentum-SAM perturbs along the base optimizer's momentum; got momentum={momentum}")
@@ -210,3 +226,113 @@ class AveragedGradient(GradientSource):
     def extra_repr(self) -> str:
         """`theta`, as `repr` shows it."""
         return f"theta={self.theta:g}"
+
+
+class FilterNoise(GradientSource):
+    """RWP (Li et al., "Revisiting random weight perturbation for efficiently improving
+    generalization", TMLR 2024; the official nblt/RWP): the direction is Gaussian noise scaled
+    filter-wise by the weights, `d = n * z` with `z ~ N(0, 1)` per coordinate and `n` the L2
+    norm of the coordinate's filter (its row of the tensor viewed as `[shape[0], -1]`) for
+    tensors of two or more dimensions, the whole tensor's norm plus 1e-16 for vectors (biases,
+    normalisation weights: perturbed too, as in the official code); the shape
+    `AsDrawn` scales it by rho (the paper's gamma), so
+    `eps ~ N(0, (gamma * n)^2)`. The gradient is not read: the pass at w + eps does not wait for
+    the one at w. Drawn from `NormalNoise` (saved with the optimizer).
+    """
+
+    name = "filter-noise"
+    independent_of_gradient = True
+
+    def bind(self, state, base, generator=None) -> None:
+        """Seeds the noise from the optimizer's generator."""
+        super().bind(state, base, generator)
+        self.noise = NormalNoise(generator if generator is not None else torch.Generator())
+
+    def direction(self, params, grads, base, scale=1.0):
+        """Gaussian noise scaled per filter by the filter's weight norm."""
+        noise = self.noise.like(params)
+        torch._foreach_mul_(noise, filter_norms(params))
+        return noise
+
+    def state_dict(self):
+        """The noise generators' states."""
+        return {"noise": self.noise.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        """Restores the noise generators' states."""
+        self.noise.load_state_dict(state.get("noise", {}))
+
+
+def filter_norms(params: list[Tensor]) -> list[Tensor]:
+    """Per tensor, a factor broadcastable to its local shard: each filter's (row's) L2 norm for a
+    tensor of two or more dimensions, the whole tensor's L2 norm + 1e-16 for a vector. A sharded
+    (FSDP) tensor holds whole rows, so only the vectors' norms are combined across shards.
+    """
+    local = local_shards(params)
+    out: list[Tensor | None] = []
+    vectors = []
+    for t in local:
+        if t.dim() > 1:
+            rows = t.flatten(1).norm(dim=1)  # flatten, not reshape: a shard may hold no row
+            out.append(rows.reshape(-1, *([1] * (t.dim() - 1))))
+        else:
+            out.append(None)
+            vectors.append(t)
+    if vectors:
+        squares = torch.stack([torch.linalg.vector_norm(v).square().to(vectors[0].device) for v in vectors])
+        group = shard_group(params)
+        if group is not None:
+            torch.distributed.all_reduce(squares, group=group)
+        norms = iter(squares.sqrt().add_(1e-16).unbind())
+        out = [next(norms).to(t.device) if o is None else o for t, o in zip(local, out)]
+    return out
+
+
+class NoisyGradient(GradientSource):
+    """bSAM's source (Moellenhoff & Khan, "SAM as an optimal relaxation of Bayes", ICLR 2023; the
+    authors' team-approx-bayes/bayesian-sam, `optim.py`): the ascent pass runs at a random point
+    `w + z`, `z ~ N(0, 1 / (num_data * s))` per coordinate, s the precision that the base
+    optimizer `BSAMBase` learns; its gradient g (taken there) drives the
+    perturbation and the precision's update. w is restored exactly after that pass.
+    """
+
+    name = "noisy"
+    offsets_ascent_pass = True
+
+    def __init__(self, base, num_data: int):
+        check_number("num_data", num_data, low=1)
+        self.precision_of = base.precision
+        self.num_data = float(num_data)
+
+    def bind(self, state, base, generator=None) -> None:
+        """Seeds the noise from the optimizer's generator."""
+        super().bind(state, base, generator)
+        self.noise = NormalNoise(generator if generator is not None else torch.Generator())
+
+    def ascent_offset(self, params):
+        """The random point of the first pass: z ~ N(0, 1 / (num_data * s))."""
+        noise = self.noise.like(params)
+        # sqrt(1 / (N s)): the standard deviation of the posterior's diagonal Gaussian
+        scales = torch._foreach_mul(local_shards([self.precision_of(p) for p in params]), self.num_data)
+        torch._foreach_reciprocal_(scales)
+        torch._foreach_sqrt_(scales)
+        torch._foreach_mul_(noise, scales)
+        return noise
+
+    def direction(self, params, grads, base, scale=1.0):
+        """The gradient g taken at the random point, unscaled."""
+        # eps = rho g / s is not invariant to a loss scale (a ball's normalisation is): unscaled, in a
+        # copy, since the optimizer keeps the gradients themselves for the descent (and unscales them)
+        return grads if scale == 1.0 else torch._foreach_div(grads, scale)
+
+    def state_dict(self):
+        """The noise generators' states."""
+        return {"noise": self.noise.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        """Restores the noise generators' states."""
+        self.noise.load_state_dict(state.get("noise", {}))
+
+    def extra_repr(self) -> str:
+        """`num_data`, as `repr` shows it."""
+        return f"num_data={self.num_data:g}"

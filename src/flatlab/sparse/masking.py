@@ -123,7 +123,7 @@ class WeightMasking:
         self.params = [p for _, p in named]
         #: name -> bool mask; the tensors are updated in place, never replaced
         self.masks: dict[str, Tensor] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in named}
-        #: param -> the same mask tensors, the mapping handed to ``SharpnessAware.set_weight_masks``
+        #: param -> the same mask tensors, the mapping handed to `SharpnessAware.set_weight_masks`
         self.masks_by_param: dict[Tensor, Tensor] = {p: self.masks[n] for n, p in named}
         self.generator = torch.Generator().manual_seed(int(seed))
         self.steps = 0
@@ -367,10 +367,15 @@ class WeightMasking:
             torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
         optimizers = [self.optimizer, getattr(self.optimizer, "base", None)]
         for opt in (o for o in optimizers if o is not None):
+            # a state a fresh weight does not start at 0 (bSAM's precision, a divisor, starts at 1)
+            fills = getattr(opt, "pruned_state_fill", {})
             for p, m in self.masks_by_param.items():
-                for value in opt.state.get(p, {}).values():
+                for key, value in opt.state.get(p, {}).items():
                     if isinstance(value, Tensor) and value.is_floating_point() and value.shape == p.shape:
-                        value.mul_(m)
+                        if key in fills:
+                            value.masked_fill_(m == 0, fills[key])
+                        else:
+                            value.mul_(m)
 
     def after_step(self, step: int | None = None) -> None:
         """Call after every `optimizer.step()`: re-applies the masks to the weights and, for the

@@ -64,10 +64,11 @@ OPTIMIZER_FIELDS = {
     "lmbda": "lmbda",
     "theta": "theta",
     "m": "m",
+    "num_data": "num_data",
 }
 
 # Fields of the base optimizer that not every base reads (checked where a flag sets them).
-_BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov"}
+_BASE_FIELDS = {"momentum": "momentum", "nesterov": "nesterov", "damping": "damping"}
 
 
 def optimizer_fields(method: str) -> list[str]:
@@ -183,7 +184,8 @@ class TrainConfig:
         "help": "LookSAM: steps between full SAM steps; Lookbehind-SAM: ascent/descent steps on each batch"})
     alpha: float | None = field(default=None, metadata={
         "help": "LookSAM: weight of the reused orthogonal gradient; GSAM: weight of the surrogate-gap term; "
-                "Lookbehind-SAM: step of the slow weights towards the fast ones, in (0, 1]; adaptive if not given"})
+                "Lookbehind-SAM: step of the slow weights towards the fast ones, in (0, 1], adaptive if not given; "
+                "RWP: weight of the perturbed gradient in the mix"})
     delta: float | None = field(default=None, metadata={
         "help": "AE-SAM: rate of the moving averages of the squared gradient norm"})
     c_start: float | None = field(default=None, metadata={
@@ -200,6 +202,10 @@ class TrainConfig:
     m: int | None = field(default=None, metadata={
         "help": "two-pass methods: m-sharpness, the batch split into groups of m samples, each perturbed along its "
                 "own gradient (default: one group, the batch)"})
+    num_data: int | None = field(default=None, metadata={
+        "help": "bSAM: training samples its noise is scaled by (default: the training set's size)"})
+    damping: float | None = field(default=None, metadata={
+        "help": "bSAM: damping added to its precision, read by its base 'bsam' (default: 0.1)"})
     max_grad_norm: float | None = field(default=None, metadata={
         "help": "SAM family: clip the descent gradient to this global norm (default: no clipping)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})

@@ -107,7 +107,7 @@ class _Run:
         self.epoch = 0
 
     def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(self.config, model, self.total_steps)
+        return build_optimizer(self.config, model, self.total_steps, self.data.num_train)
 
     def _build_masking(self):
         if self.config.sparse is None:
