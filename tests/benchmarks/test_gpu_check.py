@@ -2,8 +2,6 @@
 can fail."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,24 +9,18 @@ import pytest
 import torch
 
 import flatlab
+from tests.helpers import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=ROOT)
+def run_script(*args: str):
+    return scripts.run_script("gpu_check", *args)
 
 
 @pytest.fixture
 def gpu_check(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import gpu_check
-
-    return gpu_check
+    return scripts.import_script(monkeypatch, "gpu_check")
 
 
 def test_dry_run_runs_every_part_and_passes(tmp_path):

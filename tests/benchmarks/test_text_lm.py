@@ -4,8 +4,6 @@ the loss is the cross-entropy per token."""
 import hashlib
 import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -14,24 +12,18 @@ import pytest
 import torch
 
 import flatlab
+from tests.helpers import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "text_lm.py"
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=ROOT)
+def run_script(*args: str):
+    return scripts.run_script("text_lm", *args)
 
 
 @pytest.fixture
 def text_lm(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import text_lm
-
-    return text_lm
+    return scripts.import_script(monkeypatch, "text_lm")
 
 
 TINY = ("--size", "tiny", "--methods", "adamw,sam", "--seeds", "0,1")

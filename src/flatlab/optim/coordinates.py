@@ -181,7 +181,27 @@ def draw_tensors(count: int, beta: float, generator: torch.Generator) -> list[bo
     return picked
 
 
-class RandomTensors(Coordinates):
+class _WholeTensors(Coordinates):
+    """A choice of whole tensors, whose unchosen tensors skip their weight gradient in the ascent
+    backward: `requires_grad` switched off for that pass (never touching tensors the user froze)
+    and restored right after.
+    """
+
+    _disabled: list[Tensor] = []
+
+    def _skip_gradients_outside(self, kept: set[Tensor]) -> None:
+        self._disabled = [p for p in self.params if p.requires_grad and p not in kept]
+        for p in self._disabled:
+            p.requires_grad_(False)
+
+    def end_ascent_pass(self) -> None:
+        """Turns the weight gradients switched off back on."""
+        for p in self._disabled:
+            p.requires_grad_(True)
+        self._disabled = []
+
+
+class RandomTensors(_WholeTensors):
     """ESAM's Stochastic Weight Perturbation: each tensor is perturbed with probability `beta`
     (at least one per step, see `draw_tensors`), and the perturbation is scaled by 1/beta.
 
@@ -203,7 +223,6 @@ class RandomTensors(Coordinates):
         self.scale = 1.0 / self.beta
         self.ascent_weight_grads = self.beta
         self._picked: set[Tensor] | None = None
-        self._disabled: list[Tensor] = []
 
     def _draw(self, candidates: list[Tensor]) -> set[Tensor]:
         return {p for p, keep in zip(candidates, draw_tensors(len(candidates), self.beta, self.generator)) if keep}
@@ -213,17 +232,8 @@ class RandomTensors(Coordinates):
         is False).
         """
         self._picked = self._draw([p for p in self.params if p.requires_grad])
-        if not skip_grads:
-            return
-        self._disabled = [p for p in self.params if p.requires_grad and p not in self._picked]
-        for p in self._disabled:
-            p.requires_grad_(False)
-
-    def end_ascent_pass(self) -> None:
-        """Turns the weight gradients switched off back on."""
-        for p in self._disabled:
-            p.requires_grad_(True)
-        self._disabled = []
+        if skip_grads:
+            self._skip_gradients_outside(self._picked)
 
     def select(self, params, grads):
         """The tensors drawn for this step (drawn here without `begin_ascent_pass`) and their gradients."""
@@ -238,7 +248,7 @@ class RandomTensors(Coordinates):
         return f"beta={self.beta:g}"
 
 
-class ChosenTensors(Coordinates):
+class ChosenTensors(_WholeTensors):
     """Perturbs the given tensors only (SAM-ON: the normalisation layers' affine parameters), with
     the perturbation normalised over them: SAM restricted to those tensors. The others skip their
     weight gradient in the ascent backward (`requires_grad` switched off for that pass, as
@@ -251,7 +261,6 @@ class ChosenTensors(Coordinates):
         self.chosen = list(tensors)
         self.what = what
         self._chosen = set(self.chosen)  # narrowed to the optimizer's parameters by bind
-        self._disabled: list[Tensor] = []
 
     def bind(self, params, generator, state) -> None:
         """Keeps the chosen tensors that are among `params`; refuses when none of them is trainable."""
@@ -265,17 +274,8 @@ class ChosenTensors(Coordinates):
 
     def begin_ascent_pass(self, skip_grads: bool = True) -> None:
         """Turns off the weight gradients of the tensors not chosen (unless `skip_grads` is False)."""
-        if not skip_grads:
-            return
-        self._disabled = [p for p in self.params if p.requires_grad and p not in self._chosen]
-        for p in self._disabled:
-            p.requires_grad_(False)
-
-    def end_ascent_pass(self) -> None:
-        """Turns the weight gradients switched off back on."""
-        for p in self._disabled:
-            p.requires_grad_(True)
-        self._disabled = []
+        if skip_grads:
+            self._skip_gradients_outside(self._chosen)
 
     def select(self, params, grads):
         """The chosen tensors among `params` and their gradients."""
