@@ -38,7 +38,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import sysconfig
 import time
@@ -54,7 +53,7 @@ from torch import Tensor, nn
 import flatlab
 from flatlab.fileio import atomic_write_json, atomic_write_text
 from flatlab.optim import is_base_optimizer, method_options
-from flatlab.train.compare import format_mean_std, markdown_table, mean_std
+from flatlab.train.compare import format_mean_std, markdown_table, mean_interval, mean_std
 from flatlab.train.environment import package_versions
 from flatlab.train.schedule import create_scheduler
 
@@ -377,30 +376,6 @@ def stored(path: Path, expected: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------
 # the table
 
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom (beyond 30, the Cornish-Fisher
-    expansion around the normal's: within 1e-3)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """The 95% t interval of the mean of `values` (NaN for fewer than two)."""
-    if len(values) < 2:
-        return math.nan, math.nan
-    mean, half = statistics.fmean(values), t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean - half, mean + half
-
 
 def summarise(runs: dict[str, list[dict]]) -> list[dict]:
     """One row per method from its runs (same seeds for every method)."""
@@ -420,7 +395,7 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
         if method != REFERENCE and diffs:
             row["vs_adamw_per_seed"] = diffs
             row["vs_adamw_mean"], row["vs_adamw_std"] = mean_std(diffs)
-            row["vs_adamw_interval"] = list(interval(diffs))
+            row["vs_adamw_interval"] = list(mean_interval(diffs))
             row["lower_than_adamw"] = sum(d < 0 for d in diffs)
             low, high = row["vs_adamw_interval"]
             row["reading"] = ("n < 2" if math.isnan(low) else "lower" if high < 0 else "higher" if low > 0

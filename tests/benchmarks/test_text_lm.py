@@ -167,11 +167,3 @@ def test_sequences_are_the_samples_of_data_selection(text_lm):
     x = torch.randint(0, 256, (6, 8))
     losses = [float(text_lm.train_step(model, opt, x, x.roll(-1, 1))) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
-
-
-def test_t_quantile(text_lm):
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 7, 30, 31, 60, 200):
-        assert text_lm.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
-    low, high = text_lm.interval([1.0, 2.0, 3.0])
-    assert (low + high) / 2 == pytest.approx(2.0) and high - 2.0 == pytest.approx(4.303 / math.sqrt(3))

@@ -176,6 +176,45 @@ def test_table_pairs_seeds_against_sgd_and_one_seed_shows_no_spread(tmp_path):
     assert "| sam | 53.00 ± 10.00 | 42.00, 64.00 | +3.00 ± 1.41 |" in table
 
 
+def _fake_finished_runs(study, top1):
+    """Finished run directories with the given final test top-1 per method and seed (nothing trained)."""
+    for method, values in top1.items():
+        for seed, value in zip(study.seeds, values):
+            run = study.run_dir(method, seed)
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps({"config": {**study.base, **study.methods[method],
+                                                                    "seed": seed}}))
+            (run / "summary.json").write_text(json.dumps({
+                "final_test_top1": value, "best_test_top1": value, "images_per_s": 100.0, "wall_time_s": 10.0,
+                "final_train_loss": 0.1, "sam_steps_per_step": 0.0 if method == "sgd" else 1.0}))
+            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.1, "test_top1": value}) + "\n")
+
+
+def test_paired_gains_carry_intervals_wins_and_methods_against_each_other(tmp_path):
+    methods = {"sgd": {"optimizer": "sgd"}, "sam": {"optimizer": "sam"}, "s2sam": {"optimizer": "s2sam"}}
+    study = Study(spec(tmp_path, seeds=[0, 1, 2], hessian=None, methods=methods))
+    _fake_finished_runs(study, {"sgd": [0.40, 0.50, 0.45], "sam": [0.42, 0.53, 0.475], "s2sam": [0.40, 0.51, 0.46]})
+    rows = run_study(study, log=lambda _: None, progress=False)
+    sgd, sam, s2sam = rows
+    # sam - sgd: +2, +3, +2.5 points: mean 2.5, std 0.5, interval 2.5 -/+ 4.303 * 0.5 / sqrt(3) = [1.26, 3.74]
+    assert 100 * sam["vs_sgd_paired_mean"] == pytest.approx(2.5)
+    assert 100 * sam["vs_sgd_paired_std"] == pytest.approx(0.5)
+    assert [100 * v for v in sam["vs_sgd_interval"]] == pytest.approx([1.2578, 3.7422], abs=1e-4)
+    assert (sam["vs_sgd_wins"], sam["vs_sgd_reading"]) == (3, "higher")
+    # s2sam - sgd: 0, +1, +1: mean 0.67, std 0.58, interval [-0.77, +2.10]: within noise, higher on 2 seeds of 3
+    assert (s2sam["vs_sgd_wins"], s2sam["vs_sgd_reading"]) == (2, "within noise")
+    result = json.loads((study.out / "results.json").read_text())
+    [pair] = result["pairs"]  # the reference is not paired again
+    assert (pair["a"], pair["b"], pair["wins"], pair["n"], pair["reading"]) == ("sam", "s2sam", 3, 3, "higher")
+    assert 100 * pair["mean"] == pytest.approx(11 / 6)  # +2, +2, +1.5
+    text = (study.out / "results.md").read_text()
+    assert "| sam | 47.50 ± 5.50 | 42.00, 53.00, 47.50 | +2.50 ± 0.50 | [+1.26, +3.74] | 3/3 |" in text
+    assert "| s2sam | 45.67 ± 5.51 | 40.00, 51.00, 46.00 | +0.67 ± 0.58 | [-0.77, +2.10] | 2/3 |" in text
+    assert "| sam | s2sam | +1.83 ± 0.29 | [+1.12, +2.55] | 3/3 | higher |" in text
+    header = next(line for line in (study.out / "results.csv").read_text().splitlines())
+    assert "vs_sgd_low,vs_sgd_high,vs_sgd_wins,vs_sgd_reading" in header
+
+
 ROOT = Path(__file__).parents[2]
 
 

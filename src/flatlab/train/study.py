@@ -58,7 +58,17 @@ from ..analysis import top_eigenvalues
 from ..errors import UsageError, check_number
 from ..fileio import atomic_write_json, atomic_write_text, unwritable
 from ..optim import is_base_optimizer, list_optimizers
-from .compare import format_mean_std, format_number, load_run, markdown_table, mean_std, plot_runs, save_png
+from .compare import (
+    format_interval,
+    format_mean_std,
+    format_number,
+    load_run,
+    markdown_table,
+    mean_std,
+    paired_difference,
+    plot_runs,
+    save_png,
+)
 from .config import OPTIMIZER_FIELDS, TrainConfig, convert, load_config_file, not_taken_message, optimizer_fields
 from .environment import package_versions
 from .optimizer import check_optimizer
@@ -587,10 +597,13 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
     for row in rows:
         row["is_reference"] = row is sgd
         row["speed_vs_sgd"] = row["images_per_s"] / sgd["images_per_s"] if sgd else math.nan
-        # a seed fixes the initialisation, the data order and the training subset for every method, so
-        # the per-seed difference to SGD is far less noisy than the two means apart
-        diffs = [a - b for a, b in zip(row["test_top1_per_seed"], sgd["test_top1_per_seed"])] if sgd else []
-        row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = mean_std(diffs)
+        if row is sgd:
+            row["vs_sgd_paired_mean"], row["vs_sgd_paired_std"] = mean_std([0.0] * len(row["test_top1_per_seed"]))
+        elif sgd:
+            _add_paired(row, "vs_sgd", paired_difference(row["test_top1_per_seed"], sgd["test_top1_per_seed"]))
+        else:
+            row["vs_sgd_paired_mean"] = row["vs_sgd_paired_std"] = math.nan
+    pairs = _pairs(rows)
     # the study file relative to the results, which holds wherever the study is run from
     source = study.source
     if os.path.isfile(source):
@@ -607,11 +620,15 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
         "command": session["command"],
         "base": study.base,
         "rows": rows,
+        "pairs": pairs,
     }
     _write_text(study.out / "results.json", json.dumps(_nan_to_none(result), indent=2) + "\n")  # strict: no NaN
     _write_text(study.out / "results.csv", _csv(rows))
     table = format_study(rows)
-    _write_text(study.out / "results.md", f"# {study.name}\n\n{table}\n")
+    text = f"# {study.name}\n\n{table}\n"
+    if pairs:
+        text += f"\n## Methods against each other\n\n{_PAIRS_INTRO}\n\n{format_pairs(pairs)}\n"
+    _write_text(study.out / "results.md", text)
     try:
         grid = [(m, s) for m in study.methods for s in study.seeds]
         plot_runs([study.run_dir(m, s) for m, s in grid], study.out / "curves.png", labels=[m for m, _ in grid])
@@ -620,6 +637,37 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
         log("[study] matplotlib is not installed: no curves.png, tradeoff.png")
     log(table)
     return rows
+
+
+def _add_paired(row: dict[str, Any], prefix: str, difference: dict[str, Any]) -> None:
+    row[f"{prefix}_paired_mean"], row[f"{prefix}_paired_std"] = difference["mean"], difference["std"]
+    row[f"{prefix}_interval"] = [difference["low"], difference["high"]]
+    row[f"{prefix}_wins"], row[f"{prefix}_reading"] = difference["wins"], difference["reading"]
+
+
+def _pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every two methods other than the reference, seed by seed (the earlier-listed one first): with
+    more than one seed, what a claim such as "keeps SAM's gain" or "beats X" needs.
+    """
+    others = [r for r in rows if not r.get("is_reference")]
+    if len(rows[0]["seeds"]) < 2:
+        return []
+    return [{"a": a["method"], "b": b["method"], **paired_difference(a["test_top1_per_seed"], b["test_top1_per_seed"])}
+            for i, a in enumerate(others) for b in others[i + 1:]]
+
+
+_PAIRS_INTRO = ("Test top-1 of the first method minus the second's, seed by seed (points): mean ± std, the 95% t "
+                "interval, on how many seeds the first was higher, and the reading (higher or lower only where "
+                "the interval excludes 0).")
+
+
+def format_pairs(pairs: list[dict[str, Any]]) -> str:
+    """The paired differences between methods as a Markdown table."""
+    headers = ["first", "second", "first - second (points)", "95% interval", "first higher", "reading"]
+    cells = [[p["a"], p["b"], format_mean_std(100 * p["mean"], 100 * p["std"], "+.2f"),
+              format_interval(100 * p["low"], 100 * p["high"]), f"{p['wins']}/{p['n']}", p["reading"]]
+             for p in pairs]
+    return markdown_table(headers, cells, "llrrrl")
 
 
 def _sam_fraction(run: dict[str, Any]) -> float | None:
@@ -667,30 +715,36 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "")
 
 def _csv(rows: list[dict[str, Any]]) -> str:
     keys = ["method", "test_top1_mean", "test_top1_std", "images_per_s", "images_per_s_std", "speed_vs_sgd",
-            "wall_time_s_mean", "train_loss_mean", "vs_sgd_paired_mean", "vs_sgd_paired_std", "sam_steps_per_step",
-            "lambda1_mean", "lambda1_std"]
+            "wall_time_s_mean", "train_loss_mean", "vs_sgd_paired_mean", "vs_sgd_paired_std", "vs_sgd_low",
+            "vs_sgd_high", "vs_sgd_wins", "vs_sgd_reading", "sam_steps_per_step", "lambda1_mean", "lambda1_std"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in keys})
+        low, high = row.get("vs_sgd_interval", ("", ""))
+        writer.writerow({**{k: row.get(k, "") for k in keys}, "vs_sgd_low": low, "vs_sgd_high": high})
     return buffer.getvalue()
 
 
 def format_study(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: accuracy (mean ± std and per seed), final training loss, cost, flatness."""
     has_eig = any("lambda1_mean" in r for r in rows)
-    headers = ["method", "test top-1 (%)", "per seed", "vs SGD, paired (points)", "final train loss", "images/s",
-               "x SGD speed", "SAM steps / step", "wall time (s)"] + (["lambda1"] if has_eig else [])
+    headers = ["method", "test top-1 (%)", "per seed", "vs SGD, paired (points)", "95% interval", "won",
+               "final train loss", "images/s", "x SGD speed", "SAM steps / step", "wall time (s)"]
+    headers += ["lambda1"] if has_eig else []
     cells = []
     for r in rows:
         seeds = ", ".join(f"{100 * a:.2f}" for a in r["test_top1_per_seed"])
+        low, high = r.get("vs_sgd_interval", (math.nan, math.nan))
         if r.get("is_reference"):
-            paired = "(reference)"
+            paired, interval, won = "(reference)", "", ""
         else:
             diff, spread = r.get("vs_sgd_paired_mean", math.nan), r.get("vs_sgd_paired_std", math.nan)
             paired = "-" if math.isnan(diff) else format_mean_std(100 * diff, 100 * spread, "+.2f")
+            interval = format_interval(100 * low, 100 * high)
+            won = f"{r['vs_sgd_wins']}/{len(r['test_top1_per_seed'])}" if "vs_sgd_wins" in r else "-"
         line = [r["method"], format_mean_std(100 * r["test_top1_mean"], 100 * r["test_top1_std"]), seeds, paired,
+                interval, won,
                 f"{r.get('train_loss_mean', math.nan):.3g}", f"{r['images_per_s']:.0f}",
                 format_number(r["speed_vs_sgd"], ".2f"),
                 "-" if r.get("sam_steps_per_step") is None else f"{r['sam_steps_per_step']:.2f}",
@@ -698,4 +752,4 @@ def format_study(rows: list[dict[str, Any]]) -> str:
         if has_eig:
             line.append(format_mean_std(r.get("lambda1_mean", math.nan), r.get("lambda1_std", math.nan), ".3g", ".2g"))
         cells.append(line)
-    return markdown_table(headers, cells, "lrlrrrrrr" + ("r" if has_eig else ""))
+    return markdown_table(headers, cells, "lrlrrrrrrrr" + ("r" if has_eig else ""))
