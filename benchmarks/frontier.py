@@ -3,9 +3,12 @@ step-cost benchmark), and how much of SAM's gain it buys per unit of SAM's extra
 
 A study's own images/s come from runs that share the machine (two at a time, beside whatever else
 runs), so the cost here is the step-cost benchmark's, measured alone with interleaved rounds on the
-same model and batch. A method whose share of sharpness-aware steps depends on the run (AE-SAM decides
-from the gradient norm) is priced at the share it took in the study:
+same model and batch: the row named as the study's method (`sam-m32`), else its optimizer's. A method
+whose share of sharpness-aware steps depends on the run (AE-SAM decides from the gradient norm, RST
+from its probability) is priced at the share it took in the study:
 time = its benchmark ratio + (study share - benchmark share) x (SAM's ratio - 1).
+The gain carries the study's 95% interval and reading (higher or lower only where the interval
+excludes 0); the figure draws the interval.
 
     python benchmarks/frontier.py        # cpu-frontier study + step_cost -> results/cpu-frontier/frontier.{md,png}
 """
@@ -26,20 +29,26 @@ def frontier(study: dict, cost: dict) -> list[dict]:
     rows = []
     for r in study["rows"]:
         name = r["changes"]["optimizer"]
-        bench = by_name[name]
+        bench = by_name.get(r["method"]) or by_name[name]
         share = r.get("sam_steps_per_step")
         time_x = bench["ratio_to_sgd"]
         if share is not None and "sam_steps_per_step" in bench:
             time_x += (share - bench["sam_steps_per_step"]) * (sam_ratio - 1.0)
         gain = 0.0 if r["is_reference"] else 100 * r["vs_sgd_paired_mean"]
         spread = None if r["is_reference"] or r["vs_sgd_paired_std"] is None else 100 * r["vs_sgd_paired_std"]
+        low, high = r.get("vs_sgd_interval") or (None, None)
         rows.append({"method": r["method"], "optimizer": name, "test_top1": 100 * r["test_top1_mean"],
                      "test_top1_std": 100 * r["test_top1_std"] if r["test_top1_std"] is not None else None,
-                     "gain": gain, "gain_std": spread, "sam_steps_per_step": share, "time_x_sgd": time_x})
-    sam = next(r for r in rows if r["optimizer"] == "sam")
+                     "gain": gain, "gain_std": spread,
+                     "gain_low": None if low is None else 100 * low, "gain_high": None if high is None else 100 * high,
+                     "won": r.get("vs_sgd_wins"), "seeds": len(r["test_top1_per_seed"]),
+                     "reading": r.get("vs_sgd_reading"), "sam_steps_per_step": share, "time_x_sgd": time_x})
+    sam = next(r for r in rows if r["method"] == "sam")
+    # a share of a gain the seeds cannot tell from 0 is a ratio of two noises: not given
+    sam_gain_stands = sam["gain"] and sam["reading"] in (None, "higher")
     for r in rows:
         extra = r["time_x_sgd"] - 1.0
-        r["share_of_sam_gain"] = r["gain"] / sam["gain"] if sam["gain"] else math.nan
+        r["share_of_sam_gain"] = r["gain"] / sam["gain"] if sam_gain_stands else math.nan
         r["share_of_sam_extra_time"] = extra / (sam["time_x_sgd"] - 1.0)
     return rows
 
@@ -50,19 +59,26 @@ def _fmt(value, spec=".2f", none="-"):
     return format(round(value, 2) + 0.0, spec)  # + 0.0: no "-0.00"
 
 
-def table(rows: list[dict], study_name: str) -> str:
+def table(rows: list[dict], study_name: str, command: str = "") -> str:
     lines = [f"# The efficient frontier ({study_name} + step_cost)", "",
-             "Command: `python benchmarks/frontier.py`. Gain: test top-1 minus SGD's on the same seed, "
-             "mean ± std over seeds (points). Time: step time x SGD from `benchmarks/results/step_cost.json`, "
-             "at the share of SAM steps the method took in the study.", "",
-             "| method | test top-1 (%) | gain vs SGD | SAM steps / step | time x SGD | share of SAM's gain "
-             "| share of SAM's extra time |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"Command: `python benchmarks/frontier.py{command}`. Gain: test top-1 minus SGD's on the same seed, "
+             "mean ± std over seeds (points), its 95% t interval, the seeds it won and the reading (higher or "
+             "lower only where the interval excludes 0). Time: step time x SGD from "
+             "`benchmarks/results/step_cost.json`, at the share of SAM steps the method took in the study.", "",
+             "| method | test top-1 (%) | gain vs SGD | 95% interval | won | reading | SAM steps / step | time x SGD "
+             "| share of SAM's gain | share of SAM's extra time |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        gain = "(reference)" if r["optimizer"] == "sgd" else f"{r['gain']:+.2f} ± {_fmt(r['gain_std'])}"
-        lines.append(f"| {r['method']} | {r['test_top1']:.2f} ± {_fmt(r['test_top1_std'])} | {gain} | "
-                     f"{_fmt(r['sam_steps_per_step'])} | {r['time_x_sgd']:.2f} | {_fmt(r['share_of_sam_gain'])} | "
-                     f"{_fmt(r['share_of_sam_extra_time'])} |")
+        if r["optimizer"] == "sgd":
+            gain, interval, won, reading = "(reference)", "", "", ""
+        else:
+            gain = f"{r['gain']:+.2f} ± {_fmt(r['gain_std'])}"
+            interval = "-" if r["gain_low"] is None else f"[{r['gain_low']:+.2f}, {r['gain_high']:+.2f}]"
+            won = "-" if r["won"] is None else f"{r['won']}/{r['seeds']}"
+            reading = r["reading"] or "-"
+        lines.append(f"| {r['method']} | {r['test_top1']:.2f} ± {_fmt(r['test_top1_std'])} | {gain} | {interval} | "
+                     f"{won} | {reading} | {_fmt(r['sam_steps_per_step'])} | {r['time_x_sgd']:.2f} | "
+                     f"{_fmt(r['share_of_sam_gain'])} | {_fmt(r['share_of_sam_extra_time'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -85,15 +101,25 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             off_scale += 1
             ax.annotate(f"{r['method']} ({r['gain']:+.1f}, off scale)", (r["time_x_sgd"], floor), **text)
             continue
-        ax.errorbar(r["time_x_sgd"], r["gain"], yerr=r["gain_std"] or 0.0, fmt="o", **style)
+        interval = [[r["gain"] - r["gain_low"]], [r["gain_high"] - r["gain"]]] if r["gain_low"] is not None else 0.0
+        ax.errorbar(r["time_x_sgd"], r["gain"], yerr=interval, fmt="o", **style)
         ax.annotate(r["method"], (r["time_x_sgd"], r["gain"]), **text)
     ax.set_ylim(bottom=floor - 0.3)
     ax.axhline(0.0, color="0.7", lw=0.8)
-    ax.set(xlabel="step time (x SGD, step-cost benchmark)", ylabel="test top-1 gain over SGD (points, paired)",
+    ax.set(xlabel="step time (x SGD, step-cost benchmark)",
+           ylabel="test top-1 gain over SGD (points, paired, 95% interval)",
            title=title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _shown(path: Path) -> str:
+    """`path` as typed from the repository's root where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(RESULTS.parent.parent.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:
@@ -106,9 +132,11 @@ def main() -> None:
     cost = json.loads(args.step_cost.read_text())
     out = args.out or args.study.parent
     rows = frontier(study, cost)
-    text = table(rows, study["study"])
+    default = parser.get_default("study")
+    command = "" if args.study.resolve() == default.resolve() else f" --study {_shown(args.study)}"
+    text = table(rows, study["study"], command)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps({"study": str(args.study), "step_cost": str(args.step_cost),
+    (out / "frontier.json").write_text(json.dumps({"study": _shown(args.study), "step_cost": _shown(args.step_cost),
                                                    "rows": rows}, indent=2) + "\n")
     (out / "frontier.md").write_text(text)
     try:

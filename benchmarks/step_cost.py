@@ -7,7 +7,8 @@ that drifts of the machine hit all of them alike; the median per-step time over 
 Each row also gives the forward/backward passes per step counted on the model during the timed
 rounds (LookSAM k=5: 1.2, RST p=0.5: about 1.5, AE-SAM: 1 + its fraction of SAM steps) and the
 fraction of steps that took the sharpness-aware update (which benchmarks/frontier.py uses to
-price a scheduled method at the fraction it takes in a real run).
+price a scheduled method at the fraction it takes in a real run). Passes count forwards; the rows
+forwarded, in batches, count work: SAM with m-sharpness m = 32 makes 8 forwards of 32 rows, 2 batches.
 
 Also: SSAM-F's Fisher refresh with 128 samples in units of SGD steps, and the optimizer state
 memory as a ratio to parameter memory (the wrapper's own state, and the base optimizer's).
@@ -56,14 +57,19 @@ METHODS = {
     "lookbehind-sam": dict(rho=0.05, k=2),  # adaptive alpha
     "rwp": dict(rho=0.01, alpha=0.5),
     "bsam": dict(rho=0.01, num_data=50_000),  # on its own base (no SGD momentum)
+    # a row that is not a registry name says which optimizer it runs
+    "sam-m32": dict(optimizer="sam", rho=0.05, m=32),  # m-sharpness: 4 ascent groups of the batch of 128
 }
 
 
 def build(name: str, width: float, seed: int = 0):
     torch.manual_seed(seed)
     model = create_model("resnet18", num_classes=10, width=width)
-    momentum = dict(momentum=0.9) if "momentum" in flatlab.optim.base_options(flatlab.optim.base_of(name)) else {}
-    opt = flatlab.create_optimizer(name, model, lr=0.05, weight_decay=5e-4, **momentum, **METHODS[name])
+    options = dict(METHODS[name])
+    optimizer = options.pop("optimizer", name)
+    base = flatlab.optim.base_of(optimizer)
+    momentum = dict(momentum=0.9) if "momentum" in flatlab.optim.base_options(base) else {}
+    opt = flatlab.create_optimizer(optimizer, model, lr=0.05, weight_decay=5e-4, **momentum, **options)
     return model, opt
 
 
@@ -130,18 +136,23 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     runs = {name: build(name, args.width) for name in METHODS}
-    forwards = {name: [0] for name in METHODS}
+    forwards = {name: [0, 0] for name in METHODS}  # forward passes, and the rows they ran
     for name, (model, _) in runs.items():
-        model.register_forward_pre_hook(lambda *_, n=forwards[name]: n.__setitem__(0, n[0] + 1))
+        def count(_, inputs, n=forwards[name]):
+            n[0] += 1
+            n[1] += inputs[0].shape[0]
+        model.register_forward_pre_hook(count)
     n_params = sum(p.numel() for p in runs["sgd"][0].parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in runs["sgd"][0].parameters())
 
     warm_up(runs, x, y, args.warmup)
-    counted_from = {name: n[0] for name, n in forwards.items()}
+    counted_from = {name: list(n) for name, n in forwards.items()}
     sam_from = {name: getattr(opt, "sam_steps", 0) for name, (_, opt) in runs.items()}
     median = interleaved_medians(runs, x, y, args.rounds, args.steps)
     timed_steps = args.rounds * args.steps
-    passes = {name: (forwards[name][0] - counted_from[name]) / timed_steps for name in METHODS}
+    passes = {name: (forwards[name][0] - counted_from[name][0]) / timed_steps for name in METHODS}
+    # m-sharpness runs its passes group by group: 8 forwards of 32 rows do the work of 2 of the batch
+    batches = {name: (forwards[name][1] - counted_from[name][1]) / (timed_steps * args.batch) for name in METHODS}
     sam_share = {name: (getattr(opt, "sam_steps", 0) - sam_from[name]) / timed_steps for name, (_, opt) in runs.items()}
 
     # SSAM-F's refresh: Fisher from 128 samples + global top-k
@@ -172,6 +183,7 @@ def main() -> None:
                 "ratio_to_sgd": round(median[name] / sgd, 3),
                 "ratio_to_sam": round(median[name] / median["sam"], 3),
                 "passes_per_step": round(passes[name], 3),
+                "batches_forwarded_per_step": round(batches[name], 3),
                 "sam_steps_per_step": round(sam_share[name], 3),
                 "extra_state_over_params": round(own / param_bytes, 3),
                 "base_state_over_params": round(base / param_bytes, 3),
@@ -202,13 +214,14 @@ def main() -> None:
         "",
         f"Command: `{result['command']}`; median of {args.rounds} interleaved rounds of {args.steps} steps.",
         "",
-        "| optimizer | step (ms) | x SGD | x SAM | passes / step | extra state / params | base state / params |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| optimizer | step (ms) | x SGD | x SAM | passes / step | batches forwarded / step | extra state / params "
+        "| base state / params |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['optimizer']} | {r['step_ms']} | {r['ratio_to_sgd']} | {r['ratio_to_sam']} | "
-            f"{r['passes_per_step']} | "
+            f"{r['passes_per_step']} | {r['batches_forwarded_per_step']} | "
             f"{r['extra_state_over_params']} | {r['base_state_over_params']} |"
         )
     lines += [

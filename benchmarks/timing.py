@@ -27,7 +27,7 @@ def train_step(model, opt, x, y) -> None:
         xb, yb = (x, y) if idx is None else (x[idx], y[idx])
         return F.cross_entropy(model(xb), yb, reduction="none")
 
-    opt.step(flatlab.per_sample(losses))
+    opt.step(flatlab.per_sample(losses, size=len(x)))
 
 
 def warm_up(runs: dict, x, y, steps: int) -> None:
