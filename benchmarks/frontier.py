@@ -29,7 +29,10 @@ def frontier(study: dict, cost: dict) -> list[dict]:
     rows = []
     for r in study["rows"]:
         name = r["changes"]["optimizer"]
-        bench = by_name.get(r["method"]) or by_name[name]
+        bench = by_name.get(r["method"]) or by_name.get(name)
+        if bench is None:
+            raise SystemExit(f"frontier.py: the step-cost results have no row for {r['method']} ({name}): "
+                             "add it to benchmarks/step_cost.py's METHODS and run that benchmark again")
         share = r.get("sam_steps_per_step")
         time_x = bench["ratio_to_sgd"]
         if share is not None and "sam_steps_per_step" in bench:

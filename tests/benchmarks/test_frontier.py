@@ -61,3 +61,9 @@ def test_no_share_of_a_gain_within_noise(frontier):
     rows = frontier.frontier(study, COST)
     assert all(math.isnan(r["share_of_sam_gain"]) for r in rows)
     assert "| sam | 46.00 ± 1.00 | +1.00 ± 1.40 | [-12.00, +14.00] | 1/2 | within noise |" in frontier.table(rows, "s")
+
+
+def test_a_method_the_benchmark_did_not_time_is_named(frontier):
+    study = {"rows": [_row("sgd", "sgd", [0.4], reference=True), _row("vasso", "vasso", [0.41])]}
+    with pytest.raises(SystemExit, match="no row for vasso"):
+        frontier.frontier(study, COST)
