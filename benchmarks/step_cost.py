@@ -122,6 +122,12 @@ def state_bytes(state) -> int:
 
 
 
+def _flags(args, parser) -> str:
+    """The options given that differ from their defaults, as typed: the command that made the file."""
+    changed = [(k, v) for k, v in vars(args).items() if v != parser.get_default(k)]
+    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in changed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=float, default=0.25)
@@ -192,7 +198,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "step_cost",
-        "command": "python benchmarks/step_cost.py",
+        "command": "python benchmarks/step_cost.py" + _flags(args, parser),
         "model": f"resnet18 width {args.width} ({n_params / 1e6:.2f}M params, BatchNorm)",
         "batch": args.batch,
         "rounds": args.rounds,
