@@ -20,6 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from flatlab.train.compare import format_interval
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -62,12 +64,13 @@ def _fmt(value, spec=".2f", none="-"):
     return format(round(value, 2) + 0.0, spec)  # + 0.0: no "-0.00"
 
 
-def table(rows: list[dict], study_name: str, command: str = "") -> str:
+def table(rows: list[dict], study_name: str, command: str = "",
+          step_cost: str = "benchmarks/results/step_cost.json") -> str:
     lines = [f"# The efficient frontier ({study_name} + step_cost)", "",
              f"Command: `python benchmarks/frontier.py{command}`. Gain: test top-1 minus SGD's on the same seed, "
              "mean ± std over seeds (points), its 95% t interval, the seeds it won and the reading (higher or "
-             "lower only where the interval excludes 0). Time: step time x SGD from "
-             "`benchmarks/results/step_cost.json`, at the share of SAM steps the method took in the study.", "",
+             f"lower only where the interval excludes 0). Time: step time x SGD from `{step_cost}`, at the share "
+             "of SAM steps the method took in the study.", "",
              "| method | test top-1 (%) | gain vs SGD | 95% interval | won | reading | SAM steps / step | time x SGD "
              "| share of SAM's gain | share of SAM's extra time |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
@@ -76,7 +79,7 @@ def table(rows: list[dict], study_name: str, command: str = "") -> str:
             gain, interval, won, reading = "(reference)", "", "", ""
         else:
             gain = f"{r['gain']:+.2f} ± {_fmt(r['gain_std'])}"
-            interval = "-" if r["gain_low"] is None else f"[{r['gain_low']:+.2f}, {r['gain_high']:+.2f}]"
+            interval = "-" if r["gain_low"] is None else format_interval(r["gain_low"], r["gain_high"])
             won = "-" if r["won"] is None else f"{r['won']}/{r['seeds']}"
             reading = r["reading"] or "-"
         lines.append(f"| {r['method']} | {r['test_top1']:.2f} ± {_fmt(r['test_top1_std'])} | {gain} | {interval} | "
@@ -135,9 +138,9 @@ def main() -> None:
     cost = json.loads(args.step_cost.read_text())
     out = args.out or args.study.parent
     rows = frontier(study, cost)
-    default = parser.get_default("study")
-    command = "" if args.study.resolve() == default.resolve() else f" --study {_shown(args.study)}"
-    text = table(rows, study["study"], command)
+    command = "".join(f" --{flag.replace('_', '-')} {_shown(getattr(args, flag))}" for flag in ("study", "step_cost")
+                      if getattr(args, flag).resolve() != parser.get_default(flag).resolve())
+    text = table(rows, study["study"], command, _shown(args.step_cost))
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.json").write_text(json.dumps({"study": _shown(args.study), "step_cost": _shown(args.step_cost),
                                                    "rows": rows}, indent=2) + "\n")

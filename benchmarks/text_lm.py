@@ -53,7 +53,7 @@ from torch import Tensor, nn
 import flatlab
 from flatlab.fileio import atomic_write_json, atomic_write_text
 from flatlab.optim import is_base_optimizer, method_options
-from flatlab.train.compare import format_mean_std, markdown_table, mean_interval, mean_std
+from flatlab.train.compare import format_mean_std, markdown_table, mean_std, paired_difference
 from flatlab.train.environment import package_versions
 from flatlab.train.schedule import create_scheduler
 
@@ -391,15 +391,14 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
         row["sam_steps_per_step"] = mean_std([r["sam_steps_per_step"] for r in done])[0]
         row["step_time_x_adamw_mean"], row["step_time_x_adamw_std"] = mean_std([r["step_time_x_adamw"] for r in done])
         row["wall_time_s_mean"] = mean_std([r["wall_time_s"] for r in done])[0]
-        diffs = [r["final_val_loss"] - ref[r["seed"]] for r in done if r["seed"] in ref]
-        if method != REFERENCE and diffs:
-            row["vs_adamw_per_seed"] = diffs
-            row["vs_adamw_mean"], row["vs_adamw_std"] = mean_std(diffs)
-            row["vs_adamw_interval"] = list(mean_interval(diffs))
-            row["lower_than_adamw"] = sum(d < 0 for d in diffs)
-            low, high = row["vs_adamw_interval"]
-            row["reading"] = ("n < 2" if math.isnan(low) else "lower" if high < 0 else "higher" if low > 0
-                              else "within noise")
+        paired = [(r["final_val_loss"], ref[r["seed"]]) for r in done if r["seed"] in ref]
+        if method != REFERENCE and paired:
+            d = paired_difference(*map(list, zip(*paired)))
+            row["vs_adamw_per_seed"] = [a - b for a, b in paired]
+            row["vs_adamw_mean"], row["vs_adamw_std"] = d["mean"], d["std"]
+            row["vs_adamw_interval"] = [d["low"], d["high"]]
+            row["lower_than_adamw"] = sum(a < b for a, b in paired)
+            row["reading"] = "n < 2" if d["reading"] == "-" else d["reading"]
         rows.append(row)
     return rows
 
