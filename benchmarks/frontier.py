@@ -10,7 +10,8 @@ time = its benchmark ratio + (study share - benchmark share) x (SAM's ratio - 1)
 The gain carries the study's 95% interval and reading (higher or lower only where the interval
 excludes 0); the figure draws the interval.
 
-    python benchmarks/frontier.py        # cpu-frontier study + step_cost -> results/cpu-frontier/frontier.{md,png}
+    python benchmarks/frontier.py        # cpu-frontier-8 + step-cost-all -> results/cpu-frontier-8/frontier.{md,png}
+    python benchmarks/frontier.py --study benchmarks/results/cpu-frontier/results.json   # the 3-seed study
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _fmt(value, spec=".2f", none="-"):
 
 
 def table(rows: list[dict], study_name: str, command: str = "",
-          step_cost: str = "benchmarks/results/step_cost.json") -> str:
+          step_cost: str = "benchmarks/results/step-cost-all/step_cost.json") -> str:
     lines = [f"# The efficient frontier ({study_name} + step_cost)", "",
              f"Command: `python benchmarks/frontier.py{command}`. Gain: test top-1 minus SGD's on the same seed, "
              "mean ± std over seeds (points), its 95% t interval, the seeds it won and the reading (higher or "
@@ -130,8 +131,8 @@ def _shown(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=Path, default=RESULTS / "cpu-frontier" / "results.json")
-    parser.add_argument("--step-cost", type=Path, default=RESULTS / "step_cost.json")
+    parser.add_argument("--study", type=Path, default=RESULTS / "cpu-frontier-8" / "results.json")
+    parser.add_argument("--step-cost", type=Path, default=RESULTS / "step-cost-all" / "step_cost.json")
     parser.add_argument("--out", type=Path, default=None, help="default: the study's folder")
     args = parser.parse_args()
     study = json.loads(args.study.read_text())

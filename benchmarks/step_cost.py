@@ -13,7 +13,7 @@ forwarded, in batches, count work: SAM with m-sharpness m = 32 makes 8 forwards 
 Also: SSAM-F's Fisher refresh with 128 samples in units of SGD steps, and the optimizer state
 memory as a ratio to parameter memory (the wrapper's own state, and the base optimizer's).
 
-    python benchmarks/step_cost.py                # writes benchmarks/results/step_cost.{json,md}
+    python benchmarks/step_cost.py                # writes benchmarks/results/step-cost-all/step_cost.{json,md}
     python benchmarks/step_cost.py --rounds 3 --steps 2 --out /tmp/quick   # a quick look
 """
 
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=4, help="steps timed per optimizer per round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step-cost-all")
     args = parser.parse_args()
 
     g = torch.Generator().manual_seed(0)
