@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..optim import SharpnessAware, create_optimizer, micro_batches
+from ..optim.forwarding import Forwarding
 from ..optim.registry import BASE_OPTIMIZERS, base_options
 from ._window import check_window_feeds_mask
 
@@ -138,48 +139,14 @@ def _batch_size(inputs: dict[str, Any]) -> int:
     return next(v.shape[0] for v in inputs.values() if isinstance(v, Tensor) and v.dim() > 0)
 
 
-class _WindowOptimizer(torch.optim.Optimizer):
+class _WindowOptimizer(Forwarding):
     """What the Trainer (and accelerate) hold as the optimizer: the flatlab optimizer's
     param_groups, state and state_dict, but a `step()` that does nothing, the window's step
     having been taken in `training_step`.
     """
 
-    def __init__(self, optimizer: SharpnessAware):  # no Optimizer.__init__: everything is forwarded
-        self.optimizer = optimizer
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups):
-        self.optimizer.param_groups = groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    def add_param_group(self, group):
-        raise RuntimeError("add param groups to the base optimizer before wrapping it")
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        self.optimizer.load_state_dict(state_dict)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
     def step(self, closure=None):
         return None
-
-    def __repr__(self):
-        return repr(self.optimizer)
 
 
 class SharpnessAwareTrainer(Trainer):

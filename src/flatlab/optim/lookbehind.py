@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..errors import check_number
+from .forwarding import Forwarding
 from .functional import copy_, local_shards, shard_group
 from .perturbation import Phase
 from .sharpness_aware import SharpnessAware
@@ -41,55 +42,20 @@ from .sharpness_aware import SharpnessAware
 __all__ = ["LookbehindSAM", "FastWeights"]
 
 
-class FastWeights(Optimizer):
+class FastWeights(Forwarding):
     """The base optimizer as a Lookbehind inner step sees it: its `step` moves the fast weights
     theta (held apart) instead of the parameters, which keep the ascent point. Everything else
     (`param_groups`, `state`, `state_dict`) is the wrapped optimizer's, so an LR scheduler,
     a checkpoint or `opt.base.state` reads the base optimizer itself.
     """
 
-    def __init__(self, optimizer: Optimizer):  # no Optimizer.__init__: everything is forwarded
-        self.optimizer = optimizer
+    def __init__(self, optimizer: Optimizer):
+        super().__init__(optimizer)
         #: theta and a scratch buffer, set by the Lookbehind step for its duration
         self.fast: list[Tensor] | None = None
         self.scratch: list[Tensor] | None = None
         #: whether the inner step took its base step (a skipped one, non-finite, does not)
         self.took_step = False
-
-    @property
-    def param_groups(self):
-        """The base optimizer's param groups."""
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups):
-        self.optimizer.param_groups = groups
-
-    @property
-    def state(self):
-        """The base optimizer's state."""
-        return self.optimizer.state
-
-    @property
-    def defaults(self):
-        """The base optimizer's defaults."""
-        return self.optimizer.defaults
-
-    def add_param_group(self, group):
-        """Refused: the Lookbehind wrapper was built for the parameters it has."""
-        raise RuntimeError("add param groups to the base optimizer before wrapping it")
-
-    def state_dict(self):
-        """The base optimizer's state_dict."""
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        """Loads the base optimizer's state_dict."""
-        self.optimizer.load_state_dict(state_dict)
-
-    def zero_grad(self, set_to_none: bool = True):
-        """The base optimizer's zero_grad."""
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -103,9 +69,6 @@ class FastWeights(Optimizer):
         copy_(self.fast, params)
         copy_(params, self.scratch)
         self.took_step = True
-
-    def __repr__(self) -> str:
-        return repr(self.optimizer)
 
 
 class LookbehindSAM(SharpnessAware):
