@@ -206,7 +206,7 @@ def test_site_builds_with_api_search_and_highlighting(site):
     assert 'class="highlight"' in start and '<span class="kn">import</span>' in start
     sam = (site / "methods" / "sam" / "index.html").read_text(encoding="utf-8")
     assert 'href="../../api/optim/#flatlab.optim.SAM"' in sam
-    assert (site / "repo" / "benchmarks" / "results" / "cpu-frontier" / "frontier.png").is_file()
+    assert (site / "repo" / "benchmarks" / "results" / "cpu-frontier-8" / "frontier.png").is_file()
     assert "fonts.googleapis" not in start  # nothing is fetched from outside when a page is read
 
 
