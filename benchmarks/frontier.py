@@ -99,6 +99,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     # a method far below SGD would squash the rest: it is drawn on the lower edge, its value written
     floor = -3.0
     off_scale = 0
+    placed: list[tuple[float, float]] = []
     for i, r in enumerate(rows):
         style = {"capsize": 3, "color": f"C{i % 10}", "label": r["method"]}
         text = {"fontsize": 7, "xytext": (4, 3), "textcoords": "offset points"}
@@ -110,6 +111,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             continue
         interval = [[r["gain"] - r["gain_low"]], [r["gain_high"] - r["gain"]]] if r["gain_low"] is not None else 0.0
         ax.errorbar(r["time_x_sgd"], r["gain"], yerr=interval, fmt="o", **style)
+        # methods at the same cost and gain (SAM, VaSSO): the later label goes on the left, not on top
+        if any(abs(r["time_x_sgd"] - x) < 0.05 and abs(r["gain"] - y) < 0.3 for x, y in placed):
+            text.update(xytext=(-4, 3), ha="right")
+        placed.append((r["time_x_sgd"], r["gain"]))
         ax.annotate(r["method"], (r["time_x_sgd"], r["gain"]), **text)
     ax.set_ylim(bottom=floor - 0.3)
     ax.axhline(0.0, color="0.7", lw=0.8)
