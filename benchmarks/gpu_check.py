@@ -18,9 +18,10 @@
    copies of the parameters: what each holds between steps above SGD (must be its own optimizer
    state and, for S2-SAM, its pending directions, nothing else), and a step's transient peak above
    SGD's.
-4. compile: SAM and S2-SAM steps with the model compiled (``torch.compile``, inductor) equal to
-   eager steps in strict fp32 (relative error at most 1e-3), and their speed compiled over eager (in
-   PyTorch's default fp32, TF32 convolutions).
+4. compile: SAM and S2-SAM steps with the model compiled (``torch.compile``, inductor) as close
+   to exact (the same steps in float64) as eager steps are in strict fp32 (at most COMPILE_SLACK
+   (3) times eager's distance), and their speed compiled over eager (in PyTorch's default fp32,
+   TF32 convolutions).
 
 Each check is recorded with its numbers; the script writes benchmarks/results/gpu_check.{json,md}
 after every part (a run stopped by a time limit keeps what it measured), and exits with status 1
@@ -84,6 +85,11 @@ METHODS = {
     "aesam": dict(rho=0.05),
     "s2sam": dict(rho=0.05),
 }
+# ESAM's two halves alone, for part 1 only (--methods): where its under-fit comes from
+HALVES = {
+    "esam-swp": ("esam", dict(rho=0.05, beta=0.6, gamma=1.0)),
+    "esam-sds": ("esam", dict(rho=0.05, beta=1.0, gamma=0.5)),
+}
 # Half precision rounds every activation and gradient (bf16 keeps 8 bits of mantissa, fp16 11),
 # and the gradient of a batch is a sum of per-sample gradients that largely cancel, so a step's
 # relative error is large and depends on the model, batch and kernels: ResNet-18 at init on
@@ -92,9 +98,10 @@ METHODS = {
 # held to AMP_SLACK times the error of torch's plain SGD step under the same precision from the
 # same weights on the same batches; a fault in the loss scaling is far outside it (a gradient left
 # scaled is off by the scale, a skipped step by 1.0). Compiled and eager fp32 differ in the order
-# of sums alone.
+# of sums alone, judged the same way against float64 (see check_compile).
 AMP_SLACK = 3.0
-COMPILE_TOLERANCE = 1e-3
+COMPILE_SLACK = 3.0
+COMPILE_FLOOR = 1e-12  # bit-identical compiled and eager runs (the eager backend) are equally far
 OVERFLOW_SCALE = 2.0**100  # scaled gradients beyond fp16's range (65504), whatever the batch
 FP16_INIT_SCALE = 2.0**12  # room below fp16's range: the compared steps must not be skipped
 STEP_PEAK_LIMIT = 0.5  # copies of the parameters a step may hold at its peak beyond SGD's
@@ -353,32 +360,50 @@ def check_memory(batch, width: float, device: torch.device) -> dict:
 
 
 def check_compile(batches, width: float, device: torch.device, backend: str, rounds: int, steps: int) -> dict:
-    """Compiled against eager steps of SAM and S2-SAM: equal in strict fp32, and their speed."""
+    """Compiled against eager steps of SAM and S2-SAM: as close to exact steps as eager ones are,
+    and their speed.
+
+    Exact here is the same two steps in float64 (eager). A compiled model sums in another order
+    than the eager one, so the two fp32 runs differ by rounding, and a SAM step amplifies that: its
+    perturbation follows the normalised gradient and its descent gradient is taken at w + eps (on
+    an H200, SAM's compiled and eager updates differed by 2.7e-3, S2-SAM's by 2.4e-4). So the
+    compiled fp32 update is held to COMPILE_SLACK times the eager fp32 update's distance from the
+    float64 one; a compiled step that missed the perturbation or read stale weights is off by the
+    size of the perturbation's effect, far outside.
+    """
     runs, rows, checks = {}, [], []
     for name in ("sam", "s2sam"):
         start = make_model(width, device)
         eager = copy.deepcopy(start)
         raw = copy.deepcopy(start)
+        exact = copy.deepcopy(start).double()
         # as `flatlab train` does: the optimizer gets the module, the steps call the compiled one
         compiled = torch.compile(raw, backend=backend)
-        eager_opt, compiled_opt = make_optimizer(name, eager), make_optimizer(name, raw)
+        eager_opt, compiled_opt, exact_opt = (make_optimizer(name, m) for m in (eager, raw, exact))
         before = params_of(start)
         with strict_fp32():
             for x, y in batches[:2]:
                 train_step(eager, eager_opt, x, y)
+                train_step(exact, exact_opt, x.double(), y)
             synchronize(device)
             t0 = time.perf_counter()
             for x, y in batches[:2]:
                 train_step(compiled, compiled_opt, x, y)
             synchronize(device)
             first_steps_s = time.perf_counter() - t0
-        error = relative_error(update(raw, before), update(eager, before))
-        rows.append({"optimizer": name, "relative_error": error, "tolerance": COMPILE_TOLERANCE,
+        want = update(exact, [b.double() for b in before])
+        compiled_error = relative_error(update(raw, before), want)
+        eager_error = relative_error(update(eager, before), want)
+        limit = COMPILE_SLACK * eager_error + COMPILE_FLOOR
+        rows.append({"optimizer": name, "relative_error": relative_error(update(raw, before), update(eager, before)),
+                     "compiled_error_vs_fp64": compiled_error, "eager_error_vs_fp64": eager_error, "limit": limit,
                      "first_two_steps_s": round(first_steps_s, 1)})
-        checks.append(check(f"compile: {name} steps = eager steps", error <= COMPILE_TOLERANCE, error,
-                            COMPILE_TOLERANCE, f"relative L2 error of the weight update after 2 steps ({backend})"))
+        checks.append(check(f"compile: {name} steps as exact as eager steps", compiled_error <= limit, compiled_error,
+                            limit, f"relative L2 error of the 2-step fp32 update from float64 ({backend}); limit "
+                                   f"{COMPILE_SLACK} x eager's"))
         runs[f"{name}-eager"] = (eager, eager_opt)
         runs[f"{name}-compiled"] = (compiled, compiled_opt)
+        del exact, exact_opt
     x, y = batches[0]
     for model, opt in runs.values():  # any recompile for the default precision happens here
         train_step(model, opt, x, y)
@@ -391,12 +416,14 @@ def check_compile(batches, width: float, device: torch.device, backend: str, rou
     return {"backend": backend, "batch": int(x.shape[0]), "rows": rows, "checks": checks}
 
 
-def check_training(dataset: str, root: str | None, sizes: Sizes, device: torch.device, amp: str, runs: str) -> dict:
+def check_training(dataset: str, root: str | None, sizes: Sizes, device: torch.device, amp: str, runs: str,
+                   methods: list[str]) -> dict:
     """Each method trained by `flatlab train`'s loop; images/s and test top-1."""
     rows = []
-    for name, options in METHODS.items():
+    for name in methods:
+        optimizer, options = HALVES.get(name, (name, METHODS.get(name)))
         config = TrainConfig(
-            dataset=dataset, data_root=root, model="resnet18", width=sizes.width, optimizer=name,
+            dataset=dataset, data_root=root, model="resnet18", width=sizes.width, optimizer=optimizer,
             epochs=sizes.epochs, batch_size=sizes.batch, lr=0.2, lr_schedule="cosine",
             warmup_epochs=min(1, sizes.epochs - 1), eval_every=sizes.epochs, amp=amp,
             channels_last=device.type == "cuda", device=str(device), out=runs, name=name, **options,
@@ -500,10 +527,12 @@ def memory_table(m: dict) -> list[str]:
 
 def compile_table(c: dict) -> list[str]:
     lines = [f"## torch.compile ({c['backend']}, batch {c['batch']})", "",
-             "| optimizer | relative error vs eager | first 2 steps (s) | eager step (ms) | compiled step (ms) | "
-             "x eager speed |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['optimizer']} | {r['relative_error']:.2e} | {r['first_two_steps_s']} | {r['eager_step_ms']} | "
+             "| optimizer | compiled vs eager | compiled vs float64 | eager vs float64 | first 2 steps (s) | "
+             "eager step (ms) | compiled step (ms) | x eager speed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['optimizer']} | {r['relative_error']:.2e} | {r['compiled_error_vs_fp64']:.2e} | "
+              f"{r['eager_error_vs_fp64']:.2e} | {r['first_two_steps_s']} | {r['eager_step_ms']} | "
               f"{r['compiled_step_ms']} | {r['compiled_speed_vs_eager']} |" for r in c["rows"]]
+    lines += ["", "Relative L2 distances of the 2-step weight update (strict fp32: TF32 off); float64 eager is exact."]
     return lines
 
 
@@ -533,6 +562,8 @@ def main() -> None:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
                         help="part 1's precision (default bf16 on the GPU, none in the dry run)")
     parser.add_argument("--parts", default="amp,memory,compile,training", help="which parts, in this order")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"part 1's methods, sgd first (the reference); also {', '.join(HALVES)}: ESAM's halves")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/results; the dry run: a new temporary folder)")
     args = parser.parse_args()
@@ -544,6 +575,11 @@ def main() -> None:
     try:
         if unknown:
             raise UsageError(f"unknown part(s) {', '.join(unknown)}; choose among amp, memory, compile, training")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = sorted(set(methods) - set(METHODS) - set(HALVES))
+        if bad or not methods or methods[0] != "sgd":
+            known = ", ".join([*METHODS, *HALVES][1:])
+            raise UsageError(f"--methods: sgd first, then any of {known}; got {args.methods}")
         if sizes.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {sizes.epochs}")
         if args.dry_run and args.out is not None and args.out.resolve() == RESULTS.resolve():
@@ -575,7 +611,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "sizes": asdict(sizes),
         "amp_slack": AMP_SLACK,
-        "compile_tolerance": COMPILE_TOLERANCE,
+        "compile_slack": COMPILE_SLACK,
         "parts_requested": parts,
         "parts": {},
         "seconds": {},
@@ -587,7 +623,7 @@ def main() -> None:
             "memory": lambda: check_memory(batches[0], sizes.width, device),
             "compile": lambda: check_compile(batches, sizes.width, device, backend, sizes.timed_rounds,
                                              sizes.timed_steps),
-            "training": lambda: check_training(dataset, root, sizes, device, amp, runs),
+            "training": lambda: check_training(dataset, root, sizes, device, amp, runs, methods),
         }
         for part in parts:
             print(f"{part} ...", flush=True)

@@ -60,6 +60,8 @@ def test_dry_run_runs_every_part_and_passes(tmp_path):
     compile_rows = {r["optimizer"]: r for r in parts["compile"]["rows"]}
     assert set(compile_rows) == {"sam", "s2sam"} and parts["compile"]["backend"] == "eager"
     assert all(r["relative_error"] <= 1e-6 and r["compiled_speed_vs_eager"] > 0 for r in compile_rows.values())
+    # the eager backend runs the eager kernels: both fp32 runs equally far from float64
+    assert all(r["compiled_error_vs_fp64"] == r["eager_error_vs_fp64"] > 0 for r in compile_rows.values())
     assert set(result["seconds"]) == set(parts)
 
 
@@ -143,3 +145,28 @@ def test_amp_check_catches_a_step_skipped(gpu_check, monkeypatch):
     for name in ("sam", "s2sam"):
         c = checks[f"amp: {name} {amp} steps = fp32 steps"]
         assert c["value"] == pytest.approx(1.0) and not c["passed"]
+
+
+def test_compile_check_catches_a_compiled_model_that_computes_otherwise(gpu_check):
+    """A backend whose graph is off by 1% in its outputs (the size of the fault a compiled model
+    that read stale weights would make) lands far outside eager's distance from float64."""
+
+    def off_by_one_percent(gm, example_inputs):
+        def run(*args):
+            return [out * 1.01 if torch.is_tensor(out) and out.is_floating_point() else out for out in gm(*args)]
+        return run
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+    try:
+        result = gpu_check.check_compile(batches, 0.125, torch.device("cpu"), off_by_one_percent, 1, 1)
+    finally:
+        torch._dynamo.reset()
+    assert [c["passed"] for c in result["checks"]] == [False, False]
+    assert all(r["compiled_error_vs_fp64"] > 10 * r["limit"] for r in result["rows"])
+
+
+def test_methods_must_start_with_sgd_and_be_known(gpu_check, monkeypatch, tmp_path):
+    for methods in ("sam,sgd", "sgd,esam-half"):
+        message = run_main(gpu_check, monkeypatch, "--dry-run", "--methods", methods, "--out", str(tmp_path))
+        assert message.startswith("error: --methods: sgd first, then any of sam, esam,") and methods in message
