@@ -81,15 +81,24 @@ def _all_blocks() -> list[Block]:
 BLOCKS = _all_blocks()
 
 
+# gloo's teardown at interpreter exit aborts now and then after the work is done (a pure-torch
+# FSDP2 script: 1 run in 30 on this machine, more under load; torch's, not flatlab's): such a run
+# is retried once, any other failure is not
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def _run_under_torchrun(block: Block, nproc: int, tmp_path: Path) -> None:
     script = tmp_path / f"{block.path.stem}_{block.line}.py"
     script.write_text(block.source(), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)],
-        capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env, cwd=tmp_path,
-    )
+    for _attempt in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)],
+            capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env, cwd=tmp_path,
+        )
+        if done.returncode == 0 or GLOO_EXIT_ABORT not in done.stderr:
+            break
     assert done.returncode == 0, f"{block.id} failed under torchrun:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
