@@ -30,10 +30,11 @@ def test_dry_run_runs_every_part_and_passes(tmp_path):
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
     assert result["mode"].startswith("dry-run")
     parts = result["parts"]
-    assert set(parts) == {"amp", "memory", "compile", "training"}
+    assert set(parts) == {"amp", "memory", "syncs", "compile", "training"}
     assert not any("error" in part for part in parts.values())
     assert result["checks"] and all(c["passed"] for c in result["checks"]) and result["passed"]
-    assert result["complete"] and result["parts_requested"] == ["amp", "memory", "compile", "training"]
+    assert result["complete"] and result["parts_requested"] == ["amp", "memory", "syncs", "compile", "training"]
+    assert parts["syncs"]["skipped"].startswith("CUDA only")
 
     training = {r["optimizer"]: r for r in parts["training"]["rows"]}
     assert list(training) == ["sgd", "sam", "esam", "aesam", "s2sam"]
@@ -88,7 +89,7 @@ def test_missing_data_is_a_one_line_error(gpu_check, monkeypatch, tmp_path):
 
 def test_unknown_part_is_a_one_line_error(gpu_check, monkeypatch, tmp_path):
     message = run_main(gpu_check, monkeypatch, "--dry-run", "--parts", "amp,speed", "--out", str(tmp_path))
-    assert message == "error: unknown part(s) speed; choose among amp, memory, compile, training"
+    assert message == "error: unknown part(s) speed; choose among amp, memory, syncs, compile, training"
 
 
 def test_data_root_finds_either_cifar_format(gpu_check, tmp_path):
