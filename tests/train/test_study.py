@@ -176,7 +176,7 @@ def test_table_pairs_seeds_against_sgd_and_one_seed_shows_no_spread(tmp_path):
     assert "| sam | 53.00 ± 10.00 | 42.00, 64.00 | +3.00 ± 1.41 |" in table
 
 
-def _fake_finished_runs(study, top1):
+def _fake_finished_runs(study, top1, evaluated_on="test"):
     """Finished run directories with the given final test top-1 per method and seed (nothing trained)."""
     for method, values in top1.items():
         for seed, value in zip(study.seeds, values):
@@ -186,8 +186,21 @@ def _fake_finished_runs(study, top1):
                                                                     "seed": seed}}))
             (run / "summary.json").write_text(json.dumps({
                 "final_test_top1": value, "best_test_top1": value, "images_per_s": 100.0, "wall_time_s": 10.0,
-                "final_train_loss": 0.1, "sam_steps_per_step": 0.0 if method == "sgd" else 1.0}))
+                "final_train_loss": 0.1, "sam_steps_per_step": 0.0 if method == "sgd" else 1.0,
+                "evaluated_on": evaluated_on}))
             (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.1, "test_top1": value}) + "\n")
+
+
+def test_a_study_on_a_holdout_says_so_in_its_tables(tmp_path):
+    methods = {"sgd": {"optimizer": "sgd"}, "sam": {"optimizer": "sam"}, "s2sam": {"optimizer": "s2sam"}}
+    study = Study(spec(tmp_path, seeds=[0, 1], hessian=None, methods=methods))
+    _fake_finished_runs(study, {"sgd": [0.40, 0.50], "sam": [0.42, 0.53], "s2sam": [0.40, 0.51]},
+                        evaluated_on="holdout of 500 training samples")
+    run_study(study, log=lambda _: None, progress=False)
+    text = (study.out / "results.md").read_text()
+    assert "Evaluated on holdout of 500 training samples (`holdout`), never on the test set" in text
+    assert "| method | holdout top-1 (%) |" in text and "test top-1" not in text.replace("test_top1", "")
+    assert "Holdout top-1 of the first method minus the second's" in text
 
 
 def test_paired_gains_carry_intervals_wins_and_methods_against_each_other(tmp_path):
@@ -211,6 +224,7 @@ def test_paired_gains_carry_intervals_wins_and_methods_against_each_other(tmp_pa
     assert "| sam | 47.50 ± 5.50 | 42.00, 53.00, 47.50 | +2.50 ± 0.50 | [+1.26, +3.74] | 3/3 |" in text
     assert "| s2sam | 45.67 ± 5.51 | 40.00, 51.00, 46.00 | +0.67 ± 0.58 | [-0.77, +2.10] | 2/3 |" in text
     assert "| sam | s2sam | +1.83 ± 0.29 | [+1.12, +2.55] | 3/3 | higher |" in text
+    assert "| method | test top-1 (%) |" in text and "held-out" not in text and "Evaluated on" not in text
     header = next(line for line in (study.out / "results.csv").read_text().splitlines())
     assert "vs_sgd_low,vs_sgd_high,vs_sgd_wins,vs_sgd_reading" in header
 
