@@ -443,7 +443,8 @@ def count_syncs(batch, width: float, device: torch.device, steps: int = 3) -> di
                     train_step(model, opt, x, y)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+        # where each was called from (the message is the same for all)
+        syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
         rows.append({"optimizer": name, "syncs_per_step": len(syncs) / steps, "calls": sorted(set(syncs))})
         del model, opt
         gc.collect()
