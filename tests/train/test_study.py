@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -420,3 +421,28 @@ def test_check_refuses_an_unfinished_cell_before_training(tmp_path, capsys):
     code, _, err = cli(capsys, "study", path, "--check", "sgd-seed0", "--scratch", tmp_path / "scratch")
     assert code == 2 and "has not finished" in one_error(err, "study")
     assert not (tmp_path / "scratch").exists()
+
+
+def _blocked_signals(queue) -> None:
+    queue.put(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_a_run_starts_reaches_the_study_and_never_the_run():
+    import multiprocessing
+
+    from flatlab.train.study import _sigint_held
+
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # held back: the start goes on
+        time.sleep(1.0)  # delivered when the hold ends (an ignored signal would be lost)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_blocked_signals, args=(queue,))
+    with _sigint_held():
+        process.start()
+    assert int(signal.SIGINT) in queue.get(timeout=60)  # the run's process never gets Ctrl-C
+    process.join()
+    assert int(signal.SIGINT) not in {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}

@@ -355,8 +355,8 @@ def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> 
     """Trains `tasks` `jobs` at a time, each in a fresh process (spawn: no forked torch thread pools;
     one run per process: a long study does not accumulate memory).
 
-    The terminal sends Ctrl-C to every process of the command: the runs' processes ignore it from
-    their start (they would each print a traceback), and this one stops them. Their checkpoints are
+    The terminal sends Ctrl-C to every process of the command: the runs' processes never receive it
+    (each would print a traceback; `_sigint_held`), and this one stops them. Their checkpoints are
     written atomically, so running the study again resumes them.
     """
     import multiprocessing
@@ -370,7 +370,7 @@ def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> 
             while pending and len(running) < jobs:
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, args=(pending.pop(0), send))
-                with _sigint_ignored():
+                with _sigint_held():
                     process.start()
                 send.close()
                 running[receive] = process
@@ -392,19 +392,19 @@ def _run_parallel(tasks: list[tuple[Study, str, int, bool]], jobs: int, log) -> 
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Ignores Ctrl-C while a process starts: it inherits that, and Python then installs no handler for it.
-
-    (A Ctrl-C in these few milliseconds is lost.)
+def _sigint_held():
+    """Holds Ctrl-C back while a run's process starts: the process inherits the blocked signal, so
+    Ctrl-C never reaches it (this one stops it), and a Ctrl-C pressed meanwhile is delivered here
+    when the block ends rather than lost, as it would be with the signal ignored.
     """
-    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def run_study(study: Study, *, log=print, progress: bool | None = None, jobs: int = 1,
