@@ -319,6 +319,14 @@ def test_a_committed_study_tabulated_again_is_unchanged(tmp_path):
         assert (copy / name).read_bytes() == (committed / name).read_bytes(), name
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C as a shell hands it to a command: handled by default, not blocked. The test process
+    itself may hold another state (a test earlier in the session, or a library, left SIGINT
+    ignored or blocked), which a child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_parallel_runs_with_one_line(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec(tmp_path, hessian=None, base={
@@ -326,7 +334,8 @@ def test_ctrl_c_stops_parallel_runs_with_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # a session of its own: Ctrl-C goes to the whole process group, workers included, as in a terminal
     study = subprocess.Popen([sys.executable, "-m", "flatlab.cli", "study", str(path), "--jobs", "2"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_terminal_sigint)
     try:
         trained = 0
         for line in study.stdout:  # both workers are past their first checkpoint
@@ -433,16 +442,23 @@ def test_a_ctrl_c_while_a_run_starts_reaches_the_study_and_never_the_run():
 
     from flatlab.train.study import _sigint_held
 
-    with pytest.raises(KeyboardInterrupt):
+    # as in a terminal (see _terminal_sigint), whatever earlier tests left; restored after
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # held back: the start goes on
+            time.sleep(1.0)  # delivered when the hold ends (an ignored signal would be lost)
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=_blocked_signals, args=(queue,))
         with _sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # held back: the start goes on
-        time.sleep(1.0)  # delivered when the hold ends (an ignored signal would be lost)
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_blocked_signals, args=(queue,))
-    with _sigint_held():
-        process.start()
-    assert int(signal.SIGINT) in queue.get(timeout=60)  # the run's process never gets Ctrl-C
-    process.join()
-    assert int(signal.SIGINT) not in {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+            process.start()
+        assert int(signal.SIGINT) in queue.get(timeout=60)  # the run's process never gets Ctrl-C
+        process.join()
+        assert int(signal.SIGINT) not in {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
