@@ -321,8 +321,9 @@ def test_a_committed_study_tabulated_again_is_unchanged(tmp_path):
 
 def _terminal_sigint() -> None:
     """Ctrl-C as a shell hands it to a command: handled by default, not blocked. The test process
-    itself may hold another state (a test earlier in the session, or a library, left SIGINT
-    ignored or blocked), which a child would inherit."""
+    may hold another state, which a child would inherit: a non-interactive shell starts a
+    background job (`bash .ci/run &`, as a CI runner may) with SIGINT ignored, and Python keeps
+    an ignored SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
