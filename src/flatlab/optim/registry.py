@@ -81,11 +81,12 @@ register_optimizer("ssam-f", SSAM, "sparse SAM, Fisher mask", mask="fisher")
 register_optimizer("ssam-d", SSAM, "sparse SAM, dynamic mask", mask="dynamic")
 register_optimizer("s2sam", S2SAM, "single-step SAM (previous gradient)")
 register_optimizer("looksam", LookSAM, "SAM every k steps, its orthogonal part reused between "
-                   "(its paper's alpha 0.7 did not train a 0.7M-parameter CNN, alpha 0.1 did: docs/results.md)")
+                   "(its paper's alpha 0.7 did not train a 0.7M-parameter CNN, alpha 0.1 did, "
+                   "without a gain: docs/results.md)")
 register_optimizer("aesam", AESAM, "SAM when the squared gradient norm is unusually large")
 register_optimizer("rst", RST, "SAM with probability p (or every k steps), else a base step")
 register_optimizer("msam", MSAM, "single-step, perturbed along the negative momentum "
-                   "(rho 3 did not train a 0.7M-parameter CNN, rho 0.3 did: docs/results.md)")
+                   "(rho 3 did not train a 0.7M-parameter CNN, rho 0.3 did, below SAM: docs/results.md)")
 register_optimizer("gsam", GSAM, "SAM minus the orthogonal gradient (surrogate gap), rho following the lr")
 register_optimizer("wsam", WSAM, "sharpness as a weighted regulariser, decoupled")
 register_optimizer("fsam", FriendlySAM, "ascent along the gradient minus its moving average")
