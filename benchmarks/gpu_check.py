@@ -398,10 +398,11 @@ def check_compile(batches, width: float, device: torch.device, backend: str, rou
             synchronize(device)
             first_steps_s = time.perf_counter() - t0
         want = update(exact, [b.double() for b in before])
-        compiled_error = relative_error(update(raw, before), want)
-        eager_error = relative_error(update(eager, before), want)
+        compiled_update, eager_update = update(raw, before), update(eager, before)
+        compiled_error = relative_error(compiled_update, want)
+        eager_error = relative_error(eager_update, want)
         limit = COMPILE_SLACK * eager_error + COMPILE_FLOOR
-        rows.append({"optimizer": name, "relative_error": relative_error(update(raw, before), update(eager, before)),
+        rows.append({"optimizer": name, "relative_error": relative_error(compiled_update, eager_update),
                      "compiled_error_vs_fp64": compiled_error, "eager_error_vs_fp64": eager_error, "limit": limit,
                      "first_two_steps_s": round(first_steps_s, 1)})
         checks.append(check(f"compile: {name} steps as exact as eager steps", compiled_error <= limit, compiled_error,
@@ -586,8 +587,7 @@ def markdown(result: dict) -> str:
              f"All checks passed: {'yes' if result['passed'] else 'NO'}"
              f"{'' if result['complete'] else ' (so far: the run stopped before all its parts)'}.", ""]
     tables = {"training": lambda t: training_table(t, result["sizes"]["width"]), "amp": amp_table,
-              "memory": memory_table, "compile": compile_table,
-              "syncs": syncs_table}
+              "memory": memory_table, "compile": compile_table, "syncs": syncs_table}
     for name, part in result["parts"].items():
         lines += (tables[name](part) if "error" not in part else [f"## {name}", "", f"Raised: {part['error']}"]) + [""]
     lines += ["## Checks", "", "| check | value | limit | passed |", "|---|---:|---:|---|"]

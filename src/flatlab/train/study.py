@@ -635,7 +635,7 @@ def summarise(study: Study, log=print, session: dict[str, Any] | None = None) ->
                  "results.json keeps the key names `test_top1_*`.\n\n")
     text += f"{table}\n"
     if pairs:
-        intro = _PAIRS_INTRO.replace("Test top-1", "Holdout top-1") if held_out else _PAIRS_INTRO
+        intro = _PAIRS_INTRO.format(split=split.capitalize())
         text += f"\n## Methods against each other\n\n{intro}\n\n{format_pairs(pairs)}\n"
     _write_text(study.out / "results.md", text)
     try:
@@ -665,7 +665,7 @@ def _pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for i, a in enumerate(others) for b in others[i + 1:]]
 
 
-_PAIRS_INTRO = ("Test top-1 of the first method minus the second's, seed by seed (points): mean ± std, the 95% t "
+_PAIRS_INTRO = ("{split} top-1 of the first method minus the second's, seed by seed (points): mean ± std, the 95% t "
                 "interval, on how many seeds the first was higher, and the reading (higher or lower only where "
                 "the interval excludes 0).")
 
